@@ -1,0 +1,35 @@
+"""bnfold: fold BatchNormalization away in ONNX models, prove equivalence, measure the gain.
+
+Public API: ``fold``, ``inspect``, ``verify``, ``benchmark``, ``export`` and the
+``reference`` module. Heavy dependencies (onnxruntime, torch) load only when used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from bnfold.errors import BnfoldError, InputError, OutputError  # noqa: E402
+from bnfold.fold import fold, inspect  # noqa: E402
+from bnfold.fold.report import FoldRecord, FoldResult, Reason  # noqa: E402
+
+_LAZY = {
+    "verify": ("bnfold.verify", "verify"),
+    "benchmark": ("bnfold.bench", "benchmark"),
+    "export": ("bnfold.export", "export"),
+    "reference": ("bnfold.reference", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
+
+
+__all__ = ["fold", "inspect", "verify", "benchmark", "export", "reference",
+           "FoldResult", "FoldRecord", "Reason", "BnfoldError", "InputError", "OutputError",
+           "__version__"]

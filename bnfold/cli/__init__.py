@@ -1,0 +1,61 @@
+"""The ``bnfold`` command: a click group; each command lives in its own module here."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from bnfold.errors import BnfoldError
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Group(click.Group):
+    """Turns BnfoldError (and any unexpected error) into one stderr line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BnfoldError as exc:
+            click.echo(f"bnfold: error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("bnfold: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # never a traceback for users; BNFOLD_DEBUG=1 shows it
+            if os.environ.get("BNFOLD_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"bnfold: error: {type(exc).__name__}: {first} "
+                       "(set BNFOLD_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnfold")
+def main() -> None:
+    """bnfold: fold BatchNormalization away in ONNX models, verify, benchmark.
+
+    \b
+    Examples:
+      bnfold inspect models/resnet_digits.onnx
+      bnfold fold models/resnet_digits.onnx -o /tmp/resnet.folded.onnx
+      bnfold fold model.onnx --json > fold.json
+    """
+
+
+def _register() -> None:
+    from bnfold.cli.fold import fold_cmd, inspect_cmd
+
+    main.add_command(fold_cmd)
+    main.add_command(inspect_cmd)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""fold(): run the fold rules on every graph to a fixed point and account for every BN."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
+from bnfold.fold.check import check_folded
+from bnfold.fold.report import FoldRecord, FoldResult, Reason
+from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
+from bnfold.fold.rules.backward import fold_backward
+from bnfold.fold.rules.forward import fold_forward
+from bnfold.graph import GraphIndex, subgraphs, value_infos
+from bnfold.model_io import MIN_OPSET, default_opset, load_model
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+
+__all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
+
+
+def fold(model: ModelLike, *, check: bool = True, copy: bool = True) -> FoldResult:
+    """Fold every BatchNormalization that can be folded exactly; say why for the others.
+
+    ``model`` is a path or a ModelProto (copied unless ``copy=False``; a path is loaded with
+    its external data). With ``check`` the result must pass onnx.checker and strict shape
+    inference; if it does not, the input is returned unchanged with CHECK_FAILED reasons.
+    """
+    original = _as_model(model, copy=copy)
+    proto = original
+    keep = onnx.ModelProto()
+    if check:
+        keep.CopyFrom(original)  # the fallback when the folded model fails its checks
+    records, notes = _fold_model(proto)
+    result = FoldResult(model=proto, records=records, warnings=notes)
+    if check and result.folded:
+        problem = check_folded(keep, proto)
+        if problem:
+            return FoldResult(model=keep, records=[_undo(r, problem) for r in records],
+                              warnings=notes + [f"folded model failed its check: {problem}"])
+    return result
+
+
+def inspect(model: ModelLike) -> FoldResult:
+    """The per-BN analysis of ``fold`` without changing the caller's model or writing files."""
+    source = _as_model(model, copy=False)
+    work = onnx.ModelProto()
+    work.CopyFrom(source)
+    records, notes = _fold_model(work)
+    return FoldResult(model=source, records=records, warnings=notes)
+
+
+def _as_model(model: ModelLike, *, copy: bool) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        if not copy:
+            return model
+        dup = onnx.ModelProto()
+        dup.CopyFrom(model)
+        return dup
+    if isinstance(model, (str, Path, os.PathLike)):
+        return load_model(model)
+    raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+
+
+def _undo(record: FoldRecord, problem: str) -> FoldRecord:
+    if not record.folded:
+        return record
+    return FoldRecord(bn=record.bn, graph=record.graph, reason=Reason.CHECK_FAILED,
+                      detail=problem, bn_output=record.bn_output)
+
+
+def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    names.update(t.name for t in graph.initializer)
+    names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        for _, sub in subgraphs(node):
+            _all_names(sub, names)
+    return names
+
+
+def _fold_model(model: onnx.ModelProto) -> tuple[list[FoldRecord], list[str]]:
+    """Fold in place; return one record per BN (in graph order) and numeric notes."""
+    opset = default_opset(model) or MIN_OPSET
+    shapes, dtypes = value_infos(model)
+    ctx = _Context(model.ir_version, opset, shapes, dtypes, _all_names(model.graph, set()))
+    records: list[FoldRecord] = []
+    _fold_graph(model.graph, "main", ctx, None, records)
+    return records, ctx.notes
+
+
+class _Context:
+    def __init__(self, ir_version: int, opset: int, shapes: dict, dtypes: dict,
+                 names: set[str]) -> None:
+        self.ir_version, self.opset = ir_version, opset
+        self.shapes, self.dtypes, self.names = shapes, dtypes, names
+        self.notes: list[str] = []
+
+    def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
+        return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
+                          shapes=self.shapes, dtypes=self.dtypes, outer=outer)
+
+
+def _is_bn(node: onnx.NodeProto) -> bool:
+    return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
+
+
+def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIndex | None,
+                records: list[FoldRecord]) -> None:
+    """Fold BNs of ``graph`` pass by pass until nothing changes, then its subgraphs."""
+    order = [n for n in graph.node if _is_bn(n)]
+    folded: dict[int, FoldRecord] = {}
+    refused: dict[int, FoldRecord] = {}
+    rw = Rewriter(graph, ctx.names)
+    changed = True
+    while changed:
+        changed = False
+        g = ctx.index(graph, outer)
+        touched: set[int] = set()
+        for node in [n for n in graph.node if _is_bn(n)]:
+            around = _neighbourhood(g, node)
+            if around & touched:
+                changed = True  # a fold this pass changed its neighbours: look again next pass
+                continue
+            outcome = _try_fold(g, node, rw, ctx.notes)
+            if isinstance(outcome, FoldRecord):
+                refused[id(node)] = _with_path(outcome, path)
+                continue
+            target, direction = outcome
+            folded[id(node)] = FoldRecord(bn=label(node), graph=path, target=target,
+                                          direction=direction, bn_output=node.output[0])
+            refused.pop(id(node), None)
+            touched |= around
+            changed = True
+    remove_orphans(graph, rw.orphan_candidates)
+    for node in order:
+        records.append(folded.get(id(node)) or refused[id(node)])
+    index = ctx.index(graph, outer)
+    for node in graph.node:
+        for attr_name, sub in subgraphs(node):
+            _fold_graph(sub, f"{path}/{label(node)}.{attr_name}", ctx, index, records)
+
+
+def _neighbourhood(g: GraphIndex, bn: onnx.NodeProto) -> set[int]:
+    """Ids of the nodes a fold of ``bn`` may rewrite (as the index saw them)."""
+    ids = {id(bn)} | {id(n) for n in g.consumers(bn.output[0])}
+    producer = g.producer(bn.input[0]) if bn.input else None
+    if producer is not None:
+        ids.add(id(producer))
+        ids |= {id(p) for p in map(g.producer, producer.input) if p is not None}
+    return ids
+
+
+def _with_path(record: FoldRecord, path: str) -> FoldRecord:
+    return FoldRecord(bn=record.bn, graph=path, reason=record.reason, detail=record.detail,
+                      bn_output=record.bn_output)
+
+
+def _try_fold(g: GraphIndex, node: onnx.NodeProto, rw: Rewriter,
+              notes: list[str]) -> tuple[str, str] | FoldRecord:
+    """Fold one BN backward, else forward; or return the record that says why it stays."""
+    bn = read_bn(g, node)
+    if isinstance(bn, Refusal):
+        return FoldRecord(bn=label(node), graph="", reason=bn.reason, detail=bn.detail,
+                          bn_output=node.output[0])
+    refusals: list[tuple[str, Refusal]] = []
+    for direction, rule in (("backward", fold_backward), ("forward", fold_forward)):
+        try:
+            outcome = rule(g, bn, rw, notes)
+        except FoldOverflow as exc:
+            outcome = Refusal(Reason.OVERFLOW, str(exc))
+            notes.append(f"{label(node)}: kept, {exc}")
+        if isinstance(outcome, str):
+            return outcome, direction
+        refusals.append((direction, outcome))
+    return _explain(node, bn, refusals)
+
+
+def _explain(node: onnx.NodeProto, bn: BnAffine,
+             refusals: list[tuple[str, Refusal]]) -> FoldRecord:
+    specific = [(d, r) for d, r in refusals if r.specific]
+    if specific:
+        reason = specific[0][1].reason
+        detail = "; ".join(f"{d}: {r.detail or r.reason.value}" for d, r in specific)
+    else:
+        reason, detail = Reason.NO_FOLDABLE_NEIGHBOUR, ""
+    return FoldRecord(bn=label(node), graph="", reason=reason, detail=detail, bn_output=bn.y)

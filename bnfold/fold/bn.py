@@ -1,0 +1,88 @@
+"""Read one BatchNormalization node into a per-channel affine map, or say why it can't be."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from bnfold.fold.math import fold_params
+from bnfold.fold.report import Reason
+from bnfold.graph import GraphIndex, attr
+
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                         onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A rule that does not apply, and why; ``specific`` ranks it above generic misses."""
+
+    reason: Reason
+    detail: str = ""
+    specific: bool = True
+
+
+@dataclass(frozen=True)
+class BnAffine:
+    """A BN node seen as y = scale * x + shift along axis 1 (float64, one entry per channel)."""
+
+    node: onnx.NodeProto
+    x: str
+    y: str
+    scale: np.ndarray
+    shift: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+
+def label(node: onnx.NodeProto) -> str:
+    """A stable name for reports; unnamed nodes are named by their first output."""
+    return node.name or f"<{node.op_type} -> {node.output[0]}>"
+
+
+def read_bn(g: GraphIndex, node: onnx.NodeProto) -> BnAffine | Refusal:
+    """Check the BN itself (mode, parameters, dtypes) and compute its float64 affine map."""
+    if attr(node, "training_mode", 0):
+        return Refusal(Reason.TRAINING_MODE, "training_mode=1")
+    extra = [o for o in node.output[1:] if o]
+    if extra:
+        return Refusal(Reason.TRAINING_OUTPUTS, f"extra outputs: {', '.join(extra)}")
+    if g.opset < 9 and attr(node, "spatial", 1) == 0:
+        return Refusal(Reason.SPATIAL_0, "spatial=0")
+    if len(node.input) < 5:
+        return Refusal(Reason.BAD_PARAM_SHAPE, f"{len(node.input)} inputs, expected 5")
+    x_type = g.dtype(node.input[0])
+    if x_type is not None and x_type not in FLOAT_TYPES:
+        return Refusal(Reason.UNSUPPORTED_DTYPE,
+                       f"input dtype {onnx.TensorProto.DataType.Name(x_type)}")
+    params = []
+    for role, name in zip(("scale", "bias", "mean", "var"), node.input[1:5]):
+        value = g.const(name)
+        if value is None:
+            return Refusal(Reason.DYNAMIC_PARAMS, f"{role} {name!r} is computed at run time or a "
+                                                  "graph input")
+        if value.dtype.kind not in "f" and str(value.dtype) != "bfloat16":
+            return Refusal(Reason.UNSUPPORTED_DTYPE, f"{role} dtype {value.dtype}")
+        params.append(np.asarray(value, dtype=np.float64))
+    eps = float(attr(node, "epsilon", 1e-5))
+    shapes = {p.shape for p in params}
+    if len(shapes) != 1 or params[0].ndim != 1:
+        return Refusal(Reason.BAD_PARAM_SHAPE, f"parameter shapes {sorted(shapes)}")
+    x_shape = g.shape(node.input[0])
+    if x_shape is not None and len(x_shape) >= 2 and x_shape[1] not in (None, params[0].shape[0]):
+        return Refusal(Reason.BAD_PARAM_SHAPE,
+                       f"{params[0].shape[0]} parameters for {x_shape[1]} channels")
+    if not np.isfinite(eps) or not all(np.isfinite(p).all() for p in params):
+        return Refusal(Reason.NON_FINITE_PARAMS)
+    gamma, beta, mean, var = params
+    bad = np.flatnonzero(var + eps <= 0)
+    if bad.size:
+        return Refusal(Reason.NON_POSITIVE_VARIANCE,
+                       f"channel {int(bad[0])}: var + eps = {var[bad[0]] + eps:g}")
+    scale, shift = fold_params(gamma, beta, mean, var, eps)
+    if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
+        return Refusal(Reason.NON_FINITE_PARAMS, "scale or shift overflows float64")
+    return BnAffine(node=node, x=node.input[0], y=node.output[0], scale=scale, shift=shift)

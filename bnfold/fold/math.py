@@ -1,0 +1,58 @@
+"""Float64 fold formulas: BN as a per-channel affine map, and the weight updates it implies.
+
+This is the single place the folding math lives; ``bnfold.reference`` re-exports
+``fold_params`` and the rules in ``bnfold.fold.rules`` call the helpers below.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def fold_params(gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scale, shift) in float64 with BN_eval(x) == scale * x + shift per channel.
+
+    scale = gamma / sqrt(var + eps); shift = beta - scale * mean.
+    """
+    g = np.asarray(gamma, dtype=np.float64)
+    b = np.asarray(beta, dtype=np.float64)
+    m = np.asarray(mean, dtype=np.float64)
+    v = np.asarray(var, dtype=np.float64)
+    scale = g / np.sqrt(v + np.float64(eps))
+    return scale, b - scale * m
+
+
+def channel_view(vec: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """Reshape a per-channel vector so it broadcasts along ``axis`` of a rank-``rank`` tensor."""
+    shape = [1] * rank
+    shape[axis] = -1
+    return np.asarray(vec).reshape(shape)
+
+
+def scale_conv_out(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Conv weight (M, C/g, k...): scale output channel m by scale[m]."""
+    return w.astype(np.float64) * channel_view(scale, w.ndim, 0)
+
+
+def scale_conv_transpose_out(w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weight (C, M/g, k...): output channel g*(M/g)+j lives at [g-block, j]."""
+    c_in, m_per_g = w.shape[0], w.shape[1]
+    w64 = w.astype(np.float64).reshape((group, c_in // group, m_per_g) + w.shape[2:])
+    s = scale.reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))
+    return (w64 * s).reshape(w.shape)
+
+
+def scale_conv_in(w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """Conv weight (M, C/g, k...): scale input channel c = g*(C/g)+i of every group's filters."""
+    m, c_per_g = w.shape[0], w.shape[1]
+    w64 = w.astype(np.float64).reshape((group, m // group, c_per_g) + w.shape[2:])
+    s = scale.reshape((group, 1, c_per_g) + (1,) * (w.ndim - 2))
+    return (w64 * s).reshape(w.shape)
+
+
+def conv_of_constant(w: np.ndarray, shift: np.ndarray, group: int) -> np.ndarray:
+    """Per-output-channel response of an unpadded Conv to a per-input-channel constant map."""
+    m, c_per_g = w.shape[0], w.shape[1]
+    w64 = w.astype(np.float64).reshape((group, m // group, c_per_g, -1))
+    t = shift.astype(np.float64).reshape(group, 1, c_per_g, 1)
+    return (w64 * t).sum(axis=(2, 3)).reshape(m)

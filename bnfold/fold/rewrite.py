@@ -1,0 +1,121 @@
+"""Edits to one graph during a fold: new constants, removed nodes, renamed tensors, cleanup."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names
+
+
+class FoldOverflow(ValueError):
+    """A folded value does not fit the target dtype."""
+
+
+def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str]) -> np.ndarray:
+    """Cast a float64 result once to ``elem_type``; refuse overflow, note flush-to-zero."""
+    np_type = helper.tensor_dtype_to_np_dtype(elem_type)
+    with warnings.catch_warnings(), np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")
+        out = value.astype(np_type)
+    back = out.astype(np.float64)
+    if not np.isfinite(back).all():
+        raise FoldOverflow(f"{what}: max |value| {np.abs(value).max():.4g} overflows "
+                           f"{helper.tensor_dtype_to_string(elem_type)}")
+    flushed = int(np.count_nonzero((back == 0) & (value != 0)))
+    if flushed:
+        notes.append(f"{what}: {flushed} folded value(s) flush to zero in "
+                     f"{helper.tensor_dtype_to_string(elem_type)}")
+    return out
+
+
+class Rewriter:
+    """Applies rule edits to ``graph`` and remembers what may have become unused."""
+
+    def __init__(self, graph: onnx.GraphProto, taken_names: set[str]) -> None:
+        self.graph = graph
+        self.taken = taken_names
+        self.orphan_candidates: set[str] = set()
+        self.removed_nodes: list[onnx.NodeProto] = []
+
+    def fresh_name(self, base: str) -> str:
+        name = f"{base}_bnfold"
+        i = 1
+        while name in self.taken:
+            i += 1
+            name = f"{base}_bnfold{i}"
+        self.taken.add(name)
+        return name
+
+    def set_const_input(self, g: GraphIndex, node: onnx.NodeProto, index: int,
+                        value: np.ndarray, base: str) -> None:
+        """Make ``node.input[index]`` read ``value``: in place when the initializer is this
+        node's alone, else as a new initializer so other readers keep the old value."""
+        old = node.input[index] if index < len(node.input) else ""
+        if (old and old in g.initializers and not g.is_overridable_input(old)
+                and g.fanout(old) == 1):
+            g.initializers[old].CopyFrom(numpy_helper.from_array(value, old))
+            return
+        name = self.fresh_name(base or node.name or "bnfold_const")
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        if old:
+            self.orphan_candidates.add(old)
+        while len(node.input) <= index:
+            node.input.append("")
+        node.input[index] = name
+
+    def remove_node(self, node: onnx.NodeProto) -> None:
+        self.orphan_candidates.update(n for n in node.input if n)
+        self.removed_nodes.append(node)
+        for i, n in enumerate(self.graph.node):
+            if n is node:
+                del self.graph.node[i]
+                return
+
+    def drop_value_info(self, name: str) -> None:
+        for i, vi in enumerate(self.graph.value_info):
+            if vi.name == name:
+                del self.graph.value_info[i]
+                return
+
+
+def set_attr(node: onnx.NodeProto, name: str, value: object) -> None:
+    """Set (or replace) one attribute of ``node``."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+_PURE_OPS = frozenset({"Constant", "Identity", "Shape"}) | _FOLDABLE_OPS
+
+
+def remove_orphans(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Drop initializers and pure constant-making nodes among ``candidates`` nobody reads now.
+
+    Only what a fold orphaned is removed; anything unused before the fold is kept.
+    """
+    pending = set(candidates)
+    while pending:
+        reads = referenced_names(graph)
+        dead = {name for name in pending if name not in reads}
+        pending = set()
+        if not dead:
+            return
+        inputs = {i.name for i in graph.input}
+        keep_init = [t for t in graph.initializer if t.name not in dead or t.name in inputs]
+        if len(keep_init) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep_init)
+        for i in range(len(graph.node) - 1, -1, -1):
+            node = graph.node[i]
+            if (node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx")
+                    and all(o in dead for o in node.output if o)):
+                pending.update(n for n in node.input if n)
+                del graph.node[i]
+        for i in range(len(graph.value_info) - 1, -1, -1):
+            if graph.value_info[i].name in dead:
+                del graph.value_info[i]

@@ -1,0 +1,152 @@
+"""Tiny ONNX models built in code for the tests, and an ONNX Runtime equivalence check."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+              np.dtype(np.float64): TensorProto.DOUBLE}
+
+
+class Builder:
+    """Builds a graph step by step; each layer returns its output tensor name."""
+
+    def __init__(self, opset: int = 17, dtype: type = np.float32, seed: int = 0,
+                 ir_version: int | None = None, param_dtype: type | None = None) -> None:
+        self.opset, self.dtype, self.ir_version = opset, np.dtype(dtype), ir_version
+        self.param_dtype = np.dtype(param_dtype or dtype)
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def const(self, value: np.ndarray, prefix: str = "w", dtype: np.dtype | None = None) -> str:
+        name = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype or self.dtype), name))
+        return name
+
+    def input(self, name: str, shape: list, dtype: np.dtype | None = None) -> str:
+        elem = NP_TO_ONNX[np.dtype(dtype or self.dtype)]
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, name: str, dtype: np.dtype | None = None) -> None:
+        elem = NP_TO_ONNX[np.dtype(dtype or self.dtype)]
+        self.outputs.append(helper.make_tensor_value_info(name, elem, None))
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str:
+        outs = [self.name(op.lower() + "_out") for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), **attrs))
+        return outs[0]
+
+    def weights(self, shape: tuple[int, ...], scale: float = 0.5) -> np.ndarray:
+        return self.rng.normal(0, scale, shape)
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, *, group: int = 1, pads: int = 1,
+             bias: bool = True, dims: int = 2, **attrs) -> str:
+        w = self.const(self.weights((cout, cin // group) + (k,) * dims))
+        ins = [x, w] + ([self.const(self.weights((cout,)), "b")] if bias else [])
+        if pads:
+            attrs["pads"] = [pads] * (2 * dims)
+        return self.node("Conv", ins, group=group, **attrs)
+
+    def conv_transpose(self, x: str, cin: int, cout: int, k: int = 3, *, group: int = 1,
+                       bias: bool = True, dims: int = 2, **attrs) -> str:
+        w = self.const(self.weights((cin, cout // group) + (k,) * dims))
+        ins = [x, w] + ([self.const(self.weights((cout,)), "b")] if bias else [])
+        return self.node("ConvTranspose", ins, group=group, **attrs)
+
+    def bn_params(self, c: int, *, gamma_sign: float = 1.0, tiny_var: bool = False) -> list[str]:
+        gamma = self.rng.uniform(0.5, 1.5, c) * gamma_sign
+        beta = self.rng.normal(0, 0.5, c)
+        mean = self.rng.normal(0, 0.5, c)
+        var = self.rng.uniform(1e-6, 1e-5, c) if tiny_var else self.rng.uniform(0.5, 2.0, c)
+        return [self.const(v, p, self.param_dtype) for v, p in
+                zip((gamma, beta, mean, var), ("gamma", "beta", "mean", "var"))]
+
+    def bn(self, x: str, c: int, *, epsilon: float = 1e-5, params: list[str] | None = None,
+           **kw) -> str:
+        return self.node("BatchNormalization", [x] + (params or self.bn_params(c, **kw)),
+                         epsilon=epsilon)
+
+    def model(self, graph_name: str = "g") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
+        kw = {"ir_version": self.ir_version} if self.ir_version else {}
+        if not kw and self.opset <= 8:
+            kw["ir_version"] = 3
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], **kw)
+        if "ir_version" not in kw:
+            m.ir_version = min(m.ir_version, 10)
+        inferred = onnx.shape_inference.infer_shapes(m)
+        known = {vi.name: vi for vi in inferred.graph.value_info}
+        known.update({vi.name: vi for vi in inferred.graph.output})
+        for out in m.graph.output:
+            if out.name in known and known[out.name].type.tensor_type.HasField("shape"):
+                out.type.CopyFrom(known[out.name].type)
+        return m
+
+
+def count_bn(model: onnx.ModelProto) -> int:
+    total = 0
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal total
+        for n in graph.node:
+            total += n.op_type == "BatchNormalization"
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+
+    visit(model.graph)
+    return total
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in tt.shape.dim]
+        np_type = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        feeds[vi.name] = rng.normal(0, 1, shape).astype(np_type)
+    return feeds
+
+
+def max_error(a: onnx.ModelProto, b: onnx.ModelProto, batches=(1, 8)) -> float:
+    """Largest |a - b| over all outputs at the given batch sizes (ORT, optimizations off)."""
+    worst = 0.0
+    for batch in batches:
+        feeds = random_feeds(a, batch, seed=batch)
+        for x, y in zip(run(a, feeds), run(b, feeds)):
+            assert x.shape == y.shape and x.dtype == y.dtype
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)),
+                                            initial=0.0)))
+    return worst
+
+
+def tolerance(reference: onnx.ModelProto, rel: float = 1e-4) -> float:
+    """An absolute tolerance scaled by the output magnitude of ``reference``."""
+    feeds = random_feeds(reference, 8, seed=8)
+    peak = max(float(np.max(np.abs(o.astype(np.float64)), initial=0.0))
+               for o in run(reference, feeds))
+    return rel * max(1.0, peak)
