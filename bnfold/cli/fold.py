@@ -1,0 +1,105 @@
+"""``bnfold fold`` and ``bnfold inspect``: parse options, call the API, render the result."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+import bnfold
+from bnfold.cli.render import fold_table
+from bnfold.errors import BnfoldError, OutputError
+from bnfold.model_io import load_model, save_model, uses_external_data
+
+
+def default_output(path: Path) -> Path:
+    """model.onnx -> model.folded.onnx, beside the input."""
+    name = path.name[:-5] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{name}.folded.onnx")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+@click.command("fold")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write the folded model [default: MODEL.folded.onnx].")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL (atomically) with the result.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store tensors in OUTPUT.data beside the model [default: as the input, or "
+                   "when over 2 GiB].")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run onnx.checker and strict shape inference on the result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
+             check: bool, as_json: bool, verbose: bool, quiet: bool) -> None:
+    """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul layers.
+
+    Writes the folded model and prints, for every BN, the node it went into (and the
+    direction) or why it stayed. The input is never overwritten unless --in-place.
+
+    \b
+    Examples:
+      bnfold fold models/resnet_digits.onnx
+      bnfold fold model.onnx -o model.nobn.onnx --json > fold.json
+      bnfold fold big.onnx --external-data
+    """
+    if in_place and output is not None:
+        raise BnfoldError("use either --in-place or -o/--output, not both")
+    out = model if in_place else (output or default_output(model))
+    _say(f"loading {model}", quiet)
+    original = load_model(model)
+    if not in_place and _same_file(model, out):
+        raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
+    if external_data is None and uses_external_data(onnx_model_file_only(model)):
+        external_data = True
+    _say("folding", quiet)
+    result = bnfold.fold(original, check=check, copy=False)
+    for note in result.warnings:
+        _say(f"warning: {note}", quiet)
+    written = save_model(result.model, out, overwrite=True, external_data=external_data)
+    _say(f"wrote {', '.join(written)}", quiet)
+    if as_json:
+        click.echo(json.dumps({"input": str(model), "output": str(out), **result.to_dict()},
+                              indent=2))
+    else:
+        click.echo(fold_table(result, verbose=verbose))
+
+
+def onnx_model_file_only(path: Path):  # noqa: ANN201
+    """The model proto without its external data (cheap: only the .onnx file is read)."""
+    import onnx
+
+    return onnx.load_model(str(path), load_external_data=False)
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
+def inspect_cmd(model: Path, as_json: bool, verbose: bool) -> None:
+    """Show what `bnfold fold` would do to each BN, without writing anything.
+
+    \b
+    Examples:
+      bnfold inspect models/resnet_digits.onnx
+      bnfold inspect model.onnx --json | jq '.records[] | select(.folded | not)'
+    """
+    result = bnfold.inspect(load_model(model))
+    if as_json:
+        click.echo(json.dumps({"input": str(model), **result.to_dict()}, indent=2))
+    else:
+        click.echo(fold_table(result, verbose=verbose))
