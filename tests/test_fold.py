@@ -1,0 +1,408 @@
+"""The fold engine, case by case: every pattern folds exactly; every refusal has its reason."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import bnfold
+from bnfold import Reason
+from modelgen import Builder, count_bn, max_error, tolerance
+
+
+def folded_ok(model: onnx.ModelProto, expect_bn_after: int = 0, rel: float = 1e-4):
+    """Fold, then check validity, BN count and ORT equivalence at batch 1 and 8."""
+    result = bnfold.fold(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    onnx.shape_inference.infer_shapes(result.model, check_type=True, strict_mode=True)
+    assert count_bn(result.model) == expect_bn_after, [r.to_dict() for r in result.records]
+    assert result.bn_after == expect_bn_after
+    assert max_error(model, result.model) <= tolerance(model, rel)
+    return result
+
+
+def only_record(result):
+    assert len(result.records) == 1
+    return result.records[0]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("group,cin,cout", [(1, 4, 6), (2, 4, 6), (4, 4, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_bn_folds_backward(dims, group, cin, cout, bias):
+    b = Builder(seed=dims * 10 + group)
+    x = b.input("x", ["N", cin] + [6] * dims)
+    y = b.bn(b.conv(x, cin, cout, group=group, bias=bias, dims=dims), cout)
+    b.output(y)
+    rec = only_record(folded_ok(b.model()))
+    assert rec.direction == "backward" and rec.target.startswith("Conv")
+
+
+@pytest.mark.parametrize("group,cin,cout", [(1, 4, 6), (2, 4, 6), (4, 4, 8)])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_conv_transpose_bn_scales_the_right_axis(group, cin, cout, dims):
+    b = Builder(seed=group)
+    x = b.input("x", ["N", cin] + [5] * dims)
+    y = b.conv_transpose(x, cin, cout, group=group, dims=dims, strides=[2] * dims)
+    b.output(b.bn(y, cout))
+    folded_ok(b.model())
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_add_per_channel_bias_between_layer_and_bn_is_merged(op):
+    b = Builder(seed=3)
+    x = b.input("x", ["N", 4, 5, 5])
+    y = b.conv(x, 4, 6, bias=False) if op == "Conv" else b.conv_transpose(x, 4, 6, bias=False)
+    y = b.node("Add", [y, b.const(b.weights((6, 1, 1)))])
+    b.output(b.bn(y, 6))
+    result = folded_ok(b.model())
+    assert [n.op_type for n in result.model.graph.node] == [op]
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("c_shape", [None, (5,), (1, 5), ()])
+def test_gemm_bn_folds_with_transposes_alpha_beta_and_c(trans_a, trans_b, c_shape):
+    b = Builder(seed=trans_a * 2 + trans_b)
+    x = b.input("x", [3, 4] if trans_a else ["N", 3])
+    a_in = x
+    ins = [a_in, b.const(b.weights((5, 3) if trans_b else (3, 5)))]
+    if c_shape is not None:
+        ins.append(b.const(b.weights(c_shape)))
+    y = b.node("Gemm", ins, transA=trans_a, transB=trans_b, alpha=0.7, beta=1.3)
+    b.output(b.bn(y, 5))
+    rec = only_record(folded_ok(b.model()))
+    assert rec.target.startswith("Gemm")
+
+
+def test_matmul_bn_becomes_one_gemm():
+    b = Builder()
+    x = b.input("x", ["N", 3])
+    b.output(b.bn(b.node("MatMul", [x, b.const(b.weights((3, 5)))]), 5))
+    result = folded_ok(b.model())
+    assert [n.op_type for n in result.model.graph.node] == ["Gemm"]
+
+
+def test_matmul_add_bn_folds_into_weight_and_add():
+    b = Builder()
+    x = b.input("x", ["N", 3])
+    y = b.node("Add", [b.node("MatMul", [x, b.const(b.weights((3, 5)))]),
+                       b.const(b.weights((5,)))])
+    b.output(b.bn(y, 5))
+    result = folded_ok(b.model())
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul", "Add"]
+
+
+def test_matmul_on_rank3_input_is_refused_channel_axis_is_not_columns():
+    b = Builder()
+    x = b.input("x", ["N", 4, 3])
+    b.output(b.bn(b.node("MatMul", [x, b.const(b.weights((3, 4)))]), 4))
+    rec = only_record(folded_ok(b.model(), expect_bn_after=1))
+    assert rec.reason is Reason.CHANNEL_MISMATCH
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_bn_before_unpadded_conv_folds_forward(group):
+    b = Builder(seed=5)
+    x = b.input("x", ["N", 4, 6, 6])
+    y = b.bn(x, 4)
+    b.output(b.conv(y, 4, 6, pads=0, group=group, strides=[2, 2], dilations=[1, 1]))
+    rec = only_record(folded_ok(b.model()))
+    assert rec.direction == "forward"
+
+
+def test_bn_before_padded_conv_is_kept_with_reason():
+    b = Builder()
+    x = b.input("x", ["N", 4, 6, 6])
+    b.output(b.conv(b.bn(x, 4), 4, 6, pads=1))
+    rec = only_record(folded_ok(b.model(), expect_bn_after=1))
+    assert rec.reason is Reason.PADDED_CONSUMER and "pads" in rec.detail
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_bn_before_gemm_or_matmul_folds_forward(op):
+    b = Builder()
+    x = b.input("x", ["N", 4])
+    w = b.const(b.weights((6, 4) if op == "Gemm" else (4, 6)))
+    attrs = {"transB": 1, "alpha": 0.5} if op == "Gemm" else {}
+    extra = [b.const(b.weights((6,)))] if op == "Gemm" else []
+    b.output(b.node(op, [b.bn(x, 4), w] + extra, **attrs))
+    assert only_record(folded_ok(b.model())).direction == "forward"
+
+
+def test_chain_conv_bn_bn_folds_both():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.bn(b.conv(x, 3, 4), 4), 4))
+    result = folded_ok(b.model())
+    conv = result.model.graph.node[0]
+    assert conv.op_type == "Conv" and [r.target for r in result.records] == [conv.name] * 2
+
+
+def test_params_from_constant_nodes_and_identity():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    params = []
+    for i, v in enumerate([np.ones(4), np.zeros(4), np.full(4, 0.3), np.full(4, 2.0)]):
+        c = b.node("Constant", [], value=numpy_helper.from_array(v.astype(np.float32)))
+        params.append(b.node("Identity", [c]) if i % 2 else c)
+    b.output(b.bn(y, 4, params=params))
+    result = folded_ok(b.model())
+    assert not any(n.op_type in ("Constant", "Identity") for n in result.model.graph.node)
+
+
+def test_exporter_computed_zero_bias_subgraph_is_constant():
+    """Conv(x, W, Expand(CastLike(0, W), Shape(W)[0:1])) as torch's exporter emits it."""
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    w = b.const(b.weights((4, 3, 3, 3)))
+    zero = b.node("Constant", [], value=numpy_helper.from_array(np.array(0, np.int64)))
+    zero = b.node("CastLike", [zero, w])
+    shape = b.node("Shape", [w], start=0, end=1)
+    bias = b.node("Expand", [zero, shape])
+    y = b.node("Conv", [x, w, bias], pads=[1, 1, 1, 1])
+    b.output(b.bn(y, 4))
+    result = folded_ok(b.model(), rel=1e-4)
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+
+
+def test_shared_weight_is_copied_and_other_reader_unchanged():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    w = b.const(b.weights((4, 3, 3, 3)))
+    y1 = b.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    y2 = b.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    b.output(b.bn(y1, 4))
+    b.output(y2)
+    model = b.model()
+    result = folded_ok(model)
+    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] != w and convs[1].input[1] == w
+    inits = {t.name: t for t in result.model.graph.initializer}
+    before = {t.name: t for t in model.graph.initializer}
+    assert inits[w] == before[w]
+
+
+def test_bn_inside_if_branches_is_folded():
+    def branch(seed: int) -> onnx.GraphProto:
+        b = Builder(seed=seed)
+        y = b.bn(b.conv("x", 3, 4), 4)
+        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
+        return helper.make_graph(b.nodes, f"branch{seed}", [], [out], b.inits)
+
+    b = Builder()
+    x = b.input("x", [1, 3, 5, 5])
+    cond = b.input("cond", [], dtype=np.bool_) if False else None
+    cond = b.const(np.array(True), "cond", dtype=np.bool_)
+    y = b.node("If", [cond], then_branch=branch(1), else_branch=branch(2))
+    b.output(y)
+    model = b.model()
+    result = bnfold.fold(model)
+    assert count_bn(result.model) == 0 and len(result.records) == 2
+    assert all(r.graph.startswith("main/If") for r in result.records)
+    assert max_error(model, result.model, batches=(1,)) < 1e-4
+
+
+# --- refusals: the model stays numerically identical and each BN says why -------------------
+
+def refused(model: onnx.ModelProto, reason: Reason) -> None:
+    result = bnfold.fold(model)
+    assert count_bn(result.model) == count_bn(model) >= 1
+    assert {r.reason for r in result.records} == {reason}, [r.to_dict() for r in result.records]
+    assert max_error(model, result.model) == 0.0
+
+
+def test_training_mode_bn_is_refused():
+    b = Builder(opset=15)
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    out = b.node("BatchNormalization", [y] + b.bn_params(4), training_mode=1)
+    b.output(out)
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is Reason.TRAINING_MODE
+    assert count_bn(result.model) == 1
+
+
+def test_bn_with_training_outputs_is_refused():
+    b = Builder(opset=9)
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    out = b.node("BatchNormalization", [y] + b.bn_params(4), n_out=5)
+    b.output(out)
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is Reason.TRAINING_OUTPUTS
+
+
+def test_opset7_spatial0_is_refused_not_crashed():
+    b = Builder(opset=7)
+    x = b.input("x", [2, 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    b.output(b.node("BatchNormalization", [y] + b.bn_params(4), spatial=0))
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is Reason.SPATIAL_0
+
+
+def test_opset7_ir3_initializers_listed_as_inputs_are_constants():
+    b = Builder(opset=7, ir_version=3)
+    x = b.input("x", [2, 3, 5, 5])
+    b.output(b.bn(b.conv(x, 3, 4), 4))
+    model = b.model()
+    for t in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    result = bnfold.fold(model)
+    assert result.bn_after == 0
+    assert max_error(model, result.model, batches=(2,)) < 1e-4
+
+
+def test_params_that_are_graph_inputs_are_dynamic():
+    b = Builder(ir_version=8)
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    params = b.bn_params(4)
+    b.input(params[2], [4])  # running mean overridable at run time
+    b.output(b.bn(y, 4, params=params))
+    refused_model = b.model()
+    result = bnfold.fold(refused_model)
+    assert only_record(result).reason is Reason.DYNAMIC_PARAMS
+
+
+def test_producer_with_other_consumers_is_refused():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    b.output(b.bn(y, 4))
+    b.output(b.node("Relu", [y]))
+    refused(b.model(), Reason.PRODUCER_HAS_OTHER_CONSUMERS)
+
+
+def test_producer_output_that_is_a_graph_output_is_refused():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    b.output(b.bn(y, 4))
+    b.output(y)
+    refused(b.model(), Reason.PRODUCER_OUTPUT_IS_GRAPH_OUTPUT)
+
+
+@pytest.mark.parametrize("bad,reason", [("negative_var", Reason.NON_POSITIVE_VARIANCE),
+                                        ("nan", Reason.NON_FINITE_PARAMS)])
+def test_invalid_statistics_are_refused(bad, reason):
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    var = np.array([1.0, -1.0, 1.0, 1.0]) if bad == "negative_var" else np.array([1, 1, np.nan, 1])
+    params = [b.const(np.ones(4)), b.const(np.zeros(4)), b.const(np.zeros(4)), b.const(var)]
+    b.output(b.bn(y, 4, params=params))
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is reason and count_bn(result.model) == 1
+
+
+def test_no_neighbour_is_reported():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.node("Relu", [b.bn(b.node("Relu", [x]), 3)]))
+    refused(b.model(), Reason.NO_FOLDABLE_NEIGHBOUR)
+
+
+# --- dtypes -------------------------------------------------------------------------------
+
+def test_mixed_fp16_conv_with_fp32_bn_params_stays_fp16_and_loads():
+    b = Builder(opset=15, dtype=np.float16, param_dtype=np.float32)
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.conv(x, 3, 4), 4))
+    model = b.model()
+    result = folded_ok(model, rel=5e-3)
+    for t in result.model.graph.initializer:
+        assert t.data_type == TensorProto.FLOAT16
+
+
+def test_fp16_overflow_is_refused_with_warning():
+    b = Builder(opset=15, dtype=np.float16, param_dtype=np.float32)
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.conv(x, 3, 4)
+    params = [b.const(np.full(4, 1e4), dtype=np.float32), b.const(np.zeros(4), dtype=np.float32),
+              b.const(np.zeros(4), dtype=np.float32), b.const(np.full(4, 1e-4), dtype=np.float32)]
+    b.output(b.bn(y, 4, params=params, epsilon=1e-5))
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is Reason.OVERFLOW
+    assert any("overflow" in w for w in result.warnings)
+
+
+def test_float64_model_folds():
+    b = Builder(dtype=np.float64)
+    x = b.input("x", ["N", 3])
+    b.output(b.bn(b.node("Gemm", [x, b.const(b.weights((3, 4)))]), 4))
+    result = folded_ok(b.model(), rel=1e-12)
+    assert result.model.graph.initializer[0].data_type == TensorProto.DOUBLE
+
+
+# --- what is kept ---------------------------------------------------------------------------
+
+def test_names_metadata_docs_custom_ops_and_unrelated_initializers_are_kept():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.bn(b.conv(x, 3, 4), 4)
+    b.output(y)
+    b.const(np.arange(3.0), "unused")
+    model = b.model()
+    model.doc_string = "model doc"
+    model.graph.doc_string = "graph doc"
+    model.producer_name = "me"
+    helper.set_model_props(model, {"author": "someone"})
+    model.graph.node[0].doc_string = "conv doc"
+    custom = helper.make_node("MyOp", [y], ["z"], name="custom", domain="com.example")
+    model.graph.node.append(custom)
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    result = bnfold.fold(model, check=False)
+    out = result.model
+    assert out.doc_string == "model doc" and out.graph.doc_string == "graph doc"
+    assert out.producer_name == "me" and out.metadata_props[0].value == "someone"
+    names = [n.name for n in out.graph.node]
+    assert names == [model.graph.node[0].name, "custom"]
+    assert out.graph.node[0].doc_string == "conv doc"
+    assert any(t.name == "unused1" for t in out.graph.initializer) or \
+        any(t.name.startswith("unused") for t in out.graph.initializer)
+    assert out.graph.node[0].output[0] == y  # the BN output name survives
+
+
+def test_folding_is_deterministic_and_idempotent():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.conv(b.bn(b.conv(x, 3, 4), 4), 4, 4, pads=0), 4))
+    model = b.model()
+    once = bnfold.fold(model).model.SerializeToString()
+    assert bnfold.fold(model).model.SerializeToString() == once
+    again = bnfold.fold(onnx.load_from_string(once))
+    assert again.model.SerializeToString() == once and again.records == []
+
+
+def test_input_model_is_not_mutated():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.conv(x, 3, 4), 4))
+    model = b.model()
+    before = model.SerializeToString()
+    bnfold.fold(model)
+    bnfold.inspect(model)
+    assert model.SerializeToString() == before
+
+
+def test_external_data_model_folds_and_saves_with_external_data(tmp_path):
+    from bnfold.model_io import load_model, save_model
+
+    b = Builder()
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.bn(b.conv(x, 8, 16), 16))
+    model = b.model()
+    src = tmp_path / "m.onnx"
+    save_model(model, src, external_data=True)
+    assert (tmp_path / "m.onnx.data").exists()
+    result = bnfold.fold(src)
+    out = tmp_path / "out.onnx"
+    written = save_model(result.model, out, external_data=True)
+    assert written == [str(out), str(tmp_path / "out.onnx.data")]
+    back = load_model(out)
+    assert max_error(model, back) < 1e-4
