@@ -1,0 +1,126 @@
+"""Error metrics between a reference output and a candidate output, and the tolerances they meet.
+
+Every metric is computed in float64 so the comparison itself adds no rounding. The pass rule is
+numpy's ``allclose`` applied elementwise: ``|cand - ref| <= atol + rtol * |ref|``, with NaN equal to
+NaN and infinities equal only to the same infinity.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+REL_FLOOR = 1e-6
+"""Denominator floor of the elementwise relative error, so exact zeros do not divide by zero."""
+
+# (atol, rtol) per output dtype: a few units of the format's epsilon scaled for a deep network's
+# accumulated rounding (fold reorders multiply-adds; fp32 eps 1.2e-7, fp16 9.8e-4, bf16 7.8e-3).
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-10, 1e-8),
+    "float32": (1e-4, 1e-3),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 2e-2),
+}
+EXACT = (0.0, 0.0)
+"""Integer and bool outputs must match exactly."""
+
+
+def dtype_name(dtype: Any) -> str:
+    """Canonical dtype name ('float32', 'bfloat16', 'int64', ...) for numpy and ml_dtypes types."""
+    return np.dtype(dtype).name
+
+
+def default_tolerance(dtype: Any) -> tuple[float, float]:
+    """(atol, rtol) used for an output of ``dtype`` when the user gives none."""
+    return TOLERANCES.get(dtype_name(dtype), EXACT)
+
+
+def tolerance_for(dtype: Any, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    """User tolerances where given, else the dtype default."""
+    d_atol, d_rtol = default_tolerance(dtype)
+    return (d_atol if atol is None else float(atol), d_rtol if rtol is None else float(rtol))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Differences between a reference array (original model) and a candidate (folded model)."""
+
+    max_abs: float           # max |cand - ref|
+    max_rel: float           # max |cand - ref| / max(|ref|, REL_FLOOR)
+    peak_rel: float          # max |cand - ref| / max |ref|  (0 when both are all zero)
+    mean_abs: float          # mean |cand - ref|
+    cosine: float            # cosine similarity of the flattened arrays (1.0 when both are zero)
+    top1_agreement: float | None  # fraction of rows with the same argmax (classifier-like outputs)
+    mismatched: int          # elements outside atol + rtol * |ref|
+    size: int                # elements compared
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite_diff(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 copies and |cand - ref|, with positions where both agree on NaN/inf set to zero."""
+    r = ref.astype(np.float64)
+    c = cand.astype(np.float64)
+    same_special = (np.isnan(r) & np.isnan(c)) | (np.isinf(r) & (r == c))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c - r)
+    diff[same_special] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return r, c, diff
+
+
+def is_classifier_like(shape: tuple[int, ...], dtype: Any) -> bool:
+    """A float (N, C) output with C >= 2 classes: top-1 agreement is meaningful."""
+    return np.issubdtype(np.dtype(dtype), np.floating) and len(shape) == 2 and shape[1] >= 2
+
+
+def top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Fraction of rows of two (N, C) arrays whose argmax is the same class."""
+    if ref.shape[0] == 0:
+        return 1.0
+    return float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
+
+
+def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Cosine of the angle between the flattened arrays; 1.0 when both are zero, 0.0 when one is."""
+    r = np.nan_to_num(ref.astype(np.float64).ravel(), nan=0.0, posinf=0.0, neginf=0.0)
+    c = np.nan_to_num(cand.astype(np.float64).ravel(), nan=0.0, posinf=0.0, neginf=0.0)
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    if nr == 0.0 and nc == 0.0:
+        return 1.0
+    if nr == 0.0 or nc == 0.0:
+        return 0.0
+    return float(np.dot(r, c) / (nr * nc))
+
+
+def compare(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> Metrics:
+    """All metrics of ``cand`` against ``ref`` (same shape), counting elements outside tolerance."""
+    ref, cand = np.asarray(ref), np.asarray(cand)
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch: {ref.shape} vs {cand.shape}")
+    if ref.dtype == np.bool_:
+        ref, cand = ref.astype(np.int8), cand.astype(np.int8)
+    r, _, diff = _finite_diff(ref, cand)
+    size = int(diff.size)
+    if size == 0:
+        return Metrics(0.0, 0.0, 0.0, 0.0, 1.0, None, 0, 0)
+    abs_r = np.abs(np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0))
+    max_abs = float(diff.max())
+    peak = float(abs_r.max())
+    max_rel = float((diff / np.maximum(abs_r, REL_FLOOR)).max())
+    peak_rel = 0.0 if max_abs == 0.0 else (float("inf") if peak == 0.0 else max_abs / peak)
+    mismatched = int(np.count_nonzero(diff > atol + rtol * abs_r))
+    top1 = top1_agreement(ref, cand) if is_classifier_like(ref.shape, ref.dtype) else None
+    return Metrics(max_abs=max_abs, max_rel=max_rel, peak_rel=peak_rel, mean_abs=float(diff.mean()),
+                   cosine=cosine_similarity(ref, cand), top1_agreement=top1,
+                   mismatched=mismatched, size=size)
+
+
+def abs_errors(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Flattened float64 |cand - ref| (NaN/inf agreement counted as zero), for the histogram."""
+    ref, cand = np.asarray(ref), np.asarray(cand)
+    if ref.dtype == np.bool_:
+        ref, cand = ref.astype(np.int8), cand.astype(np.int8)
+    return _finite_diff(ref, cand)[2].ravel()

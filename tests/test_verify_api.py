@@ -1,0 +1,158 @@
+"""bnfold.verify end to end on tiny models: verdicts, inputs, data accuracy, fold reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from modelgen import Builder
+from onnx import numpy_helper
+
+import bnfold
+from bnfold.errors import BnfoldError, InputError
+from bnfold.verify import verify, verify_fold
+
+
+def _classifier(batch: str | int = "N", dtype: type = np.float32) -> onnx.ModelProto:
+    """x (batch, 2, 6, 6) -> conv-BN-relu -> conv-BN -> global pool -> flatten -> logits (batch, 3)."""
+    b = Builder(seed=5, dtype=dtype)
+    x = b.input("x", [batch, 2, 6, 6])
+    y = b.node("Relu", [b.bn(b.conv(x, 2, 4), 4)])
+    y = b.bn(b.conv(y, 4, 3), 3)
+    b.output(b.node("Flatten", [b.node("GlobalAveragePool", [y])]))
+    return b.model()
+
+
+def _corrupt(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    node = next(n for n in bad.graph.node if n.name == node_name)
+    init = next(i for i in bad.graph.initializer if i.name == node.input[1])
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    return bad
+
+
+def test_folded_model_passes_at_default_batch_sizes() -> None:
+    m = _classifier()
+    result = bnfold.fold(m)
+    rep = verify(m, result.model, fold_result=result)
+    assert rep.passed
+    assert [c.input_shapes["x"] for c in rep.cases] == ["1x2x6x6", "8x2x6x6"]
+    assert all(c.metrics.top1_agreement == 1.0 for c in rep.checks)
+    assert [r["bn"] for r in rep.fold["records"]] == [r.bn for r in result.records]
+
+
+def test_corrupted_fold_fails_and_names_the_bn() -> None:
+    m = _classifier()
+    result = bnfold.fold(m)
+    first = result.records[0]
+    rep = verify(m, _corrupt(result.model, first.target), fold_result=result)
+    assert not rep.passed
+    assert rep.localization is not None and rep.localization.bn == first.bn
+    assert f"BN {first.bn!r}" in rep.summary()
+
+
+def test_fixed_batch_runs_once_and_batch_sizes_are_refused() -> None:
+    m = _classifier(batch=2)
+    rep = verify(m, bnfold.fold(m).model)
+    assert rep.passed and [c.input_shapes["x"] for c in rep.cases] == ["2x2x6x6"]
+    with pytest.raises(InputError, match="batch"):
+        verify(m, m, batch_sizes=[4])
+
+
+def test_batch_sizes_and_shapes_are_honoured() -> None:
+    m = _classifier()
+    rep = verify(m, m, batch_sizes=[3])
+    assert [c.input_shapes["x"] for c in rep.cases] == ["3x2x6x6"]
+    rep = verify(m, m, shapes=["x:5x2x6x6"])
+    assert [c.input_shapes["x"] for c in rep.cases] == ["5x2x6x6"]
+    with pytest.raises(InputError, match="unknown input"):
+        verify(m, m, shapes={"y": (1, 2, 6, 6)})
+
+
+def test_paths_with_external_data_load_through_ort(tmp_path: Path) -> None:
+    m = _classifier()
+    folded = bnfold.fold(m).model
+    onnx.save(m, tmp_path / "a.onnx", save_as_external_data=True, location="a.data",
+              size_threshold=0)
+    onnx.save(folded, tmp_path / "b.onnx")
+    rep = verify(tmp_path / "a.onnx", str(tmp_path / "b.onnx"))
+    assert rep.passed and rep.original == str(tmp_path / "a.onnx")
+
+
+def test_different_signatures_are_an_input_error() -> None:
+    m = _classifier()
+    other = _classifier()
+    other.graph.input[0].name = "z"
+    other.graph.node[0].input[0] = "z"
+    with pytest.raises(InputError, match="different inputs"):
+        verify(m, other)
+
+
+def test_unavailable_provider_is_refused_before_running() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(BnfoldError, match="not available"):
+        verify(_classifier(), _classifier(), providers=("cpu", "cuda"))
+
+
+def test_npz_data_with_labels_reports_accuracy(tmp_path: Path) -> None:
+    m = _classifier()
+    result = bnfold.fold(m)
+    x = np.random.default_rng(0).standard_normal((300, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    checks = verify(m, m, data={"x": x}).checks  # 300 rows run in two chunks, joined again
+    assert checks[0].metrics.size == 300 * 3
+    from bnfold.verify import runner
+
+    ref = runner.run(runner.make_session(m, "cpu", "disabled"), {"x": x})
+    labels = ref[next(iter(ref))].argmax(axis=1)
+    labels[:30] = (labels[:30] + 1) % 3  # 10% wrong on purpose
+    np.save(tmp_path / "l.npy", labels)
+    rep = verify(m, result.model, data=tmp_path / "d.npz", labels=tmp_path / "l.npy")
+    assert rep.passed and rep.cases[0].input_shapes["x"] == "300x2x6x6"
+    assert rep.accuracy is not None
+    assert (rep.accuracy.samples, rep.accuracy.original, rep.accuracy.agreement) == (300, 0.9, 1.0)
+    assert rep.accuracy.folded == pytest.approx(0.9)
+
+
+def test_labels_need_data_and_must_match_it(tmp_path: Path) -> None:
+    m = _classifier()
+    np.save(tmp_path / "l.npy", np.zeros(7, np.int64))
+    with pytest.raises(InputError, match="needs --data"):
+        verify(m, m, labels=tmp_path / "l.npy")
+    with pytest.raises(InputError, match="one label per sample"):
+        verify(m, m, data={"x": np.zeros((5, 2, 6, 6), np.float32)}, labels=tmp_path / "l.npy")
+
+
+def test_float16_outputs_get_float16_tolerances() -> None:
+    m = _classifier(dtype=np.float16)
+    rep = verify(m, m, batch_sizes=[2])
+    assert rep.passed and {(c.dtype, c.atol, c.rtol) for c in rep.checks} == {("float16", 1e-2, 1e-2)}
+
+
+def test_any_opt_level_can_be_chosen() -> None:
+    m = _classifier()
+    rep = verify(m, bnfold.fold(m).model, opt_level="all", batch_sizes=[1])
+    assert rep.passed and rep.environment["graph optimization level"] == "all"
+
+
+def test_verify_fold_writes_report_naming_the_output_file(tmp_path: Path) -> None:
+    m = _classifier()
+    result = bnfold.fold(m)
+    rep = verify_fold(m, result, folded_path="out.onnx", report_dir=tmp_path / "r")
+    assert rep.passed and rep.folded == "out.onnx"
+    assert '"folded": "out.onnx"' in (tmp_path / "r" / "report.json").read_text()
+    assert (tmp_path / "r" / "report.html").exists()
+
+
+def test_bnfold_verify_is_callable_after_importing_the_package() -> None:
+    import bnfold.verify  # noqa: F401  (binds the submodule as bnfold.verify)
+
+    m = _classifier()
+    assert bnfold.verify(m, m, batch_sizes=[1]).passed

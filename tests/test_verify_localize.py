@@ -1,0 +1,108 @@
+"""Localisation: a deliberately corrupted fold is traced to the BN whose fold produced it."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from modelgen import Builder
+from onnx import numpy_helper
+
+import bnfold
+from bnfold.verify import localize as loc
+from bnfold.verify.inputs import random_feeds, graph_inputs
+
+
+def _cnn() -> onnx.ModelProto:
+    """x -> conv-BN-relu -> conv-BN -> relu -> conv-BN -> y: three backward folds."""
+    b = Builder(seed=3)
+    x = b.input("x", ["N", 2, 6, 6])
+    y = b.node("Relu", [b.bn(b.conv(x, 2, 4), 4)])
+    y = b.node("Relu", [b.bn(b.conv(y, 4, 4), 4)])
+    b.output(b.bn(b.conv(y, 4, 3), 3))
+    return b.model()
+
+
+def _bn_names(m: onnx.ModelProto) -> list[str]:
+    return [n.name for n in m.graph.node if n.op_type == "BatchNormalization"]
+
+
+def _perturb_weight_of(model: onnx.ModelProto, node_name: str, delta: float = 0.5) -> onnx.ModelProto:
+    """A copy of ``model`` with one element of ``node_name``'s weight changed by ``delta``."""
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    node = next(n for n in bad.graph.node if n.name == node_name)
+    init = next(i for i in bad.graph.initializer if i.name == node.input[1])
+    w = numpy_helper.to_array(init).copy()
+    w.flat[w.size // 2] += delta
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    return bad
+
+
+def _feed(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return random_feeds(graph_inputs(m), 2, None, seed=0)
+
+
+def test_shared_tensors_follow_folded_order_and_skip_removed_ones() -> None:
+    m = _cnn()
+    result = bnfold.fold(m)
+    names = loc.shared_tensors(m, result.model)
+    bn_outputs = [r.bn_output for r in result.records]
+    assert [n for n in names if n in bn_outputs] == bn_outputs
+    conv_outputs = {n.output[0] for n in m.graph.node if n.op_type == "Conv"}
+    assert not conv_outputs & set(names)  # renamed away by the backward folds
+
+
+def test_correct_fold_does_not_diverge() -> None:
+    m = _cnn()
+    result = bnfold.fold(m)
+    assert loc.localize(m, result.model, _feed(m), provider="cpu", opt_level="disabled",
+                        records=result.records) is None
+
+
+def test_corrupted_fold_is_localised_to_its_bn_with_records() -> None:
+    m = _cnn()
+    result = bnfold.fold(m)
+    second = result.records[1]
+    bad = _perturb_weight_of(result.model, second.target)
+    found = loc.localize(m, bad, _feed(m), provider="cpu", opt_level="disabled",
+                         records=result.records)
+    assert found is not None
+    assert (found.bn, found.tensor, found.node, found.direction) == (
+        second.bn, second.bn_output, second.target, "backward")
+    assert found.max_abs > 1e-3
+
+
+def test_corrupted_fold_is_localised_from_graphs_alone() -> None:
+    m = _cnn()
+    result = bnfold.fold(m)
+    third = result.records[2]
+    bad = _perturb_weight_of(result.model, third.target)
+    found = loc.localize(m, bad, _feed(m), provider="cpu", opt_level="disabled")
+    assert found is not None and found.bn == _bn_names(m)[2] == third.bn
+
+
+def test_divergence_outside_any_fold_blames_no_bn() -> None:
+    b = Builder(seed=1)
+    x = b.input("x", ["N", 2, 4, 4])
+    b.output(b.node("Relu", [b.conv(x, 2, 2)]))
+    m = b.model()
+    conv = next(n.name for n in m.graph.node if n.op_type == "Conv")
+    found = loc.localize(m, _perturb_weight_of(m, conv), _feed(m), provider="cpu",
+                         opt_level="disabled")
+    assert found is not None and found.bn is None and found.node == conv
+
+
+def test_forward_fold_is_blamed_through_its_target() -> None:
+    m = _cnn()
+    result = bnfold.fold(m)
+    rec = bnfold.FoldRecord(bn="bnX", graph="main", target=result.records[0].target,
+                            direction="forward", bn_output="not-a-tensor")
+    tensor = next(n.output[0] for n in result.model.graph.node if n.name == rec.target)
+    bn, direction, why = loc.blame(tensor, m, result.model, [rec])
+    assert (bn, direction) == ("bnX", "forward") and "bnX" in why
+
+
+def test_expose_adds_outputs_without_touching_the_input_model() -> None:
+    m = _cnn()
+    exposed = loc.expose(m, [m.graph.node[0].output[0]])
+    assert len(exposed.graph.output) == len(m.graph.output) + 1
+    assert len(m.graph.output) == 1
