@@ -1,0 +1,123 @@
+"""``bnfold.benchmark``: paired latency of an original model and its folded twin on ORT."""
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import onnx
+
+from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
+from bnfold.bench.result import BenchResult, build_config_result
+from bnfold.bench.runner import Progress, RunConfig, Runner
+from bnfold.bench.session import OPT_LEVELS, PROVIDERS
+from bnfold.errors import BnfoldError, InputError
+
+
+
+def check_provider(provider: str) -> None:
+    """Raise BnfoldError unless ``provider`` is known and present in this onnxruntime build."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise BnfoldError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    available = ort.get_available_providers()
+    if PROVIDERS[provider] not in available:
+        hint = " (install onnxruntime-gpu, or use --provider cpu)" if provider == "cuda" else ""
+        raise BnfoldError(f"{PROVIDERS[provider]} is not available in this onnxruntime "
+                          f"{ort.__version__} build (available: {', '.join(available)}){hint}")
+
+
+def _validate(opt_levels: Sequence[str], threads: Sequence[int], warmup: int, runs: int) -> None:
+    bad = [lv for lv in opt_levels if lv not in OPT_LEVELS]
+    if bad or not opt_levels:
+        raise BnfoldError(f"unknown optimization level {bad}; choose from {', '.join(OPT_LEVELS)}")
+    if runs < 2:
+        raise BnfoldError("runs must be at least 2 (stdev and the speedup interval need pairs)")
+    if warmup < 0 or any(t < 0 for t in threads):
+        raise BnfoldError("warmup and threads must be >= 0 (threads 0 = onnxruntime default)")
+
+
+def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence[str] = ("cpu",),
+                     opt_levels: Sequence[str] = ("disabled", "basic", "all"),
+                     threads: Sequence[int] = (1,), batch_sizes: Sequence[int | None] = (None,),
+                     warmup: int = 10, runs: int = 100, dims: Mapping[str, int] | None = None,
+                     isolate: bool = True, allow_spinning: bool = False, seed: int = 0,
+                     confidence: float = 0.95, progress: Progress | None = None) -> BenchResult:
+    """Time named model files over the grid; speedups are relative to the first variant.
+
+    Every variant gets the same inputs, generated from the first model's declared inputs.
+    """
+    if len(variants) < 2:
+        raise BnfoldError("need at least two models to compare")
+    _validate(opt_levels, threads, warmup, runs)
+    for p in providers:
+        check_provider(p)
+    for name, path in variants:
+        if not os.path.isfile(path):
+            raise InputError(f"model file not found: {path} ({name})")
+    specs = read_input_specs(variants[0][1])
+    for name, path in variants[1:]:
+        other = {s.name for s in read_input_specs(path)}
+        missing = [s.name for s in specs if s.name not in other]
+        if missing:
+            raise InputError(f"{name} ({path}) lacks input(s) {missing} of {variants[0][0]}")
+    batches = [b if b is not None else default_batch(specs) for b in batch_sizes]
+    inputs = {b: make_inputs(specs, b, dims, seed) for b in dict.fromkeys(batches)}
+    configs = [RunConfig(p, lv, t, b) for p, lv, t, b
+               in itertools.product(providers, opt_levels, threads, dict.fromkeys(batches))]
+    results = []
+    with Runner(variants, isolate=isolate, allow_spinning=allow_spinning) as runner:
+        for k, cfg in enumerate(configs, 1):
+            if progress:
+                progress(f"[{k}/{len(configs)}] {cfg.label()}: {warmup} warm-up + {runs} timed rounds")
+            runs_ = runner.measure(cfg, inputs[cfg.batch], warmup=warmup, runs=runs,
+                                   progress=progress)
+            results.append(build_config_result(cfg, runs_, confidence=confidence, seed=seed))
+    settings: dict[str, Any] = {"warmup": warmup, "runs": runs, "isolate": isolate,
+                                "allow_spinning": allow_spinning, "confidence": confidence,
+                                "seed": seed, "order": "interleaved A B B A", "io_binding": True,
+                                "dims": dict(dims or {})}
+    return BenchResult(models=dict(variants), configs=results, settings=settings)
+
+
+def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
+    """Paired latency of ``original`` vs ``folded`` (paths or ModelProtos) on ONNX Runtime.
+
+    With ``folded=None`` the original is folded on the fly with ``bnfold.fold``. Options are
+    those of :func:`measure_variants` (providers, opt_levels, threads, batch_sizes, warmup,
+    runs, dims, isolate, allow_spinning, seed, confidence, progress).
+    """
+    progress: Progress | None = options.get("progress")
+    with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
+        orig_path = _as_path(original, os.path.join(tmp, "original.onnx"))
+        fold_info = None
+        if folded is None:
+            from bnfold.fold import fold
+
+            if progress:
+                progress(f"folding {orig_path} with bnfold.fold")
+            res = fold(orig_path if not isinstance(original, onnx.ModelProto) else original)
+            fold_info = {"bn_before": res.bn_before, "bn_after": res.bn_after}
+            folded = res.model
+        fold_path = _as_path(folded, os.path.join(tmp, "folded.onnx"))
+        result = measure_variants([("original", orig_path), ("folded", fold_path)], **options)
+    result.fold = fold_info
+    if isinstance(original, onnx.ModelProto):
+        result.models["original"] = "<in-memory model>"
+    if not isinstance(folded, (str, os.PathLike)):
+        result.models["folded"] = "<folded in memory>" if fold_info else "<in-memory model>"
+    return result
+
+
+def _as_path(model: Any, tmp_path: str) -> str:
+    """A file path ORT can open: the given path, or ``model`` written to ``tmp_path``."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    if isinstance(model, onnx.ModelProto):
+        large = model.ByteSize() > 1_800_000_000
+        onnx.save_model(model, tmp_path, save_as_external_data=large,
+                        location=os.path.basename(tmp_path) + ".data" if large else None)
+        return tmp_path
+    raise BnfoldError(f"expected a model path or onnx.ModelProto, got {type(model).__name__}")

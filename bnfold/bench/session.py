@@ -1,0 +1,116 @@
+"""Worker side of the benchmark: one ONNX Runtime session timed through IO binding.
+
+Inputs are bound once as OrtValues on the provider's device and outputs are bound to
+that device, so a CUDA run times the kernels and not host<->device copies. The same
+code path runs on CPU (device "cpu"), which is how it is tested without a GPU.
+"""
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+OPT_LEVELS = ("disabled", "basic", "extended", "all")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def ort_opt_level(level: str) -> Any:
+    """Map our level name to onnxruntime.GraphOptimizationLevel."""
+    import onnxruntime as ort
+
+    return {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+
+
+class TimedSession:
+    """An InferenceSession plus an IO binding; ``run_ms`` times one synchronous run."""
+
+    def __init__(self, path: str, provider: str, opt_level: str, threads: int,
+                 allow_spinning: bool) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort_opt_level(opt_level)
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        # An idle spinning pool would steal cores from the other variant's process.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        providers = [PROVIDERS[provider]]
+        if provider != "cpu":
+            providers.append("CPUExecutionProvider")
+        start = time.perf_counter()
+        self.session = ort.InferenceSession(path, so, providers=providers)
+        self.create_ms = (time.perf_counter() - start) * 1000.0
+        if PROVIDERS[provider] not in self.session.get_providers():
+            raise RuntimeError(f"{PROVIDERS[provider]} could not be initialised for {path}")
+        self.device = "cuda" if provider == "cuda" else "cpu"
+        self.binding = self.session.io_binding()
+        self._held: list[Any] = []
+
+    def bind(self, inputs: dict[str, np.ndarray]) -> None:
+        """Copy inputs to the device once and bind every output to the device."""
+        import onnxruntime as ort
+
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        self._held = []
+        for info in self.session.get_inputs():
+            if info.name not in inputs:
+                raise RuntimeError(f"no input value for {info.name!r}")
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[info.name]),
+                                                     self.device, 0)
+            self._held.append(value)
+            self.binding.bind_ortvalue_input(info.name, value)
+        for info in self.session.get_outputs():
+            self.binding.bind_output(info.name, self.device)
+        self.binding.synchronize_inputs()
+
+    def run_ms(self) -> float:
+        """One run; the clock stops after outputs are synchronised on the device."""
+        start = time.perf_counter_ns()
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+def worker_main(conn: Connection) -> None:
+    """Serve commands from the parent until "quit": load, bind, run, drop (one reply each)."""
+    sessions: dict[str, TimedSession] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        op = msg[0]
+        if op == "quit":
+            conn.send(("ok", None))
+            return
+        try:
+            if op == "load":
+                _, key, path, provider, level, threads, spin = msg
+                sessions.pop(key, None)
+                sessions[key] = TimedSession(path, provider, level, threads, spin)
+                reply: Any = sessions[key].create_ms
+            elif op == "bind":
+                sessions[msg[1]].bind(msg[2])
+                reply = None
+            elif op == "run":
+                reply = sessions[msg[1]].run_ms()
+            elif op == "drop":
+                sessions.pop(msg[1], None)
+                reply = None
+            else:
+                raise ValueError(f"unknown command {op!r}")
+        except Exception as exc:  # report to the parent, which raises a BnfoldError
+            first = (str(exc).strip().splitlines() or [""])[0]
+            conn.send(("error", f"{type(exc).__name__}: {first}"))
+        else:
+            conn.send(("ok", reply))
