@@ -53,6 +53,9 @@ def _register() -> None:
 
     main.add_command(fold_cmd)
     main.add_command(inspect_cmd)
+    from bnfold.cli.bench import bench_cmd
+
+    main.add_command(bench_cmd)
 
 
 _register()
