@@ -1,21 +1,31 @@
-"""Load and save ONNX models safely: clear errors, checked external data, atomic writes."""
+"""Load and save ONNX models safely: clear errors, checked external data, atomic writes.
+
+Loading refuses, with one actionable line, anything that is not a valid ONNX model whose
+external data stays inside the model's folder. Saving never copies the model's tensors:
+with external data it streams each large tensor to the data file and serializes a small
+skeleton proto, so a multi-GB model is saved with about one tensor of extra memory.
+"""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper as edh
+from onnx import numpy_helper
 
 from bnfold.errors import InputError, OutputError
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
+PROTO_HEADROOM = 64 * 2**20  # bytes kept free under the protobuf limit for graph structure
 EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this large go to the external data file
+_ALIGN = 4096  # external tensors start on page boundaries so they can be memory-mapped
 
 
 def max_known_opset() -> int:
@@ -47,19 +57,25 @@ def _check_opset(model: onnx.ModelProto, path: str) -> None:
 
 
 def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
-    info = edh.ExternalDataInfo(tensor)
+    try:
+        info = edh.ExternalDataInfo(tensor)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: tensor {tensor.name!r} has malformed external data "
+                         f"fields ({exc})") from None
     loc = info.location
     if not loc:
         raise InputError(f"{path}: tensor {tensor.name!r} uses external data but names no file")
-    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc:
+    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc or "\0" in loc:
         raise InputError(f"{path}: external data location {loc!r} of tensor {tensor.name!r} is "
                          "absolute; only paths inside the model's folder are allowed")
-    target = (base / loc)
     real_base = base.resolve()
-    real = target.resolve()
+    real = (base / loc).resolve()
     if real != real_base and real_base not in real.parents:
         raise InputError(f"{path}: external data location {loc!r} of tensor {tensor.name!r} "
                          "escapes the model's folder (../ or a symlink out); refusing to read it")
+    if (base / loc).is_symlink():  # onnx refuses links too; say so before its checker does
+        raise InputError(f"{path}: external data file {loc!r} is a symbolic link; onnx does not "
+                         "read external data through links: put the real file there")
     if not real.is_file():
         raise InputError(f"{path}: external data file {loc!r} for tensor {tensor.name!r} is missing")
     size = real.stat().st_size
@@ -70,23 +86,42 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
                          f"tensor {tensor.name!r} needs (offset {offset} + length {length})")
 
 
+def _check_graph(path: Path, shown: str) -> None:
+    """Run onnx.checker on the file (external data is located, not read, so this is cheap)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:  # onnx raises ValidationError, but also other types on odd input
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        raise InputError(f"{shown}: not a valid ONNX model (onnx.checker: {first})") from None
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(edh.uses_external_data(t) for t in _all_tensors(model))
 
 
-def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file with its external data, or raise InputError saying why it can't."""
+def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
+               check: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file with its external data, or raise InputError saying why it can't.
+
+    ``check`` runs onnx.checker on the input so an invalid graph is refused up front.
+    """
     p = Path(path)
     shown = str(path)
-    if not p.exists():
-        raise InputError(f"{shown}: no such file")
-    if p.is_dir():
-        raise InputError(f"{shown}: is a directory, not an ONNX file")
-    if p.stat().st_size == 0:
-        raise InputError(f"{shown}: empty file, not an ONNX model")
+    try:
+        if not p.exists():
+            raise InputError(f"{shown}: no such file")
+        if p.is_dir():
+            raise InputError(f"{shown}: is a directory, not an ONNX file")
+        if p.stat().st_size == 0:
+            raise InputError(f"{shown}: empty file, not an ONNX model")
+        if not os.access(p, os.R_OK):
+            raise InputError(f"{shown}: not readable (permission denied)")
+    except OSError as exc:  # e.g. a name too long, or a symlink loop
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
         model = onnx.load_model(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+    except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown}: not a readable ONNX model (protobuf parse failed: "
                          f"{type(exc).__name__}); the file may be truncated or not ONNX") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
@@ -97,7 +132,9 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
     external = [t for t in _all_tensors(model) if edh.uses_external_data(t)]
     for tensor in external:
         _check_external(tensor, base, shown)
-    if external:
+    if check:
+        _check_graph(p, shown)
+    if external and load_external_data:
         try:
             edh.load_external_data_for_model(model, str(base))
         except (OSError, ValueError) as exc:
@@ -106,58 +143,156 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Approximate serialized size of all tensors (raw_data dominates for real models)."""
-    return sum(len(t.raw_data) for t in _all_tensors(model))
+    """Approximate serialized size of all tensors, without copying their data."""
+    return sum(t.ByteSize() for t in _all_tensors(model))
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
+    """The tensor's little-endian bytes if it belongs in the data file, else None."""
+    if edh.uses_external_data(tensor):
+        return None
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data if tensor.ByteSize() >= EXTERNAL_THRESHOLD else None
+    if tensor.ByteSize() < EXTERNAL_THRESHOLD or tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    array = numpy_helper.to_array(tensor)  # typed fields (float_data, ...): rare, small copies
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+class _DataWriter:
+    """Appends tensors to one external data file and builds their data-less stubs."""
+
+    def __init__(self, f: BinaryIO, location: str) -> None:
+        self.f, self.location = f, location
+
+    def tensor(self, src: onnx.TensorProto) -> onnx.TensorProto:
+        out = onnx.TensorProto()
+        raw = _raw_bytes(src)
+        if raw is None:
+            out.CopyFrom(src)
+            return out
+        _copy_fields(src, out, frozenset({"raw_data", "float_data", "int32_data", "int64_data",
+                                          "double_data", "uint64_data", "data_location",
+                                          "external_data"}))
+        pad = (-self.f.tell()) % _ALIGN
+        if pad:
+            self.f.write(b"\0" * pad)
+        offset = self.f.tell()
+        self.f.write(raw)
+        for key, value in (("location", self.location), ("offset", str(offset)),
+                           ("length", str(len(raw)))):
+            entry = out.external_data.add()
+            entry.key, entry.value = key, value
+        out.data_location = onnx.TensorProto.EXTERNAL
+        return out
+
+    def attribute(self, src: onnx.AttributeProto) -> onnx.AttributeProto:
+        out = onnx.AttributeProto()
+        _copy_fields(src, out, frozenset({"t", "tensors", "g", "graphs"}))
+        if src.HasField("t"):
+            out.t.CopyFrom(self.tensor(src.t))
+        out.tensors.extend(self.tensor(t) for t in src.tensors)
+        if src.HasField("g"):
+            out.g.CopyFrom(self.graph(src.g))
+        out.graphs.extend(self.graph(g) for g in src.graphs)
+        return out
+
+    def node(self, src: onnx.NodeProto) -> onnx.NodeProto:
+        out = onnx.NodeProto()
+        _copy_fields(src, out, frozenset({"attribute"}))
+        out.attribute.extend(self.attribute(a) for a in src.attribute)
+        return out
+
+    def graph(self, src: onnx.GraphProto) -> onnx.GraphProto:
+        out = onnx.GraphProto()
+        _copy_fields(src, out, frozenset({"initializer", "node"}))
+        out.initializer.extend(self.tensor(t) for t in src.initializer)
+        out.node.extend(self.node(n) for n in src.node)
+        return out
+
+    def model(self, src: onnx.ModelProto) -> onnx.ModelProto:
+        out = onnx.ModelProto()
+        _copy_fields(src, out, frozenset({"graph", "functions"}))
+        out.graph.CopyFrom(self.graph(src.graph))
+        for fn in src.functions:
+            copy = out.functions.add()
+            _copy_fields(fn, copy, frozenset({"node"}))
+            copy.node.extend(self.node(n) for n in fn.node)
+        return out
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_with_external(model: onnx.ModelProto, model_path: str, data_path: str,
+                         location: str) -> None:
+    """Stream large tensors into ``data_path``; write a skeleton model that points at them.
+
+    ``model`` is left untouched (its tensors are read, never copied as a whole).
+    """
+    with open(data_path, "wb") as f:
+        skeleton = _DataWriter(f, location).model(model)
+        f.flush()
+        os.fsync(f.fileno())
+    if skeleton.ByteSize() > PROTOBUF_LIMIT:
+        raise OutputError(f"{model_path}: even with external data the graph structure is over "
+                          "2 GiB; it cannot be saved as ONNX")
+    _write_file(model_path, skeleton.SerializeToString())
+
+
+def _referenced_locations(path: Path) -> set[str]:
+    """External data files the existing ONNX file at ``path`` reads (empty if unreadable)."""
+    try:
+        old = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # an unreadable file being replaced references nothing we must keep
+        return set()
+    return {edh.ExternalDataInfo(t).location for t in _all_tensors(old)
+            if edh.uses_external_data(t)}
+
+
+def _data_location(out: Path) -> str:
+    """``<name>.data``, or ``<name>.1.data`` when the file being replaced reads ``<name>.data``.
+
+    Renaming the new data over a file the current model still reads would corrupt that model
+    if the process died before the model itself is replaced (e.g. ``--in-place``).
+    """
+    plain = out.name + ".data"
+    if out.is_file() and plain in _referenced_locations(out):
+        return out.name + ".1.data"
+    return plain
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the data itself is synced
     finally:
         os.close(fd)
 
 
-def _write_with_external(model: onnx.ModelProto, model_path: str, location: str) -> None:
-    """Move large raw_data into one file beside the model, serialize, then restore it in memory."""
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
-    data_path = os.path.join(os.path.dirname(model_path), location)
-    try:
-        with open(data_path, "wb") as f:
-            for tensor in _all_tensors(model):
-                if edh.uses_external_data(tensor) or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
-                    continue
-                raw = tensor.raw_data
-                pad = (-f.tell()) % 4096
-                if pad:
-                    f.write(b"\0" * pad)
-                offset = f.tell()
-                f.write(raw)
-                moved.append((tensor, raw))
-                edh.set_external_data(tensor, location, offset=offset, length=len(raw))
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-            f.flush()
-            os.fsync(f.fileno())
-        with open(model_path, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for tensor, raw in moved:
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = raw
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
-               overwrite: bool = True, external_data: bool | None = None) -> list[str]:
-    """Write ``model`` atomically (temp file, fsync, rename); return the paths written.
-
-    external_data=None chooses external data only when the model is too big for one protobuf.
-    The external data file is named ``<model file name>.data`` and written beside the model.
-    """
-    out = Path(path)
+def _check_destination(out: Path, path: object, overwrite: bool) -> Path:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {str(folder)!r} does not exist")
@@ -165,30 +300,46 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
         raise OutputError(f"{path}: is a directory")
     if out.exists() and not overwrite:
         raise OutputError(f"{path}: already exists (pass overwrite / --force to replace it)")
-    if not os.access(folder, os.W_OK):
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: folder {str(folder)!r} is not writable")
-    too_big = tensor_bytes(model) + 64 * 2**20 > PROTOBUF_LIMIT
+    return folder
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
+               overwrite: bool = True, external_data: bool | None = None) -> list[str]:
+    """Write ``model`` atomically (temp files, fsync, rename); return the paths written.
+
+    external_data=None chooses external data only when the model is too big for one protobuf;
+    external_data=False on such a model raises OutputError. The data file is written beside
+    the model (see ``_data_location``) and renamed into place before the model file.
+    """
+    out = Path(path)
+    folder = _check_destination(out, path, overwrite)
+    size = tensor_bytes(model)
+    too_big = size + PROTO_HEADROOM > PROTOBUF_LIMIT
     if external_data is None:
         external_data = too_big
     elif not external_data and too_big:
-        raise OutputError(f"{path}: the model is {tensor_bytes(model) / 2**30:.1f} GiB; a single "
-                          "protobuf file is limited to 2 GiB; save it with external data instead")
-    location = out.name + ".data"
-    tmpdir = tempfile.mkdtemp(prefix=".bnfold-", dir=str(folder))
+        raise OutputError(f"{path}: the model is {size / 2**30:.1f} GiB; a single protobuf file "
+                          "is limited to 2 GiB; save it with external data instead "
+                          "(--external-data)")
+    location = _data_location(out) if external_data else ""
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=".bnfold-", dir=str(folder))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {str(folder)!r}: {exc.strerror or exc}") from None
     try:
         tmp_model = os.path.join(tmpdir, out.name)
         if external_data:
-            _write_with_external(model, tmp_model, location)
-            os.replace(os.path.join(tmpdir, location), folder / location)
+            tmp_data = os.path.join(tmpdir, location)
+            _write_with_external(model, tmp_model, tmp_data, location)
+            os.replace(tmp_data, folder / location)
         else:
-            with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
+            _write_file(tmp_model, model.SerializeToString())
         os.replace(tmp_model, out)
+        _fsync_dir(folder)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    written = [str(out)] + ([str(folder / location)] if external_data else [])
-    return written
+    return [str(out)] + ([str(folder / location)] if external_data else [])

@@ -1,0 +1,272 @@
+"""model_io: every bad input is refused with one clear InputError; saves are atomic and lossless."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import external_data_helper as edh
+from onnx import helper, numpy_helper
+
+from bnfold import model_io
+from bnfold.errors import InputError, OutputError
+from bnfold.model_io import load_model, save_model
+from modelgen import Builder, max_error
+
+
+def small_model(opset: int = 17) -> onnx.ModelProto:
+    b = Builder(opset=opset)
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.bn(b.conv(x, 8, 16), 16))
+    return b.model()
+
+
+def external_copy(tmp_path: Path, name: str = "m.onnx") -> Path:
+    """The small model saved with its tensors in ``<name>.data``."""
+    path = tmp_path / name
+    save_model(small_model(), path, external_data=True)
+    return path
+
+
+def rewrite_locations(path: Path, location: str) -> None:
+    """Point every external tensor of the model file at ``location`` (file left as is)."""
+    model = onnx.load_model(str(path), load_external_data=False)
+    for t in model_io._all_tensors(model):
+        if edh.uses_external_data(t):
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    path.write_bytes(model.SerializeToString())
+
+
+def refused(path: Path, *words: str) -> str:
+    with pytest.raises(InputError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_missing_file_is_refused(tmp_path):
+    refused(tmp_path / "nope.onnx", "no such file")
+
+
+def test_directory_is_refused(tmp_path):
+    refused(tmp_path, "is a directory")
+
+
+def test_empty_file_is_refused(tmp_path):
+    p = tmp_path / "empty.onnx"
+    p.write_bytes(b"")
+    refused(p, "empty file")
+
+
+def test_text_file_is_refused(tmp_path):
+    p = tmp_path / "notes.onnx"
+    p.write_text("this is not a model\n" * 20)
+    refused(p, "not")
+
+
+def test_truncated_protobuf_is_refused(tmp_path):
+    data = small_model().SerializeToString()
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    refused(p, "truncated")
+
+
+def test_corrupted_protobuf_is_refused(tmp_path):
+    data = bytearray(small_model().SerializeToString())
+    data[2:40] = b"\xff" * 38
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(bytes(data))
+    refused(p)
+
+
+def test_opset_newer_than_onnx_is_refused(tmp_path):
+    model = small_model()
+    model.opset_import[0].version = model_io.max_known_opset() + 5
+    p = tmp_path / "future.onnx"
+    p.write_bytes(model.SerializeToString())
+    refused(p, "newer than the installed onnx", "upgrade onnx")
+
+
+def test_opset_older_than_supported_is_refused(tmp_path):
+    model = small_model()
+    model.opset_import[0].version = 5
+    p = tmp_path / "old.onnx"
+    p.write_bytes(model.SerializeToString())
+    refused(p, "older than 7")
+
+
+def test_graph_failing_checker_is_refused(tmp_path):
+    model = small_model()
+    model.graph.node[0].op_type = "Frobnicate"
+    p = tmp_path / "unknown_op.onnx"
+    p.write_bytes(model.SerializeToString())
+    refused(p, "onnx.checker", "Frobnicate")
+
+
+def test_checker_can_be_skipped_for_callers_that_check_later(tmp_path):
+    model = small_model()
+    model.graph.node[0].op_type = "Frobnicate"
+    p = tmp_path / "unknown_op.onnx"
+    p.write_bytes(model.SerializeToString())
+    assert load_model(p, check=False).graph.node[0].op_type == "Frobnicate"
+
+
+def test_custom_domain_ops_pass_the_input_check(tmp_path):
+    model = small_model()
+    model.graph.node[0].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    p = tmp_path / "custom.onnx"
+    p.write_bytes(model.SerializeToString())
+    assert load_model(p).graph.node[0].domain == "com.example"
+
+
+def test_external_data_round_trips(tmp_path):
+    model = small_model()
+    path = tmp_path / "m.onnx"
+    written = save_model(model, path, external_data=True)
+    assert written == [str(path), str(tmp_path / "m.onnx.data")]
+    assert model_io.uses_external_data(onnx.load_model(str(path), load_external_data=False))
+    back = load_model(path)
+    assert not model_io.uses_external_data(back)
+    assert max_error(model, back) == 0.0
+
+
+def test_external_tensors_are_page_aligned(tmp_path):
+    path = external_copy(tmp_path)
+    skeleton = onnx.load_model(str(path), load_external_data=False)
+    offsets = [edh.ExternalDataInfo(t).offset for t in model_io._all_tensors(skeleton)
+               if edh.uses_external_data(t)]
+    assert offsets and all(o % 4096 == 0 for o in offsets)
+
+
+def test_missing_external_data_file_is_refused(tmp_path):
+    path = external_copy(tmp_path)
+    (tmp_path / "m.onnx.data").unlink()
+    refused(path, "external data file", "missing")
+
+
+def test_short_external_data_file_is_refused(tmp_path):
+    path = external_copy(tmp_path)
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:-10])
+    refused(path, "shorter")
+
+
+def test_absolute_external_location_is_refused(tmp_path):
+    path = external_copy(tmp_path)
+    rewrite_locations(path, str(tmp_path / "m.onnx.data"))
+    refused(path, "absolute")
+
+
+def test_parent_escaping_external_location_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    path = external_copy(inner)
+    os.replace(inner / "m.onnx.data", tmp_path / "m.onnx.data")
+    rewrite_locations(path, "../m.onnx.data")
+    refused(path, "escapes the model's folder")
+
+
+def test_symlink_escaping_external_location_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    path = external_copy(inner)
+    os.replace(inner / "m.onnx.data", tmp_path / "secret.data")
+    (inner / "m.onnx.data").symlink_to(tmp_path / "secret.data")
+    refused(path, "escapes the model's folder")
+
+
+def test_symlink_inside_the_folder_is_refused_with_its_own_message(tmp_path):
+    path = external_copy(tmp_path)
+    os.replace(tmp_path / "m.onnx.data", tmp_path / "real.data")
+    (tmp_path / "m.onnx.data").symlink_to("real.data")
+    refused(path, "symbolic link")
+
+
+def test_save_does_not_change_the_model_in_memory(tmp_path):
+    model = small_model()
+    before = model.SerializeToString()
+    save_model(model, tmp_path / "m.onnx", external_data=True)
+    assert model.SerializeToString() == before
+
+
+def test_typed_field_tensors_go_to_external_data_too(tmp_path):
+    model = small_model()
+    w = model.graph.initializer[0]
+    value = numpy_helper.to_array(w)
+    w.ClearField("raw_data")
+    w.float_data.extend(value.ravel().tolist())
+    path = tmp_path / "typed.onnx"
+    save_model(model, path, external_data=True)
+    skeleton = onnx.load_model(str(path), load_external_data=False)
+    assert edh.uses_external_data(skeleton.graph.initializer[0])
+    np.testing.assert_array_equal(numpy_helper.to_array(load_model(path).graph.initializer[0]),
+                                  value)
+
+
+def test_single_file_over_the_protobuf_limit_is_refused(tmp_path, monkeypatch):
+    model = small_model()
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(model_io, "PROTO_HEADROOM", 0)
+    with pytest.raises(OutputError, match="limited to 2 GiB.*external data"):
+        save_model(model, tmp_path / "big.onnx", external_data=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_over_the_protobuf_limit_defaults_to_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(model_io, "PROTO_HEADROOM", 0)
+    written = save_model(small_model(), tmp_path / "big.onnx")
+    assert written[1:] == [str(tmp_path / "big.onnx.data")]
+
+
+def test_output_in_missing_folder_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        save_model(small_model(), tmp_path / "nope" / "m.onnx")
+
+
+def test_output_over_existing_file_needs_overwrite(tmp_path):
+    p = tmp_path / "m.onnx"
+    p.write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="already exists"):
+        save_model(small_model(), p, overwrite=False)
+    assert p.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_failed_rename_leaves_the_old_file_byte_identical(tmp_path, monkeypatch, external):
+    path = external_copy(tmp_path) if external else tmp_path / "m.onnx"
+    if not external:
+        save_model(small_model(), path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):  # noqa: ANN001, ANN202
+        if Path(dst) == path:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", fail_on_model)
+    other = small_model(opset=13)
+    with pytest.raises(OutputError, match="No space left"):
+        save_model(other, path, external_data=external)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before}
+    assert after == before
+    assert not any(p.name.startswith(".bnfold-") for p in tmp_path.iterdir())
+    assert max_error(small_model(), load_model(path)) == 0.0
+
+
+def test_overwriting_a_model_keeps_its_data_file_until_the_model_is_replaced(tmp_path):
+    path = external_copy(tmp_path)
+    written = save_model(small_model(opset=13), path, external_data=True)
+    assert written[1] == str(tmp_path / "m.onnx.1.data")
+    assert load_model(path).opset_import[0].version == 13
+    written = save_model(small_model(), path, external_data=True)
+    assert written[1] == str(tmp_path / "m.onnx.data")
