@@ -1,0 +1,81 @@
+"""`bnfold fold` / `bnfold inspect`: outputs, exit codes, stdout vs stderr, input protection."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from bnfold.cli import main
+from modelgen import Builder, count_bn
+
+
+@pytest.fixture()
+def model_path(tmp_path):
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.node("Relu", [b.bn(b.conv(x, 3, 4), 4)])
+    b.output(b.conv(b.bn(y, 4), 4, 2, pads=1))
+    path = tmp_path / "m.onnx"
+    onnx.save(b.model(), path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_fold_writes_default_output_and_prints_table(model_path):
+    res = invoke("fold", model_path)
+    assert res.exit_code == 0, res.output
+    out = model_path.with_name("m.folded.onnx")
+    assert count_bn(onnx.load(out)) == 1
+    assert "folded <- backward" in res.stdout and "padded_consumer" in res.stdout
+    assert "2 before -> 1 after" in res.stdout
+    assert "wrote" in res.stderr and "wrote" not in res.stdout
+
+
+def test_fold_json_is_machine_readable(model_path, tmp_path):
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx", "--json", "-q")
+    data = json.loads(res.stdout)
+    assert data["bn_before"] == 2 and data["bn_after"] == 1
+    assert {r["reason"] for r in data["records"]} == {None, "padded_consumer"}
+
+
+def test_fold_never_overwrites_input_without_in_place(model_path):
+    before = model_path.read_bytes()
+    res = invoke("fold", model_path, "-o", model_path)
+    assert res.exit_code == 2 and "--in-place" in res.stderr
+    assert model_path.read_bytes() == before
+
+
+def test_in_place_rewrites_input(model_path):
+    res = invoke("fold", model_path, "--in-place")
+    assert res.exit_code == 0
+    assert count_bn(onnx.load(model_path)) == 1
+
+
+def test_inspect_writes_nothing(model_path):
+    res = invoke("inspect", model_path, "--json")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["folded"] == 1
+    assert sorted(p.name for p in model_path.parent.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model at all \x00\xff", None])
+def test_bad_input_is_one_line_exit_2(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    res = invoke("fold", path, "-q")
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("bnfold: error:")
+    assert not (tmp_path / "bad.folded.onnx").exists()
+    assert "Traceback" not in res.output
+
+
+def test_help_shows_examples():
+    res = invoke("fold", "--help")
+    assert res.exit_code == 0 and "Examples:" in res.stdout
