@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 import bnfold
+from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table
+from bnfold.verify.runner import PROVIDERS
 from bnfold.errors import BnfoldError, OutputError
 from bnfold.model_io import load_model, save_model, uses_external_data
 
@@ -41,15 +43,28 @@ def _say(msg: str, quiet: bool) -> None:
                    "when over 2 GiB].")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run onnx.checker and strict shape inference on the result.")
+@click.option("--verify/--no-verify", "do_verify", default=True, show_default=True,
+              help="Compare original and folded on ONNX Runtime; exit 1 if they differ.")
+@click.option("--provider", "providers", multiple=True, type=click.Choice(list(PROVIDERS)),
+              help="Execution provider(s) for --verify [default: cpu].")
+@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance [default: per dtype].")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance [default: per dtype].")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.json, report.md and report.html of the verification here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
-             check: bool, as_json: bool, verbose: bool, quiet: bool) -> None:
+             check: bool, do_verify: bool, providers: tuple[str, ...], atol: float | None,
+             rtol: float | None, report_dir: Path | None, as_json: bool, verbose: bool,
+             quiet: bool) -> None:
     """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul layers.
 
     Writes the folded model and prints, for every BN, the node it went into (and the
     direction) or why it stayed. The input is never overwritten unless --in-place.
+    Then verifies the folded model against the original on ONNX Runtime (graph
+    optimizations disabled) and exits 1 if they differ beyond tolerance; the folded
+    model is still written and the report says it failed.
 
     \b
     Examples:
@@ -59,6 +74,8 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     """
     if in_place and output is not None:
         raise BnfoldError("use either --in-place or -o/--output, not both")
+    if report_dir is not None and not do_verify:
+        raise BnfoldError("--report needs --verify")
     out = model if in_place else (output or default_output(model))
     _say(f"loading {model}", quiet)
     original = load_model(model)
@@ -67,16 +84,32 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     if external_data is None and uses_external_data(onnx_model_file_only(model)):
         external_data = True
     _say("folding", quiet)
-    result = bnfold.fold(original, check=check, copy=False)
+    result = bnfold.fold(original, check=check, copy=do_verify and in_place)
+    reference = original if do_verify and in_place else model
     for note in result.warnings:
         _say(f"warning: {note}", quiet)
     written = save_model(result.model, out, overwrite=True, external_data=external_data)
     _say(f"wrote {', '.join(written)}", quiet)
+    report = None
+    if do_verify:
+        from bnfold.verify import verify_fold
+
+        _say("verifying on ONNX Runtime", quiet)
+        report = verify_fold(reference, result, folded_path=out, report_dir=report_dir,
+                             providers=providers or ("cpu",), atol=atol, rtol=rtol)
+        if report_dir is not None:
+            _say(f"wrote reports to {report_dir}", quiet)
     if as_json:
-        click.echo(json.dumps({"input": str(model), "output": str(out), **result.to_dict()},
-                              indent=2))
+        payload = {"input": str(model), "output": str(out), **result.to_dict()}
+        if report is not None:
+            payload["verification"] = json.loads(report.to_json())
+        click.echo(json.dumps(payload, indent=2))
     else:
         click.echo(fold_table(result, verbose=verbose))
+        if report is not None:
+            click.echo(report.summary())
+    if report is not None and not report.passed:
+        click.get_current_context().exit(EXIT_VERIFY_FAILED)
 
 
 def onnx_model_file_only(path: Path):  # noqa: ANN201
