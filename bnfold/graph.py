@@ -200,24 +200,15 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def value_infos(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], dict[str, int]]:
-    """Shapes and dtypes of every value (all graphs), via onnx shape inference on a skeleton.
+    """Shapes and dtypes of every value (all graphs), via onnx shape inference on a skeleton
+    (the structure without bulk tensor data), so a multi-GB model is not copied."""
+    from bnfold.skeleton import skeleton
 
-    Large raw tensor data is detached during inference so a multi-GB model is not copied.
-    """
-    detached: list[tuple[onnx.TensorProto, bytes]] = []
-    for t in model.graph.initializer:
-        if len(t.raw_data) > 4096:
-            detached.append((t, t.raw_data))
-            t.ClearField("raw_data")
     try:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, check_type=False,
-                                                         strict_mode=False)
-        except Exception:
-            inferred = model
-    finally:
-        for t, raw in detached:
-            t.raw_data = raw
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=False,
+                                                     strict_mode=False)
+    except Exception:  # inference is best effort here: rules refuse when a rank is unknown
+        inferred = model
     shapes: dict[str, list[int | None]] = {}
     dtypes: dict[str, int] = {}
 

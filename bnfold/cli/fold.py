@@ -77,28 +77,25 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     if report_dir is not None and not do_verify:
         raise BnfoldError("--report needs --verify")
     out = model if in_place else (output or default_output(model))
-    _say(f"loading {model}", quiet)
-    original = load_model(model)
     if not in_place and _same_file(model, out):
         raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
-    if external_data is None and uses_external_data(onnx_model_file_only(model)):
-        external_data = True
-    _say("folding", quiet)
-    result = bnfold.fold(original, check=check, copy=do_verify and in_place)
-    reference = original if do_verify and in_place else model
+    _say(f"loading and folding {model}", quiet)
+    result = bnfold.fold(model, check=check)
     for note in result.warnings:
         _say(f"warning: {note}", quiet)
-    written = save_model(result.model, out, overwrite=True, external_data=external_data)
-    _say(f"wrote {', '.join(written)}", quiet)
     report = None
     if do_verify:
         from bnfold.verify import verify_fold
 
         _say("verifying on ONNX Runtime", quiet)
-        report = verify_fold(reference, result, folded_path=out, report_dir=report_dir,
+        report = verify_fold(model, result, folded_path=out, report_dir=report_dir,
                              providers=providers or ("cpu",), atol=atol, rtol=rtol)
-        if report_dir is not None:
-            _say(f"wrote reports to {report_dir}", quiet)
+    if external_data is None and uses_external_data(onnx_model_file_only(model)):
+        external_data = True
+    written = save_model(result.model, out, overwrite=True, external_data=external_data)
+    _say(f"wrote {', '.join(written)}", quiet)
+    if report_dir is not None:
+        _say(f"wrote reports to {report_dir}", quiet)
     if as_json:
         payload = {"input": str(model), "output": str(out), **result.to_dict()}
         if report is not None:

@@ -14,6 +14,7 @@ from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
 from bnfold.graph import GraphIndex, subgraphs, value_infos
 from bnfold.model_io import MIN_OPSET, default_opset, load_model
+from bnfold.skeleton import skeleton
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -23,21 +24,24 @@ __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 def fold(model: ModelLike, *, check: bool = True, copy: bool = True) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
-    ``model`` is a path or a ModelProto (copied unless ``copy=False``; a path is loaded with
-    its external data). With ``check`` the result must pass onnx.checker and strict shape
-    inference; if it does not, the input is returned unchanged with CHECK_FAILED reasons.
+    ``model`` is a path (loaded with its external data) or a ModelProto (copied first unless
+    ``copy=False``, in which case it is folded in place). With ``check`` the result must pass
+    onnx.checker with strict shape inference; if it does not, the unchanged input is returned
+    with CHECK_FAILED reasons (for ``copy=False`` a backup is kept for that purpose).
     """
-    original = _as_model(model, copy=copy)
-    proto = original
-    keep = onnx.ModelProto()
-    if check:
-        keep.CopyFrom(original)  # the fallback when the folded model fails its checks
+    proto = _as_model(model, copy=copy)
+    backup = None
+    if check and isinstance(model, onnx.ModelProto) and not copy:
+        backup = onnx.ModelProto()
+        backup.CopyFrom(proto)
+    before = skeleton(proto) if check else None
     records, notes = _fold_model(proto)
     result = FoldResult(model=proto, records=records, warnings=notes)
-    if check and result.folded:
-        problem = check_folded(keep, proto)
+    if before is not None and result.folded:
+        problem = check_folded(before, proto)
         if problem:
-            return FoldResult(model=keep, records=[_undo(r, problem) for r in records],
+            kept = backup if backup is not None else _as_model(model, copy=True)
+            return FoldResult(model=kept, records=[_undo(r, problem) for r in records],
                               warnings=notes + [f"folded model failed its check: {problem}"])
     return result
 

@@ -1,36 +1,29 @@
-"""Validity checks on a folded model: onnx.checker (full) and strict shape inference.
+"""Validity check on a folded model: onnx.checker with strict shape inference (full check).
 
-A check the original model already fails is not held against the fold; only new failures
-count, so a model with, say, custom-domain ops still folds.
+Runs on skeletons (structure without bulk tensor data), so it costs little even for large
+models. A failure the original model already has is not held against the fold; only new
+failures count, so a model with, say, unknown custom-domain ops still folds.
 """
 from __future__ import annotations
 
 import onnx
 
-from bnfold.model_io import PROTOBUF_LIMIT, tensor_bytes
+from bnfold.skeleton import full_check, skeleton
 
 
-def _problem(model: onnx.ModelProto, kind: str) -> str | None:
+def problem(sk: onnx.ModelProto) -> str | None:
+    """The first line of the full check's complaint about skeleton ``sk``, or None."""
     try:
-        if kind == "checker":
-            onnx.checker.check_model(model, full_check=False)
-        else:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        full_check(sk)
     except Exception as exc:  # onnx raises several exception types for invalid models
         text = str(exc).strip().splitlines()
-        return f"{kind}: {text[0] if text else type(exc).__name__}"
+        return text[0] if text else type(exc).__name__
     return None
 
 
-def check_folded(original: onnx.ModelProto, folded: onnx.ModelProto) -> str | None:
-    """None if ``folded`` passes every check that ``original`` passes; else the first failure.
-
-    Models too large for one protobuf are checked on file after saving instead.
-    """
-    if tensor_bytes(folded) + 64 * 2**20 > PROTOBUF_LIMIT:
-        return None
-    for kind in ("checker", "shape_inference"):
-        problem = _problem(folded, kind)
-        if problem and _problem(original, kind) is None:
-            return problem
+def check_folded(original_skeleton: onnx.ModelProto, folded: onnx.ModelProto) -> str | None:
+    """None if ``folded`` passes the full check or the original fails it too; else why not."""
+    found = problem(skeleton(folded))
+    if found and problem(original_skeleton) is None:
+        return found
     return None

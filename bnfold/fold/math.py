@@ -31,7 +31,7 @@ def channel_view(vec: np.ndarray, rank: int, axis: int) -> np.ndarray:
 
 def scale_conv_out(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Conv weight (M, C/g, k...): scale output channel m by scale[m]."""
-    return w.astype(np.float64) * channel_view(scale, w.ndim, 0)
+    return w * channel_view(np.asarray(scale, dtype=np.float64), w.ndim, 0)
 
 
 def scale_conv_transpose_out(w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:

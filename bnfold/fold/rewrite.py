@@ -20,15 +20,27 @@ def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str]) -
     with warnings.catch_warnings(), np.errstate(over="ignore", under="ignore", invalid="ignore"):
         warnings.simplefilter("ignore")
         out = value.astype(np_type)
-    back = out.astype(np.float64)
-    if not np.isfinite(back).all():
+    if not np.isfinite(out).all():
         raise FoldOverflow(f"{what}: max |value| {np.abs(value).max():.4g} overflows "
                            f"{helper.tensor_dtype_to_string(elem_type)}")
-    flushed = int(np.count_nonzero((back == 0) & (value != 0)))
-    if flushed:
+    flushed = int(np.count_nonzero(out == 0) - np.count_nonzero(value == 0))
+    if flushed > 0:
         notes.append(f"{what}: {flushed} folded value(s) flush to zero in "
                      f"{helper.tensor_dtype_to_string(elem_type)}")
     return out
+
+
+def write_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Overwrite ``tensor``'s data with ``value`` (same dtype), keeping its name."""
+    if (helper.tensor_dtype_to_np_dtype(tensor.data_type) == value.dtype
+            and value.dtype.byteorder in "=|" and np.little_endian):
+        for field in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
+            tensor.ClearField(field)
+        del tensor.dims[:]
+        tensor.dims.extend(value.shape)
+        tensor.raw_data = np.ascontiguousarray(value).tobytes()
+    else:
+        tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
 
 
 class Rewriter:
@@ -56,7 +68,7 @@ class Rewriter:
         old = node.input[index] if index < len(node.input) else ""
         if (old and old in g.initializers and not g.is_overridable_input(old)
                 and g.fanout(old) == 1):
-            g.initializers[old].CopyFrom(numpy_helper.from_array(value, old))
+            write_tensor(g.initializers[old], value)
             return
         name = self.fresh_name(base or node.name or "bnfold_const")
         self.graph.initializer.append(numpy_helper.from_array(value, name))

@@ -1,0 +1,61 @@
+"""A model's structure without its bulk tensor data, for cheap checks and shape inference.
+
+Large raw initializers become header-only tensors (name, dtype, dims) marked as external
+data in ``SKELETON_FILE``, so ``onnx.checker`` and shape inference run on a few hundred KB
+instead of serializing gigabytes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import onnx
+
+SKELETON_FILE = "bnfold-skeleton.bin"
+_SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
+
+
+def _copy_except(dst, src, skip: str) -> None:  # noqa: ANN001
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+    return math.prod(t.dims) * itemsize
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large raw main-graph initializers carry no data."""
+    sk = onnx.ModelProto()
+    _copy_except(sk, model, "graph")
+    _copy_except(sk.graph, model.graph, "initializer")
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and _nbytes(t) > _SMALL:
+            h = sk.graph.initializer.add()
+            h.name, h.data_type = t.name, t.data_type
+            h.dims.extend(t.dims)
+            h.data_location = onnx.TensorProto.EXTERNAL
+            entry = h.external_data.add()
+            entry.key, entry.value = "location", SKELETON_FILE
+        else:
+            sk.graph.initializer.add().CopyFrom(t)
+    return sk
+
+
+def full_check(sk: onnx.ModelProto) -> None:
+    """onnx.checker (full: includes strict shape inference) on a skeleton; raises on failure."""
+    with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
+        open(os.path.join(tmp, SKELETON_FILE), "wb").close()
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(sk.SerializeToString())
+        onnx.checker.check_model(path, full_check=True)
