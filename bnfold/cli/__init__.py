@@ -56,6 +56,9 @@ def _register() -> None:
     from bnfold.cli.bench import bench_cmd
 
     main.add_command(bench_cmd)
+    from bnfold.cli.verify import verify_cmd
+
+    main.add_command(verify_cmd)
 
 
 _register()
