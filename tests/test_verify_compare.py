@@ -29,10 +29,16 @@ def test_relative_errors_elementwise_with_floor_and_to_peak() -> None:
     assert m.peak_rel == pytest.approx(0.2 / 10.0)
 
 
-def test_rtol_scales_with_reference_magnitude() -> None:
-    ref = np.array([100.0, 1.0])
-    got = np.array([100.5, 1.5])
-    m = compare.compare(ref, got, atol=0.0, rtol=0.01)  # allows 1.0 and 0.01
+def test_rtol_scales_with_the_output_peak_not_each_element() -> None:
+    ref = np.array([100.0, 1.0, 0.001])
+    got = np.array([100.5, 1.9, 1.2])
+    m = compare.compare(ref, got, atol=0.0, rtol=0.01)  # allows 0.01 * 100 = 1.0 everywhere
+    assert m.mismatched == 1       # only the 1.199 error on the last element
+    assert compare.compare(ref, got, atol=0.2, rtol=0.01).mismatched == 0
+
+
+def test_atol_alone_when_rtol_is_zero() -> None:
+    m = compare.compare(np.array([0.0, 5.0]), np.array([0.05, 5.2]), atol=0.1, rtol=0.0)
     assert m.mismatched == 1
 
 

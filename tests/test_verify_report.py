@@ -87,7 +87,7 @@ def test_empty_report_does_not_pass() -> None:
 def test_json_has_verdict_metrics_tolerances_and_fold() -> None:
     d = json.loads(_report(fail=True).to_json())
     assert d["passed"] is False
-    assert d["tolerances"]["float32"] == {"atol": 1e-4, "rtol": 1e-3}
+    assert d["tolerances"]["float32"] == {"atol": 1e-5, "rtol": 1e-4}
     assert d["checks"][0]["metrics"]["max_abs"] == pytest.approx(0.5)
     assert d["checks"][0]["passed"] is False
     assert d["localization"]["bn"] == "bn1"
@@ -109,6 +109,7 @@ def test_markdown_has_a_table_per_output_and_the_fold_table() -> None:
                     "### Accuracy on labelled data", "### BatchNormalization folds"):
         assert heading in md
     assert "| cpu: b8 | float32 | 2x2 |" in md
+    assert "`b.onnx`\n\n### Environment" in md  # headings need a blank line before them
 
 
 def test_html_is_self_contained_with_its_tables() -> None:

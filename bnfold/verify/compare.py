@@ -1,8 +1,10 @@
 """Error metrics between a reference output and a candidate output, and the tolerances they meet.
 
-Every metric is computed in float64 so the comparison itself adds no rounding. The pass rule is
-numpy's ``allclose`` applied elementwise: ``|cand - ref| <= atol + rtol * |ref|``, with NaN equal to
-NaN and infinities equal only to the same infinity.
+Every metric is computed in float64 so the comparison itself adds no rounding. The pass rule
+scales with the output, not each element: ``|cand - ref| <= atol + rtol * max|ref|`` for every
+element, with NaN equal to NaN and infinities equal only to the same infinity. An elementwise
+``rtol * |ref|`` would fail correct folds wherever a near-zero value is the small difference of
+large terms (a few ulps of the peak, not of the value itself); half-precision models show it first.
 """
 from __future__ import annotations
 
@@ -14,13 +16,16 @@ import numpy as np
 REL_FLOOR = 1e-6
 """Denominator floor of the elementwise relative error, so exact zeros do not divide by zero."""
 
-# (atol, rtol) per output dtype: a few units of the format's epsilon scaled for a deep network's
-# accumulated rounding (fold reorders multiply-adds; fp32 eps 1.2e-7, fp16 9.8e-4, bf16 7.8e-3).
+# (atol, rtol) per output dtype; rtol is relative to the output's peak. Folding rounds each folded
+# weight once and reorders multiply-adds, so outputs move by a few ulps of their peak: measured
+# peak-relative errors on the digits models are ~5e-7 in fp32 and ~1.2e-3 in fp16 (eps 1.2e-7,
+# 9.8e-4), so those rtols leave a 200x and 8x margin; bf16 (eps 7.8e-3, not measured: ORT's
+# Python API cannot return bf16 outputs) is scaled from fp16 by the ratio of epsilons.
 TOLERANCES: dict[str, tuple[float, float]] = {
-    "float64": (1e-10, 1e-8),
-    "float32": (1e-4, 1e-3),
-    "float16": (1e-2, 1e-2),
-    "bfloat16": (5e-2, 2e-2),
+    "float64": (1e-12, 1e-9),
+    "float32": (1e-5, 1e-4),
+    "float16": (1e-3, 1e-2),
+    "bfloat16": (1e-2, 8e-2),
 }
 EXACT = (0.0, 0.0)
 """Integer and bool outputs must match exactly."""
@@ -52,7 +57,7 @@ class Metrics:
     mean_abs: float          # mean |cand - ref|
     cosine: float            # cosine similarity of the flattened arrays (1.0 when both are zero)
     top1_agreement: float | None  # fraction of rows with the same argmax (classifier-like outputs)
-    mismatched: int          # elements outside atol + rtol * |ref|
+    mismatched: int          # elements outside atol + rtol * max|ref|
     size: int                # elements compared
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +116,7 @@ def compare(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> Metr
     peak = float(abs_r.max())
     max_rel = float((diff / np.maximum(abs_r, REL_FLOOR)).max())
     peak_rel = 0.0 if max_abs == 0.0 else (float("inf") if peak == 0.0 else max_abs / peak)
-    mismatched = int(np.count_nonzero(diff > atol + rtol * abs_r))
+    mismatched = int(np.count_nonzero(diff > atol + rtol * peak))
     top1 = top1_agreement(ref, cand) if is_classifier_like(ref.shape, ref.dtype) else None
     return Metrics(max_abs=max_abs, max_rel=max_rel, peak_rel=peak_rel, mean_abs=float(diff.mean()),
                    cosine=cosine_similarity(ref, cand), top1_agreement=top1,

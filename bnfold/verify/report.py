@@ -119,8 +119,8 @@ class Report:
             "folded": self.folded,
             "environment": self.environment,
             "tolerances": self.tolerances(),
-            "tolerance_rule": "|folded - original| <= atol + rtol * |original|, elementwise; "
-                              "integer/bool outputs exact",
+            "tolerance_rule": "|folded - original| <= atol + rtol * max|original| for every element "
+                              "(max over the output); integer/bool outputs exact",
             "cases": [asdict(c) for c in self.cases],
             "checks": [c.to_dict() for c in self.checks],
             "localization": self.localization.to_dict() if self.localization else None,

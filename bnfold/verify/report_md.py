@@ -28,4 +28,5 @@ def render_markdown(report: Report) -> str:
             f"- original: `{report.original}`", f"- folded: `{report.folded}`", ""]
     if report.localization_note:
         head += [f"> {report.localization_note}", ""]
-    return "\n".join(head) + "\n".join(table_markdown(t) + "\n" for t in tables.all_tables(report))
+    body = "\n".join(table_markdown(t) + "\n" for t in tables.all_tables(report))
+    return "\n".join(head) + "\n" + body

@@ -36,7 +36,7 @@ def cases(report: Report) -> Table:
 def tolerances(report: Report) -> Table:
     rows = [(dtype, f"{t['atol']:g}", f"{t['rtol']:g}") for dtype, t in report.tolerances().items()]
     rows.append(("int*/bool", "0", "0"))
-    return Table("Tolerances (|folded - original| <= atol + rtol * |original|)",
+    return Table("Tolerances (|folded - original| <= atol + rtol * max|original|, per output)",
                  ("dtype", "atol", "rtol"), rows, "tolerances")
 
 
