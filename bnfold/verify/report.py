@@ -99,8 +99,9 @@ class Report:
         """One line for the CLI: verdict, scope, worst error, and the blamed BN when it failed."""
         n_out, n_case = len(self.outputs), len(self.cases)
         w = self.worst()
-        worst = "" if w is None else (f"; worst {w.output!r}: max_abs {w.metrics.max_abs:.3g} "
-                                      f"(atol {w.atol:g}, rtol {w.rtol:g})")
+        worst = "" if w is None else (
+            f"; worst {w.output!r}: max_abs {w.metrics.max_abs:.3g} = "
+            f"{w.metrics.peak_rel:.2g} x peak (allowed: {w.atol:g} + {w.rtol:g} x peak)")
         if self.passed:
             return f"PASS: {n_out} output(s) x {n_case} case(s) within tolerance{worst}"
         failed = len([c for c in self.checks if not c.passed])
