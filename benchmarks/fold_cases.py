@@ -24,12 +24,15 @@ def refusal_cases() -> dict:
 
     b = Builder(opset=15)
     x = b.input("x", ["N", 3, 8, 8])
-    b.output(b.node("BatchNormalization", [b.conv(x, 3, 4)] + b.bn_params(4), training_mode=1))
+    b.output(b.node("BatchNormalization", [b.conv(x, 3, 4)] + b.bn_params(4), n_out=3,
+                    training_mode=1))
     cases["training_mode=1"] = b.model()
 
     b = Builder(opset=7)
     x = b.input("x", [2, 3, 8, 8])
-    b.output(b.node("BatchNormalization", [b.conv(x, 3, 4)] + b.bn_params(4), spatial=0))
+    params = [b.const(np.broadcast_to(b.rng.uniform(0.5, 1.5, (4, 1, 1)), (4, 8, 8)))
+              for _ in range(4)]
+    b.output(b.node("BatchNormalization", [b.conv(x, 3, 4)] + params, spatial=0))
     cases["opset-7 spatial=0"] = b.model()
 
     b = Builder()

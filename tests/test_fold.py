@@ -217,7 +217,7 @@ def test_training_mode_bn_is_refused():
     b = Builder(opset=15)
     x = b.input("x", ["N", 3, 5, 5])
     y = b.conv(x, 3, 4)
-    out = b.node("BatchNormalization", [y] + b.bn_params(4), training_mode=1)
+    out = b.node("BatchNormalization", [y] + b.bn_params(4), n_out=3, training_mode=1)
     b.output(out)
     result = bnfold.fold(b.model())
     assert only_record(result).reason is Reason.TRAINING_MODE
@@ -238,9 +238,12 @@ def test_opset7_spatial0_is_refused_not_crashed():
     b = Builder(opset=7)
     x = b.input("x", [2, 3, 5, 5])
     y = b.conv(x, 3, 4)
-    b.output(b.node("BatchNormalization", [y] + b.bn_params(4), spatial=0))
-    result = bnfold.fold(b.model())
+    params = [b.const(b.rng.uniform(0.5, 1.5, (4, 5, 5))) for _ in range(4)]
+    b.output(b.node("BatchNormalization", [y] + params, spatial=0))
+    model = b.model()
+    result = bnfold.fold(model)
     assert only_record(result).reason is Reason.SPATIAL_0
+    assert result.model.SerializeToString() == model.SerializeToString()
 
 
 def test_opset7_ir3_initializers_listed_as_inputs_are_constants():
@@ -406,3 +409,37 @@ def test_external_data_model_folds_and_saves_with_external_data(tmp_path):
     assert written == [str(out), str(tmp_path / "out.onnx.data")]
     back = load_model(out)
     assert max_error(model, back) < 1e-4
+
+
+def test_bn_in_subgraph_reading_outer_scope_weights_and_params():
+    outer = Builder(seed=7)
+    w = outer.const(outer.weights((4, 3, 3, 3)))
+    params = outer.bn_params(4)
+    conv = helper.make_node("Conv", ["x", w], ["c"], name="inner_conv", pads=[1, 1, 1, 1])
+    bn = helper.make_node("BatchNormalization", ["c"] + params, ["y"], name="inner_bn")
+    body = helper.make_graph([conv, bn], "then", [],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "else", [],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    outer.input("x", [1, 3, 5, 5])
+    cond = outer.const(np.array(True), "cond", dtype=np.bool_)
+    outer.output(outer.node("If", [cond], then_branch=body, else_branch=other))
+    model = outer.model()
+    result = bnfold.fold(model)
+    assert [r.target for r in result.records] == ["inner_conv"]
+    assert count_bn(result.model) == 0
+    assert max_error(model, result.model, batches=(1,)) < 1e-4
+    outer_inits = {t.name for t in result.model.graph.initializer}
+    assert w in outer_inits  # the outer tensor is not changed under other readers
+
+
+def test_opset7_ir3_gemm_bn_folds():
+    b = Builder(opset=7, ir_version=3)
+    x = b.input("x", [2, 3])
+    y = b.node("Gemm", [x, b.const(b.weights((3, 5))), b.const(b.weights((5,)))], beta=0.5)
+    y = b.bn(y, 5)
+    model = b.model()
+    model.graph.output.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [2, 5]))
+    for t in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    folded_ok(model)

@@ -1,0 +1,57 @@
+"""GraphIndex: producers, consumers (subgraph reads included), and constant discovery."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bnfold.graph import GraphIndex, value_infos
+from modelgen import Builder
+
+
+def index(model: onnx.ModelProto) -> GraphIndex:
+    shapes, dtypes = value_infos(model)
+    return GraphIndex(model.graph, ir_version=model.ir_version, opset=17, shapes=shapes,
+                      dtypes=dtypes)
+
+
+def test_constants_through_constant_nodes_identity_and_shape_subgraphs():
+    b = Builder()
+    x = b.input("x", ["N", 3, 4, 4])
+    w = b.const(np.ones((2, 3, 1, 1)))
+    c = b.node("Constant", [], value=numpy_helper.from_array(np.array([1.5], np.float32)))
+    ident = b.node("Identity", [c])
+    shape = b.node("Shape", [w])
+    dynamic = b.node("Shape", [x])
+    b.output(b.node("Conv", [x, w]))
+    g = index(b.model())
+    assert g.const(ident).tolist() == [1.5]
+    assert g.const(shape).tolist() == [2, 3, 1, 1]
+    assert g.const(dynamic) is None and g.const(x) is None
+
+
+def test_overridable_initializer_is_not_constant_from_ir4():
+    b = Builder(ir_version=8)
+    w = b.const(np.ones(3))
+    b.input(w, [3])
+    b.input("x", [3])
+    b.output(b.node("Add", ["x", w]))
+    assert index(b.model()).const(w) is None
+    model = b.model()
+    model.ir_version = 3
+    assert index(model).const(w) is not None
+
+
+def test_subgraph_reads_count_as_consumers_of_the_if_node():
+    then = helper.make_graph([helper.make_node("Relu", ["t"], ["r"])], "then", [],
+                             [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    els = helper.make_graph([helper.make_node("Neg", ["t"], ["n"])], "else", [],
+                            [helper.make_tensor_value_info("n", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="producer"),
+             helper.make_node("If", ["c"], ["y"], name="if", then_branch=then, else_branch=els)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2]),
+                                           helper.make_tensor_value_info("c", 9, [])],
+                              [helper.make_tensor_value_info("y", 1, [2])])
+    g = GraphIndex(graph, ir_version=8, opset=17)
+    assert [n.name for n in g.consumers("t")] == ["if"]
+    assert g.producer("t").name == "producer" and g.fanout("y") == 1
