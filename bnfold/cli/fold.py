@@ -47,8 +47,10 @@ def _say(msg: str, quiet: bool) -> None:
               help="Compare original and folded on ONNX Runtime; exit 1 if they differ.")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(list(PROVIDERS)),
               help="Execution provider(s) for --verify [default: cpu].")
-@click.option("--atol", type=click.FloatRange(min=0), help="Absolute tolerance [default: per dtype].")
-@click.option("--rtol", type=click.FloatRange(min=0), help="Relative tolerance [default: per dtype].")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Absolute tolerance [default: per dtype].")
+@click.option("--rtol", type=click.FloatRange(min=0),
+              help="Relative tolerance [default: per dtype].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json, report.md and report.html of the verification here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

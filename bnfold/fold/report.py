@@ -19,12 +19,14 @@ class Reason(str, enum.Enum):
     NON_FINITE_PARAMS = "a BN parameter or epsilon is NaN or infinite"
     NON_POSITIVE_VARIANCE = "variance + epsilon <= 0 for some channel"
     UNSUPPORTED_DTYPE = "dtype combination cannot be folded exactly"
-    NO_FOLDABLE_NEIGHBOUR = "neither the producer nor the consumer is a Conv, ConvTranspose, Gemm or MatMul"
+    NO_FOLDABLE_NEIGHBOUR = ("neither the producer nor the consumer is a Conv, ConvTranspose, "
+                             "Gemm or MatMul")
     PRODUCER_HAS_OTHER_CONSUMERS = "the producer's output is also read by other nodes"
     PRODUCER_OUTPUT_IS_GRAPH_OUTPUT = "the producer's output is also a graph output"
     WEIGHT_NOT_CONSTANT = "the neighbour's weight or bias is not a constant"
     CHANNEL_MISMATCH = "the BN channel axis does not map onto the neighbour's output/input channels"
-    PADDED_CONSUMER = "the following Conv pads its input: folding BN forward would change border values"
+    PADDED_CONSUMER = ("the following Conv pads its input: folding BN forward would change "
+                       "border values")
     CONSUMER_NOT_EXCLUSIVE = "the BN output is read by other nodes or is a graph output"
     UNSUPPORTED_NEIGHBOUR = "the neighbour's attributes make an exact fold impossible"
     OVERFLOW = "a folded weight or bias would overflow the weight dtype (e.g. float16 max 65504)"

@@ -8,7 +8,8 @@ from bnfold.fold import math as fm
 from bnfold.fold.bn import BnAffine, Refusal, label
 from bnfold.fold.report import Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
-from bnfold.fold.rules.common import Producer, elem_type, trace_producer, weight
+from bnfold.fold.rules.common import (Producer, c_vector, elem_type, gemm_c, trace_producer,
+                                      weight)
 from bnfold.graph import GraphIndex, attr
 
 OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -88,28 +89,6 @@ def _gemm_b_scaled(b: np.ndarray, scale: np.ndarray, trans_b: int, axis_is_n: bo
     return b64 * (scale[:, None] if along_rows else scale[None, :])
 
 
-def _gemm_c(g: GraphIndex, node: onnx.NodeProto, n: int) -> np.ndarray | Refusal:
-    """beta * C broadcast to (rows, N) in float64; rows is 1 unless C varies per row."""
-    beta = float(attr(node, "beta", 1.0))
-    if len(node.input) < 3 or not node.input[2]:
-        return np.zeros((1, n))
-    c = weight(g, node, 2, "C")
-    if isinstance(c, Refusal):
-        return c
-    c64 = np.asarray(c, dtype=np.float64)
-    if c64.ndim > 2:
-        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"C has rank {c64.ndim}")
-    c2 = c64.reshape((1,) * (2 - c64.ndim) + c64.shape)
-    try:
-        return beta * np.broadcast_to(c2, (c2.shape[0], n))
-    except ValueError:
-        return Refusal(Reason.CHANNEL_MISMATCH, f"C of shape {list(c.shape)} vs N={n}")
-
-
-def _c_vector(c: np.ndarray) -> np.ndarray:
-    return c.reshape(-1) if c.shape[0] == 1 else c
-
-
 def _fold_gemm(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
                notes: list[str]) -> str | Refusal:
     node = p.node
@@ -120,14 +99,14 @@ def _fold_gemm(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
     n = b.shape[0] if trans_b else b.shape[1]
     if b.ndim != 2 or n != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} has N={n}, BN has {bn.channels}")
-    c = _gemm_c(g, node, n)
+    c = gemm_c(g, node, n)
     if isinstance(c, Refusal):
         return c
     if p.add_bias is not None:
         c = c + p.add_bias[None, :]
     t = elem_type(b)
     b_new = cast_exact(_gemm_b_scaled(b, bn.scale, trans_b, True), t, f"{label(node)} B", notes)
-    c_new = cast_exact(_c_vector(c * bn.scale[None, :] + bn.shift[None, :]), t,
+    c_new = cast_exact(c_vector(c * bn.scale[None, :] + bn.shift[None, :]), t,
                        f"{label(node)} C", notes)
     rw.set_const_input(g, node, 1, b_new, node.input[1])
     rw.set_const_input(g, node, 2, c_new, f"{node.name or node.output[0]}_C")

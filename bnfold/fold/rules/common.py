@@ -8,7 +8,7 @@ import onnx
 
 from bnfold.fold.bn import FLOAT_TYPES, BnAffine, Refusal, label
 from bnfold.fold.report import Reason
-from bnfold.graph import GraphIndex
+from bnfold.graph import GraphIndex, attr
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -89,3 +89,26 @@ def weight(g: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.nda
 
 def elem_type(value: np.ndarray) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+
+
+def gemm_c(g: GraphIndex, node: onnx.NodeProto, n: int) -> np.ndarray | Refusal:
+    """Gemm's beta * C broadcast to (rows, N) in float64; rows is 1 unless C varies per row."""
+    beta = float(attr(node, "beta", 1.0))
+    if len(node.input) < 3 or not node.input[2]:
+        return np.zeros((1, n))
+    c = weight(g, node, 2, "C")
+    if isinstance(c, Refusal):
+        return c
+    c64 = np.asarray(c, dtype=np.float64)
+    if c64.ndim > 2:
+        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"C has rank {c64.ndim}")
+    c2 = c64.reshape((1,) * (2 - c64.ndim) + c64.shape)
+    try:
+        return beta * np.broadcast_to(c2, (c2.shape[0], n))
+    except ValueError:
+        return Refusal(Reason.CHANNEL_MISMATCH, f"C of shape {list(c.shape)} vs N={n}")
+
+
+def c_vector(c: np.ndarray) -> np.ndarray:
+    """A (1, N) bias as a vector; a per-row (M, N) bias as it is."""
+    return c.reshape(-1) if c.shape[0] == 1 else c

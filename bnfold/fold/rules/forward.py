@@ -12,7 +12,7 @@ from bnfold.fold import math as fm
 from bnfold.fold.bn import BnAffine, Refusal, label
 from bnfold.fold.report import Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
-from bnfold.fold.rules.common import DEFAULT_DOMAINS, elem_type, weight
+from bnfold.fold.rules.common import DEFAULT_DOMAINS, c_vector, elem_type, gemm_c, weight
 from bnfold.graph import GraphIndex, attr
 
 OPS = ("Conv", "Gemm", "MatMul")
@@ -109,20 +109,13 @@ def _into_linear(g: GraphIndex, bn: BnAffine, node: onnx.NodeProto, rw: Rewriter
         return Refusal(Reason.UNSUPPORTED_DTYPE, "bfloat16 Gemm needs opset 13")
     alpha = float(attr(node, "alpha", 1.0)) if is_gemm else 1.0
     n = b_eff.shape[1]
-    c = np.zeros((1, n))
-    if is_gemm and len(node.input) > 2 and node.input[2]:
-        cv = weight(g, node, 2, "C")
-        if isinstance(cv, Refusal):
-            return cv
-        c64 = np.asarray(cv, dtype=np.float64)
-        if c64.ndim > 2:
-            return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"C has rank {c64.ndim}")
-        c2 = c64.reshape((1,) * (2 - c64.ndim) + c64.shape)
-        c = float(attr(node, "beta", 1.0)) * np.broadcast_to(c2, (c2.shape[0], n))
+    c = gemm_c(g, node, n) if is_gemm else np.zeros((1, n))
+    if isinstance(c, Refusal):
+        return c
     c = c + alpha * (bn.shift @ b_eff)[None, :]
     scaled = b.astype(np.float64) * (bn.scale[None, :] if trans_b else bn.scale[:, None])
     b_new = cast_exact(scaled, t, f"{label(node)} B", notes)
-    c_new = cast_exact(c.reshape(-1) if c.shape[0] == 1 else c, t, f"{label(node)} C", notes)
+    c_new = cast_exact(c_vector(c), t, f"{label(node)} C", notes)
     rw.set_const_input(g, node, 1, b_new, node.input[1])
     if not is_gemm:
         node.op_type = "Gemm"
