@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from bnfold.errors import BnfoldError
-from bnfold.reference import (batch_norm_backward, batch_norm_eval, batch_norm_train, fold_params,
-                              running_stats_onnx, running_stats_pytorch)
+from bnfold.reference import (
+    batch_norm_backward,
+    batch_norm_eval,
+    batch_norm_train,
+    fold_params,
+    running_stats_onnx,
+    running_stats_pytorch,
+)
 
 RNG = np.random.default_rng(7)
 

@@ -28,7 +28,7 @@ def test_matches_onnx_reference_layer_normalization(dtype, atol, axis) -> None:
 
     x = RNG.normal(size=(2, 3, 4)).astype(dtype)
     norm_shape = x.shape[axis % 3:]
-    gamma, beta = RNG.normal(size=norm_shape).astype(dtype), RNG.normal(size=norm_shape).astype(dtype)
+    gamma, beta = (RNG.normal(size=norm_shape).astype(dtype) for _ in range(2))
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=axis, epsilon=0.25)
     graph = helper.make_graph([node], "ln", [helper.make_tensor_value_info("x", elem, x.shape),

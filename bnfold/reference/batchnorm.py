@@ -46,7 +46,8 @@ class BatchNormTrainOutput(NamedTuple):
 def _layout(x: np.ndarray, axis: int) -> tuple[int, tuple[int, ...]]:
     """Return (channel axis as a non-negative index, the axes the statistics reduce over)."""
     if x.ndim < 2:
-        raise BnfoldError(f"batch norm needs an input of rank >= 2 (N, C, ...), got shape {x.shape}")
+        raise BnfoldError(f"batch norm needs an input of rank >= 2 (N, C, ...), "
+                          f"got shape {x.shape}")
     if not -x.ndim <= axis < x.ndim:
         raise BnfoldError(f"channel axis {axis} is out of range for an input of rank {x.ndim}")
     axis %= x.ndim
@@ -150,7 +151,7 @@ def running_stats_pytorch(running_mean: np.ndarray, running_var: np.ndarray,
 def running_stats_onnx(running_mean: np.ndarray, running_var: np.ndarray,
                        batch_mean: np.ndarray, batch_var: np.ndarray,
                        momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """ONNX's update (BatchNormalization, training_mode=1): new = momentum * old + (1 - momentum) * batch.
+    """ONNX's update (BatchNormalization, training_mode=1): new = m * old + (1 - m) * batch.
 
     Here momentum weighs the old value (ONNX 0.9 is PyTorch 0.1), and the variance blended in is
     the biased (population) batch variance, as the spec states. Returns (new mean, new var).

@@ -76,7 +76,7 @@ def finite_differences(seed: int = 0, h: float = 1e-6, eps: float = 1e-5) -> dic
         x, dy = rng.normal(size=shape), rng.normal(size=shape)
         gamma, beta = rng.normal(size=c), rng.normal(size=c)
         grads = dict(zip(("x", "gamma", "beta"), bn.batch_norm_backward(
-            dy, bn.batch_norm_train(x, gamma, beta, eps, axis=axis).cache)))
+            dy, bn.batch_norm_train(x, gamma, beta, eps, axis=axis).cache), strict=True))
         args = {"x": x, "gamma": gamma, "beta": beta}
         for name, value in args.items():
             numeric = np.zeros_like(value)
@@ -111,16 +111,18 @@ def spec_cases() -> Iterator[tuple[str, dict[str, np.ndarray | float], list[np.n
     for case in sorted(data.glob("test_BatchNorm*")):
         model = onnx.load(case / "model.onnx")
         sets = case / "test_data_set_0"
-        ins = [numpy_helper.to_array(onnx.load_tensor(p)) for p in sorted(sets.glob("input_*.pb"))]
-        outs = [numpy_helper.to_array(onnx.load_tensor(p)) for p in sorted(sets.glob("output_*.pb"))]
+        ins, outs = ([numpy_helper.to_array(onnx.load_tensor(p))
+                      for p in sorted(sets.glob(f"{kind}_*.pb"))] for kind in ("input", "output"))
         models.append((case.name, model, ins, outs))
     for name, model, ins, outs in models:
         node = model.graph.node[0]
-        values = dict(zip([i.name for i in model.graph.input], ins))
+        # IR-3 models list initializers as inputs too: the .pb files feed the leading ones.
+        values = dict(zip([i.name for i in model.graph.input], ins, strict=False))
         values.update({t.name: numpy_helper.to_array(t) for t in model.graph.initializer})
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        args: dict[str, np.ndarray | float] = dict(zip(("x", "gamma", "beta", "mean", "var"),
-                                                        (values[n] for n in node.input)))
+        args: dict[str, np.ndarray | float] = {
+            key: values[name] for key, name in
+            zip(("x", "gamma", "beta", "mean", "var"), node.input, strict=True)}
         args["eps"] = attrs.get("epsilon", 1e-5)
         args["momentum"] = attrs.get("momentum", 0.9)
         args["training"] = float(attrs.get("training_mode", 0))
@@ -145,7 +147,6 @@ def against_spec_vectors() -> dict[str, float]:
 def _bn_model(shape: tuple[int, ...], dtype: np.dtype, training: bool, eps: float,
               momentum: float):
     """A one-node opset-15 BatchNormalization model with every parameter a graph input."""
-    import onnx
     from onnx import helper
 
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
