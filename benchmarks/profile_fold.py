@@ -1,0 +1,87 @@
+"""Where `bnfold fold` spends its time: cProfile of load_model -> fold -> save_model per phase.
+
+Prints, per model, the cumulative seconds of the functions that make up the pipeline
+(the phases overlap where one calls another; "total" is the whole call) and the peak
+RSS of a separate run. Usage: python benchmarks/profile_fold.py [MODEL.onnx ...]
+"""
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+# (label, module file suffix, function name): summed cumulative time over all calls
+PHASES = [
+    ("load_model (total)", "bnfold/model_io.py", "load_model"),
+    ("  onnx.load parse", "onnx/__init__.py", "load_model"),
+    ("  onnx.checker on input file", "bnfold/model_io.py", "_check_graph"),
+    ("fold (total)", "bnfold/fold/__init__.py", "fold"),
+    ("  value_infos (shape inference)", "bnfold/graph.py", "value_infos"),
+    ("  rules (_fold_graph)", "bnfold/fold/__init__.py", "_fold_graph"),
+    ("    cast_exact", "bnfold/fold/rewrite.py", "cast_exact"),
+    ("    remove_orphans", "bnfold/fold/rewrite.py", "remove_orphans"),
+    ("  check_folded (checker + strict shape inference)", "bnfold/fold/check.py", "check_folded"),
+    ("save_model (total)", "bnfold/model_io.py", "save_model"),
+    ("SerializeToString (all callers)", "~", "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
+    ("CopyFrom (all callers)", "~", "<method 'CopyFrom' of 'google._upb._message.Message' objects>"),
+    ("fsync (all callers)", "~", "<built-in method posix.fsync>"),
+]
+
+
+def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
+    """Run the `bnfold fold` path once under cProfile; return wall time and per-phase seconds."""
+    import bnfold
+    from bnfold.model_io import load_model, save_model
+
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    save_model(bnfold.fold(load_model(path), copy=False).model, out, overwrite=True)
+    prof.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    phases = {}
+    for label, suffix, func in PHASES:
+        phases[label] = sum(v[3] for (file, _, name), v in stats.items()
+                            if name == func and file.endswith(suffix))
+    return wall, phases
+
+
+def peak_rss_mb(path: str, out: str) -> float:
+    """Peak RSS of the same pipeline in a fresh process, over its post-import RSS."""
+    code = ("import bnfold, sys; from bnfold.model_io import load_model, save_model; "
+            "sys.path.insert(0, %r); import fold_tools as ft; ft._reset_peak_rss(); b = ft._rss_kb('VmRSS'); "
+            "save_model(bnfold.fold(load_model(%r), copy=False).model, %r, overwrite=True); "
+            "print((ft._rss_kb('VmHWM') - b) / 1e3)") % (HERE, path, out)
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.strip())
+
+
+def main(argv: list[str]) -> int:
+    import tempfile
+
+    import generate
+
+    paths = argv or list(generate.ensure_models().values())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.onnx")
+        for path in paths:
+            profile(path, out)  # warm the file cache and lazy imports
+            wall, phases = profile(path, out)
+            mem = peak_rss_mb(path, out)
+            size = os.path.getsize(path) / 1e6
+            print(f"\n{os.path.basename(path)} ({size:.1f} MB): {wall:.3f} s under cProfile, "
+                  f"peak RSS +{mem:.0f} MB over imports")
+            for label, secs in phases.items():
+                print(f"  {label:<52} {secs:7.3f} s  {100 * secs / wall:5.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
