@@ -59,6 +59,9 @@ def _register() -> None:
     from bnfold.cli.verify import verify_cmd
 
     main.add_command(verify_cmd)
+    from bnfold.cli.export import export_cmd
+
+    main.add_command(export_cmd)
 
 
 _register()
