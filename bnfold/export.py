@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -73,7 +74,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def load_factory(spec: str, weights: str | None = None) -> "torch.nn.Module":
+def load_factory(spec: str, weights: str | None = None) -> torch.nn.Module:
     """Build the module named ``package.module:factory`` (cwd importable); load a state_dict."""
     import torch
 
@@ -104,14 +105,14 @@ def load_factory(spec: str, weights: str | None = None) -> "torch.nn.Module":
     return model
 
 
-def batchnorm_modules(model: "torch.nn.Module") -> list[tuple[str, "torch.nn.Module"]]:
+def batchnorm_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """(qualified name, module) for every BatchNorm1d/2d/3d (and subclasses) in ``model``."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     return [(name or "<root>", m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
 
 
-def export(model: "torch.nn.Module", example_input: "torch.Tensor | Sequence[torch.Tensor]",
+def export(model: torch.nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
            path: str | os.PathLike[str] | None = None, *, opset: int | None = None,
            dynamic_batch: bool = True, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, overwrite: bool = True,
@@ -148,10 +149,12 @@ def export(model: "torch.nn.Module", example_input: "torch.Tensor | Sequence[tor
             checks.append((other, torch_forward(model, other)[0]))
     error, scale = 0.0, 0.0
     for feeds, refs in checks:
-        got = run_onnx(proto, {n: t.detach().cpu().numpy() for n, t in zip(names_in, feeds)})
-        for ref, out in zip(refs, got):
+        arrays = {n: t.detach().cpu().numpy() for n, t in zip(names_in, feeds, strict=True)}
+        got = run_onnx(proto, arrays)
+        for ref, out in zip(refs, got, strict=True):
             if ref.shape != out.shape:
-                raise BnfoldError(f"exported output shape {out.shape} differs from PyTorch {ref.shape}")
+                raise BnfoldError(f"exported output shape {out.shape} differs from PyTorch "
+                                  f"{ref.shape}")
             error = max(error, float(np.max(np.abs(ref.astype(np.float64) - out), initial=0.0)))
             scale = max(scale, float(np.max(np.abs(ref), initial=0.0)))
     bn_nodes = sum(1 for n in proto.graph.node if n.op_type == "BatchNormalization")
@@ -167,12 +170,13 @@ def export(model: "torch.nn.Module", example_input: "torch.Tensor | Sequence[tor
     return result
 
 
-def _training_mode_messages(bns: list[tuple[str, "torch.nn.Module"]]) -> list[str]:
+def _training_mode_messages(bns: list[tuple[str, torch.nn.Module]]) -> list[str]:
     """One warning (also raised as BnTrainingModeWarning) naming BNs left in training mode."""
     training = [name for name, m in bns if m.training]
     if not training:
         return []
-    shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
+    more = f" and {len(training) - 5} more" if len(training) > 5 else ""
+    shown = ", ".join(training[:5]) + more
     msg = (f"{len(training)} BatchNorm module(s) were in training mode ({shown}); exported in "
            "eval mode with their running statistics (call model.eval() to silence this)")
     warnings.warn(msg, BnTrainingModeWarning, stacklevel=3)
@@ -180,7 +184,7 @@ def _training_mode_messages(bns: list[tuple[str, "torch.nn.Module"]]) -> list[st
 
 
 @contextlib.contextmanager
-def eval_mode(model: "torch.nn.Module") -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Put every module in eval mode; restore each module's own flag afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -191,7 +195,7 @@ def eval_mode(model: "torch.nn.Module") -> Iterator[None]:
             m.training = flag
 
 
-def torch_forward(model: "torch.nn.Module", inputs: tuple["torch.Tensor", ...]
+def torch_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
                    ) -> tuple[list[np.ndarray], int]:
     """PyTorch outputs as numpy arrays, and how many BatchNorm calls the forward made."""
     import torch
@@ -219,7 +223,7 @@ def torch_forward(model: "torch.nn.Module", inputs: tuple["torch.Tensor", ...]
     return [o.detach().cpu().numpy() for o in outs], calls
 
 
-def _other_batch(inputs: tuple["torch.Tensor", ...]) -> tuple["torch.Tensor", ...]:
+def _other_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Seeded random inputs with a different batch size, to check the symbolic batch axis."""
     import torch
 
@@ -244,7 +248,7 @@ def _quiet_torch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _dynamo_export(model: "torch.nn.Module", inputs: tuple["torch.Tensor", ...],
+def _dynamo_export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
                    names_in: list[str], names_out: list[str], opset: int | None,
                    dynamic_batch: bool) -> onnx.ModelProto:
     """torch.onnx.export(dynamo=True, optimize=False); batch-1 examples are traced at batch 2."""

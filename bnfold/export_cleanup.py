@@ -52,7 +52,7 @@ def clean_exported(model: onnx.ModelProto) -> tuple[onnx.ModelProto, CleanupRepo
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constant subgraphs with onnxscript (no rewrite rules, so BN stays) and lift constants."""
+    """Fold constant subgraphs with onnxscript (no rewrite rules: BN stays); lift constants."""
     import onnx_ir.passes.common as passes
     from onnxscript import ir
     from onnxscript.optimizer import fold_constants_ir
@@ -77,7 +77,8 @@ def _constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     return None
 
 
-def _is_zero_tensor(model: onnx.ModelProto, name: str, producers: dict[str, onnx.NodeProto]) -> bool:
+def _is_zero_tensor(model: onnx.ModelProto, name: str,
+                    producers: dict[str, onnx.NodeProto]) -> bool:
     """True if ``name`` is a constant of zeros, possibly cast and broadcast (Expand) from one."""
     seen: set[str] = set()
     while name not in seen:
@@ -164,10 +165,10 @@ def name_nodes_by_module(model: onnx.ModelProto) -> None:
     paths = [_module_path(n) for n in nodes]
     per_path = Counter(paths)
     wanted = [p if p and per_path[p] == 1 else (f"{p}/{n.op_type}" if p else n.op_type)
-              for p, n in zip(paths, nodes)]
+              for p, n in zip(paths, nodes, strict=True)]
     counts = Counter(wanted)
     used: Counter[str] = Counter()
-    for node, name in zip(nodes, wanted):
+    for node, name in zip(nodes, wanted, strict=True):
         if counts[name] > 1:
             used[name] += 1
             name = f"{name}_{used[name]}"

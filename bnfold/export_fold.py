@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import bnfold
-from bnfold.export import ExportResult, eval_mode, torch_forward, export, run_onnx
+from bnfold.export import ExportResult, eval_mode, export, run_onnx, torch_forward
 from bnfold.fold.report import FoldResult
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class ExportFoldResult:
     export: ExportResult
     fold: FoldResult
     folded_path: str | None
-    report: "Report"
+    report: Report
     bnfold_max_abs_error: float   # folded ONNX vs unfused PyTorch, on the example input
     torch: TorchFusion
 
@@ -60,7 +61,7 @@ class ExportFoldResult:
                 "torch_fusion": self.torch.to_dict(), "ok": self.ok}
 
 
-def torch_fusion(model: "torch.nn.Module", inputs: Sequence["torch.Tensor"]) -> TorchFusion:
+def torch_fusion(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> TorchFusion:
     """Fuse a deep copy of ``model`` in eval mode with torch.fx and compare its outputs."""
     from torch.fx.experimental.optimization import fuse
 
@@ -76,7 +77,7 @@ def torch_fusion(model: "torch.nn.Module", inputs: Sequence["torch.Tensor"]) -> 
                        "torch.fx.experimental.optimization.fuse (Conv+BN, Linear+BN1d)")
 
 
-def export_and_fold(model: "torch.nn.Module", example_input: "torch.Tensor | Sequence[torch.Tensor]",
+def export_and_fold(model: torch.nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                     path: str | os.PathLike[str], folded_path: str | os.PathLike[str] | None = None,
                     **export_options: Any) -> ExportFoldResult:
     """Export ``model`` (see ``bnfold.export``), fold it, verify the fold, compare with PyTorch."""
@@ -95,11 +96,12 @@ def export_and_fold(model: "torch.nn.Module", example_input: "torch.Tensor | Seq
     with eval_mode(model):
         reference, _ = torch_forward(model, inputs)
     names = [i.name for i in exported.model.graph.input]
-    folded_out = run_onnx(fold.model, {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)})
+    arrays = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs, strict=True)}
+    folded_out = run_onnx(fold.model, arrays)
     return ExportFoldResult(exported, fold, None if folded_path is None else os.fspath(folded_path),
                             report, _max_abs(reference, folded_out), torch_fusion(model, inputs))
 
 
 def _max_abs(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
     return max((float(np.max(np.abs(r.astype(np.float64) - o), initial=0.0))
-                for r, o in zip(reference, other)), default=0.0)
+                for r, o in zip(reference, other, strict=True)), default=0.0)

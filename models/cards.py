@@ -66,7 +66,8 @@ def bn_sites(model: onnx.ModelProto) -> dict[str, int]:
             continue
         prod = producers.get(n.input[0])
         before = prod.op_type if prod is not None else "input"
-        after = sorted(consumers.get(n.output[0], [])) + (["output"] if n.output[0] in outputs else [])
+        after = sorted(consumers.get(n.output[0], []))
+        after += ["output"] if n.output[0] in outputs else []
         sites[f"{before} -> BN -> {' + '.join(after) or 'nothing'}"] += 1
     return dict(sorted(sites.items()))
 
@@ -116,7 +117,10 @@ def render(f: CardFacts) -> str:
     kept = ", ".join(f"{v} x {k}" for k, v in f.fold_kept_reasons.items()) or "none"
     cfg = ", ".join(f"{k}={v}" for k, v in f.train_config.items())
     same = "" if f.same_predictions is None else (
-        f"- Same predictions on all test images after folding: **{'yes' if f.same_predictions else 'NO'}**\n")
+        "- Same predictions on all test images after folding: "
+        f"**{'yes' if f.same_predictions else 'NO'}**\n")
+    loss = "cross-entropy" if f.task == "classify" else "mean squared error"
+    train_pct, test_pct = 1 - digits_data.TEST_FRACTION, digits_data.TEST_FRACTION
     return f"""# {f.name}
 
 {f.summary}
@@ -124,6 +128,7 @@ def render(f: CardFacts) -> str:
 | | |
 |---|---|
 | File | `models/{f.name}.onnx` ({f.file_bytes / 1024:.1f} KiB, {f.params} parameters) |
+| PyTorch weights | `models/{f.name}.pt` (state_dict for `models.zoo:{f.name}`) |
 | Input | `input`, float32 {' x '.join(map(str, f.input_shape))} (layout `{f.layout}`) |
 | Output | `output` ({'10 class logits' if f.task == 'classify' else 'reconstructed image, 0..1'}) |
 | Opset | {f.opset} |
@@ -143,18 +148,19 @@ def render(f: CardFacts) -> str:
 
 ## Results after folding
 
-- Max abs difference of outputs, folded vs original, over the test split: {f.folded_max_abs_diff:.3g}
+- Max abs difference of outputs, folded vs original, over the test split:
+  {f.folded_max_abs_diff:.3g}
 {same}
 ## Data
 
 scikit-learn's digits (1797 real 8x8 handwritten digits, pixels 0..16 scaled to 0..1), stratified
-split with seed {digits_data.SEED}: {1 - digits_data.TEST_FRACTION:.0%} train, {digits_data.TEST_FRACTION:.0%} test.
+split with seed {digits_data.SEED}: {train_pct:.0%} train, {test_pct:.0%} test.
 Test inputs: `models/{f.test_file}` (key `input`), labels `models/digits_test_labels.npy`.
 
 ## Training
 
-Adam with cosine learning-rate decay, {'cross-entropy' if f.task == 'classify' else 'mean squared error'}
-loss, {cfg}; exported by `bnfold.export` (dynamo exporter, BN kept, dynamic batch).
+Adam with cosine learning-rate decay, {loss} loss, {cfg}; exported by
+`bnfold.export` (dynamo exporter, BN kept, dynamic batch).
 
 Regenerate: `{REGENERATE.format(name=f.name)}`
 
@@ -192,8 +198,10 @@ def write_index() -> None:
         d = data[name]
         rows.append(f"| [{name}]({name}.md) | {d['summary']} | `{d['test_file']}` | "
                     f"{d['bn_count']} | {d['bn_after_fold']} | {_METRIC[d['task']]} | "
-                    f"{_metric(d['metric_onnx'], d['task'])} | {_metric(d['metric_folded'], d['task'])} | "
+                    f"{_metric(d['metric_onnx'], d['task'])} | "
+                    f"{_metric(d['metric_folded'], d['task'])} | "
                     f"{d['file_bytes'] / 1024:.1f} KiB | {d['opset']} |")
+    n_test = len(np.load(digits_data.LABELS_FILE))
     INDEX_MD.write_text(f"""# Model zoo: small BatchNorm models trained on scikit-learn's digits
 
 Each model is a small PyTorch network with BatchNorm in a different place, trained on the
@@ -206,7 +214,8 @@ wrote the files (`models/cards.json`); each card has the details.
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Test split ({len(np.load(digits_data.LABELS_FILE))} images, stratified, seed {digits_data.SEED}), one file per input layout, key `input`:
+Test split ({n_test} images, stratified, seed {digits_data.SEED}), one file per input layout,
+key `input`:
 `digits_test.npz` (N x 1 x 8 x 8 images), `digits_test_flat.npz` (N x 64),
 `digits_test_seq.npz` (N x 8 x 8: 8 pixel columns as channels, 8 rows as time steps);
 labels in `digits_test_labels.npy`. For example:
@@ -217,5 +226,7 @@ labels in `digits_test_labels.npy`. For example:
 
 Regenerate everything (about a minute on 2 CPU cores): `python -m models.train_digits`
 (one model: `python -m models.train_digits mlp_digits`). Architectures: `models/zoo.py`;
-export any of them yourself: `bnfold export models.zoo:resnet_digits -o /tmp/r.onnx --input-shape 1x1x8x8`.
+the trained PyTorch weights are `models/<name>.pt`, so any of them can be exported again:
+`bnfold export models.zoo:resnet_digits --weights models/resnet_digits.pt -o /tmp/r.onnx
+--input-shape 1x1x8x8 --fold`.
 """)

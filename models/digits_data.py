@@ -1,4 +1,4 @@
-"""scikit-learn's digits (1797 real 8x8 handwritten digits, shipped with sklearn), split and laid out.
+"""scikit-learn's digits (1797 real 8x8 handwritten digits, shipped with sklearn), split.
 
 The split is stratified and seeded, so the training script and the committed test files
 always agree. Pixels are scaled from 0..16 to 0..1. Three layouts feed the zoo:

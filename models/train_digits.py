@@ -3,7 +3,7 @@
 Run from the repository root: ``python -m models.train_digits`` (all models) or
 ``python -m models.train_digits resnet_digits mlp_digits``. Seeded and deterministic on one
 machine; each model trains in a few seconds on 2 CPU cores. Writes models/<name>.onnx,
-models/<name>.md, the test-split files and models/README.md's table (see models/cards.py).
+models/<name>.pt (the PyTorch state_dict), models/<name>.md, the test-split files and models/README.md's table (see models/cards.py).
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def build(name: str, cfg: TrainConfig) -> cards.CardFacts:
     seconds = time.perf_counter() - start
     torch_metric = evaluate(model, spec, x_te, y_te)
     example = torch.from_numpy(digits_data.to_layout(x_te[:8], spec.layout))
+    torch.save(model.state_dict(), digits_data.MODELS_DIR / f"{name}.pt")
     path = digits_data.MODELS_DIR / f"{name}.onnx"
     result = export(model, example, path, overwrite=True)
     if not result.ok:

@@ -7,8 +7,8 @@ different fold rule (or refusal) applies; models/README.md lists them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -12,14 +12,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.cli import main
 from bnfold.errors import InputError
-from bnfold.export_cleanup import (clean_exported, drop_zero_conv_bias, name_nodes_by_module,
-                                   remove_dead_nodes)
+from bnfold.export_cleanup import (
+    clean_exported,
+    drop_zero_conv_bias,
+    name_nodes_by_module,
+    remove_dead_nodes,
+)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from bnfold.export import (BnTrainingModeWarning, export, load_factory,  # noqa: E402
-                           parse_shape, run_onnx)
+from bnfold.export import BnTrainingModeWarning, export, load_factory, parse_shape, run_onnx  # noqa: E402
 from models.zoo import SPECS  # noqa: E402
 
 SHAPES = {"image": (1, 1, 8, 8), "flat": (1, 64), "seq": (1, 8, 8)}
@@ -38,7 +41,7 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
 
 
-def _with_random_stats(model: "torch.nn.Module") -> "torch.nn.Module":
+def _with_random_stats(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BN statistics and affine parameters, so a dropped or wrong BN shows."""
     gen = torch.Generator().manual_seed(0)
     for m in model.modules():
@@ -88,7 +91,7 @@ def test_nodes_named_after_their_module() -> None:
     scopes = helper.make_node("Relu", ["y"], ["z"], name="node_relu")
     model.graph.node.append(scopes)
     for node, value in zip(model.graph.node, ["['', 'stem', 'stem.0', 'conv2d']",
-                                              "['', 'block1', 'relu']"]):
+                                              "['', 'block1', 'relu']"], strict=True):
         entry = node.metadata_props.add()
         entry.key, entry.value = "pkg.torch.onnx.name_scopes", value
     name_nodes_by_module(model)

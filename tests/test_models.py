@@ -95,7 +95,7 @@ def test_training_is_seeded_and_learns() -> None:
         a, b = train(spec, x_tr, y_tr, cfg), train(spec, x_tr, y_tr, cfg)
     finally:
         torch.set_num_threads(threads)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
     assert evaluate(a, spec, x_te, y_te) > 0.8
     assert not a.training
@@ -104,3 +104,19 @@ def test_training_is_seeded_and_learns() -> None:
 def test_bn_sites_describe_neighbours() -> None:
     sites = cards.bn_sites(load_model(_path("preact_digits")))
     assert sites == {"Add -> BN -> Relu": 2, "Conv -> BN -> Relu": 3}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_committed_weights_reproduce_the_onnx_model(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    from bnfold.export import load_factory
+
+    spec = SPECS[name]
+    model = load_factory(f"models.zoo:{name}", str(digits_data.MODELS_DIR / f"{name}.pt")).eval()
+    x, labels = digits_data.load_test(spec.layout)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = run_onnx(load_model(_path(name)), {"input": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert digits_data.score(expected, x, labels, spec.task) == pytest.approx(
+        CARDS[name]["metric_torch"], abs=1e-9)

@@ -1,4 +1,4 @@
-"""``bnfold export``: PyTorch factory -> ONNX with every BN kept; ``--fold`` also folds and verifies."""
+"""``bnfold export``: PyTorch factory -> ONNX, every BN kept; ``--fold`` also folds and verifies."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,8 @@ def _export_lines(r: ExportResult) -> list[str]:
     verdict = "PASS" if r.ok else "FAIL"
     sizes = ", ".join(map(str, r.batch_sizes))
     return [f"exported {r.path}: opset {r.opset}, {r.bn_nodes} BatchNormalization kept "
-            f"({r.bn_calls} BN calls in PyTorch), {'dynamic' if r.dynamic_batch else 'static'} batch",
+            f"({r.bn_calls} BN calls in PyTorch), "
+            f"{'dynamic' if r.dynamic_batch else 'static'} batch",
             f"ONNX Runtime vs PyTorch (batch {sizes}): max abs error {r.max_abs_error:.3g} "
             f"(tolerance {r.tolerance:.3g}): {verdict}"]
 
@@ -103,7 +104,7 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
 
 
-def _comparison_lines(result: "ExportFoldResult") -> list[str]:
+def _comparison_lines(result: ExportFoldResult) -> list[str]:
     """bnfold's fold beside PyTorch's eval-mode fusion, both against unfused PyTorch."""
     t = result.torch
     fold = result.fold
