@@ -117,7 +117,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
     order = [n for n in graph.node if _is_bn(n)]
     folded: dict[int, FoldRecord] = {}
     refused: dict[int, FoldRecord] = {}
-    rw = Rewriter(graph, ctx.names)
+    rw = Rewriter(graph, ctx.names, ctx.ir_version)
     changed = True
     while changed:
         changed = False
@@ -138,7 +138,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             refused.pop(id(node), None)
             touched |= around
             changed = True
-    remove_orphans(graph, rw.orphan_candidates)
+    remove_orphans(graph, rw.orphan_candidates, ctx.ir_version)
     for node in order:
         records.append(folded.get(id(node)) or refused[id(node)])
     index = ctx.index(graph, outer)

@@ -46,8 +46,9 @@ def write_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
 class Rewriter:
     """Applies rule edits to ``graph`` and remembers what may have become unused."""
 
-    def __init__(self, graph: onnx.GraphProto, taken_names: set[str]) -> None:
+    def __init__(self, graph: onnx.GraphProto, taken_names: set[str], ir_version: int) -> None:
         self.graph = graph
+        self.ir_version = ir_version
         self.taken = taken_names
         self.orphan_candidates: set[str] = set()
         self.removed_nodes: list[onnx.NodeProto] = []
@@ -71,7 +72,11 @@ class Rewriter:
             write_tensor(g.initializers[old], value)
             return
         name = self.fresh_name(base or node.name or "bnfold_const")
-        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        tensor = numpy_helper.from_array(value, name)
+        self.graph.initializer.append(tensor)
+        if self.ir_version < 4:  # IR 3 lists every initializer as a graph input too
+            self.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type,
+                                                                  list(value.shape)))
         if old:
             self.orphan_candidates.add(old)
         while len(node.input) <= index:
@@ -105,10 +110,12 @@ def set_attr(node: onnx.NodeProto, name: str, value: object) -> None:
 _PURE_OPS = frozenset({"Constant", "Identity", "Shape"}) | _FOLDABLE_OPS
 
 
-def remove_orphans(graph: onnx.GraphProto, candidates: set[str]) -> None:
+def remove_orphans(graph: onnx.GraphProto, candidates: set[str], ir_version: int) -> None:
     """Drop initializers and pure constant-making nodes among ``candidates`` nobody reads now.
 
-    Only what a fold orphaned is removed; anything unused before the fold is kept.
+    Only what a fold orphaned is removed; anything unused before the fold is kept. Below IR 4
+    an initializer's graph-input entry goes with it; from IR 4 an initializer that is also a
+    graph input is an overridable input and stays.
     """
     pending = set(candidates)
     while pending:
@@ -118,10 +125,16 @@ def remove_orphans(graph: onnx.GraphProto, candidates: set[str]) -> None:
         if not dead:
             return
         inputs = {i.name for i in graph.input}
-        keep_init = [t for t in graph.initializer if t.name not in dead or t.name in inputs]
-        if len(keep_init) != len(graph.initializer):
+        drop = {t.name for t in graph.initializer
+                if t.name in dead and (ir_version < 4 or t.name not in inputs)}
+        if drop:
+            keep_init = [t for t in graph.initializer if t.name not in drop]
             del graph.initializer[:]
             graph.initializer.extend(keep_init)
+            if ir_version < 4:
+                keep_in = [i for i in graph.input if i.name not in drop]
+                del graph.input[:]
+                graph.input.extend(keep_in)
         for i in range(len(graph.node) - 1, -1, -1):
             node = graph.node[i]
             if (node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx")
