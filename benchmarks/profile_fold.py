@@ -1,4 +1,4 @@
-"""Where `bnfold fold` spends its time: cProfile of load_model -> fold -> save_model per phase.
+"""Where `bnfold fold` spends its time: cProfile of fold(path) -> save_model per phase.
 
 Prints, per model, the cumulative seconds of the functions that make up the pipeline
 (the phases overlap where one calls another; "total" is the whole call) and the peak
@@ -18,14 +18,15 @@ sys.path.insert(0, HERE)
 
 # (label, module file suffix, function name): summed cumulative time over all calls
 PHASES = [
-    ("load_model (total)", "bnfold/model_io.py", "load_model"),
-    ("  onnx.load parse", "onnx/__init__.py", "load_model"),
-    ("  onnx.checker on input file", "bnfold/model_io.py", "_check_graph"),
-    ("fold (total)", "bnfold/fold/__init__.py", "fold"),
+    ("fold(path) (total, includes load_model)", "bnfold/fold/__init__.py", "fold"),
+    ("  load_model", "bnfold/model_io.py", "load_model"),
+    ("    onnx.load parse", "onnx/__init__.py", "load_model"),
+    ("    onnx.checker on input file", "bnfold/model_io.py", "_check_graph"),
     ("  value_infos (shape inference)", "bnfold/graph.py", "value_infos"),
     ("  rules (_fold_graph)", "bnfold/fold/__init__.py", "_fold_graph"),
     ("    cast_exact", "bnfold/fold/rewrite.py", "cast_exact"),
     ("    remove_orphans", "bnfold/fold/rewrite.py", "remove_orphans"),
+    ("  skeleton (data-free copy for checks)", "bnfold/skeleton.py", "skeleton"),
     ("  check_folded (checker + strict shape inference)", "bnfold/fold/check.py", "check_folded"),
     ("save_model (total)", "bnfold/model_io.py", "save_model"),
     ("SerializeToString (all callers)", "~", "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
@@ -37,12 +38,12 @@ PHASES = [
 def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
     """Run the `bnfold fold` path once under cProfile; return wall time and per-phase seconds."""
     import bnfold
-    from bnfold.model_io import load_model, save_model
+    from bnfold.model_io import save_model
 
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    save_model(bnfold.fold(load_model(path), copy=False).model, out, overwrite=True)
+    save_model(bnfold.fold(path).model, out, overwrite=True)
     prof.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
@@ -55,9 +56,9 @@ def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
 
 def peak_rss_mb(path: str, out: str) -> float:
     """Peak RSS of the same pipeline in a fresh process, over its post-import RSS."""
-    code = ("import bnfold, sys; from bnfold.model_io import load_model, save_model; "
+    code = ("import bnfold, sys; from bnfold.model_io import save_model; "
             "sys.path.insert(0, %r); import fold_tools as ft; ft._reset_peak_rss(); b = ft._rss_kb('VmRSS'); "
-            "save_model(bnfold.fold(load_model(%r), copy=False).model, %r, overwrite=True); "
+            "save_model(bnfold.fold(%r).model, %r, overwrite=True); "
             "print((ft._rss_kb('VmHWM') - b) / 1e3)") % (HERE, path, out)
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.strip())

@@ -78,4 +78,7 @@ def test_speedup_rejects_bad_input(a: list[float], b: list[float], conf: float) 
 def test_round_order_alternates_abba() -> None:
     seq = [i for r in range(4) for i in round_order(2, r)]
     assert seq == [0, 1, 1, 0, 0, 1, 1, 0]
-    assert round_order(3, 1) == [2, 1, 0]
+    rounds = [round_order(3, r) for r in range(6)]
+    assert rounds[:4] == [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]]
+    for v in range(3):  # over 3 rotations every variant takes every position equally often
+        assert sorted(r.index(v) for r in rounds) == [0, 0, 1, 1, 2, 2]

@@ -77,7 +77,7 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
             results.append(build_config_result(cfg, runs_, confidence=confidence, seed=seed))
     settings: dict[str, Any] = {"warmup": warmup, "runs": runs, "isolate": isolate,
                                 "allow_spinning": allow_spinning, "confidence": confidence,
-                                "seed": seed, "order": "interleaved A B B A", "io_binding": True,
+                                "seed": seed, "order": "interleaved A B B A (rotated when > 2 models)", "io_binding": True,
                                 "dims": dict(dims or {})}
     return BenchResult(models=dict(variants), configs=results, settings=settings)
 

@@ -42,8 +42,15 @@ class VariantRun:
 
 
 def round_order(n_variants: int, round_index: int) -> list[int]:
-    """Variant order for a round: forward on even rounds, reversed on odd (A B B A A B ...)."""
+    """Variant order for a round: forward on even rounds, reversed on odd (A B B A A B ...).
+
+    With more than two variants the start also rotates every two rounds (A B C, C B A,
+    B C A, A C B, ...) so no variant always runs in the middle.
+    """
     order = list(range(n_variants))
+    if n_variants > 2:
+        k = (round_index // 2) % n_variants
+        order = order[k:] + order[:k]
     return order if round_index % 2 == 0 else order[::-1]
 
 

@@ -1,0 +1,96 @@
+"""benchmarks/ scripts: generated models, tool subprocess runs, best-tool choice, tables."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import fold_tools  # noqa: E402
+import generate  # noqa: E402
+import latency  # noqa: E402
+from test_bench_runner import conv_bn_model  # noqa: E402
+
+
+def test_bn_preconv_is_valid_and_has_unpadded_consumers() -> None:
+    m = generate.bn_preconv()
+    onnx.checker.check_model(m, full_check=True)
+    bns = [n for n in m.graph.node if n.op_type == "BatchNormalization"]
+    assert len(bns) == 13
+    consumers = {i: n for n in m.graph.node for i in n.input}
+    pads = [list(next(a.ints for a in consumers[b.output[0]].attribute if a.name == "pads")) for b in bns]
+    assert sum(p == [0, 0, 0, 0] for p in pads) == 12 and pads[-1] == [1, 1, 1, 1]
+
+
+def test_count_bn_includes_subgraphs() -> None:
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
+    sub = helper.make_graph([bn], "sub", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    top = helper.make_node("If", ["c"], ["o"], then_branch=sub, else_branch=sub)
+    g = helper.make_graph([top, bn], "g", [], [])
+    assert fold_tools.count_bn_in_graph(g) == 3
+
+
+def test_tool_subprocess_reports_times_and_memory(tmp_path: Path) -> None:
+    src = conv_bn_model(tmp_path / "m.onnx")
+    res = fold_tools.run_tool("bnfold", src, str(tmp_path / "o.onnx"), 2, 120)
+    assert len(res["times_s"]) == 2 and res["peak_rss_mb"] >= res["base_rss_mb"] > 0
+    assert fold_tools.count_bn(str(tmp_path / "o.onnx")) == 0
+
+
+def test_crashing_tool_is_reported_not_raised(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"junk")
+    res = fold_tools.run_tool("loadsave", str(bad), str(tmp_path / "o.onnx"), 1, 120)
+    assert res["error"].startswith("crash:")
+
+
+def test_check_output_flags_unloadable_and_wrong_models(tmp_path: Path) -> None:
+    src = conv_bn_model(tmp_path / "m.onnx")
+    x = {"x": np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)}
+    ref = fold_tools.ort_outputs(src, x)
+    assert fold_tools.check_output(ref, src, x) == {"ort_ok": True, "max_rel_err": 0.0}
+    m = onnx.load(src)
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(3, 3.0, np.float32), "g"))
+    onnx.save(m, tmp_path / "wrong.onnx")
+    assert fold_tools.check_output(ref, str(tmp_path / "wrong.onnx"), x)["max_rel_err"] > 0.1
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert fold_tools.check_output(ref, str(tmp_path / "junk.onnx"), x)["ort_ok"] is False
+
+
+def _row() -> dict:
+    ok = {"ort_ok": True, "max_rel_err": 1e-7, "peak_rss_mb": 10.0, "base_rss_mb": 5.0}
+    return {"model": "m", "size_mb": 1.0, "bn": 4, "path": "m.onnx", "tools": {
+        "loadsave": {**ok, "median_s": 0.5, "bn_left": 4, "output": "a"},
+        "bnfold": {**ok, "median_s": 1.0, "bn_left": 0, "output": "b"},
+        "fast_but_partial": {**ok, "median_s": 0.1, "bn_left": 2, "output": "c"},
+        "full_slow": {**ok, "median_s": 2.0, "bn_left": 0, "output": "d"},
+        "full_fast_wrong": {**ok, "median_s": 0.2, "bn_left": 0, "max_rel_err": 0.5, "output": "e"},
+        "unloadable": {"ort_ok": False, "median_s": 0.1, "bn_left": 0, "output": "f",
+                       "peak_rss_mb": 1.0, "base_rss_mb": 1.0, "ort_error": "x"},
+        "crashed": {"error": "crash: boom"}}}
+
+
+def test_best_other_prefers_fewest_bn_among_valid_outputs() -> None:
+    name, _ = latency.best_other(_row())
+    assert name == "full_slow"
+
+
+def test_fold_table_ratios_and_failures() -> None:
+    table = fold_tools.format_table([_row()])
+    line = next(ln for ln in table.splitlines() if "| full_slow |" in ln)
+    assert "| 2.000 | 4.00 | 2.00 |" in line
+    assert "| crashed | crash: boom |" in table
+    assert "NO: x" in table
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "bn_preconv"])
+def test_ensure_models_writes_once(tmp_path: Path, name: str) -> None:
+    paths = generate.ensure_models(str(tmp_path), [name], log=lambda m: None)
+    mtime = os.path.getmtime(paths[name])
+    assert generate.ensure_models(str(tmp_path), [name], log=lambda m: None) == paths
+    assert os.path.getmtime(paths[name]) == mtime
