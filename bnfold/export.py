@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import types
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -289,3 +290,15 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module makes ``bnfold.export`` the module rather than the function (Python
+    sets a submodule as its parent's attribute); calling the module keeps ``bnfold.export(...)``
+    working either way, as bnfold.verify does."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

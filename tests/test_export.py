@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+import bnfold
 from bnfold.cli import main
 from bnfold.errors import InputError
 from bnfold.export_cleanup import (
@@ -135,7 +136,7 @@ def test_training_mode_bn_warns_exports_eval_and_restores_mode() -> None:
     model = _with_random_stats(SPECS["mlp_digits"].factory()).train()
     x = torch.randn(4, 64)
     with pytest.warns(BnTrainingModeWarning, match="2 BatchNorm module"):
-        result = export(model, x)
+        result = bnfold.export(model, x)  # callable even though bnfold.export is imported
     assert model.training and model.layers[1].training
     assert result.warnings and result.ok
     got = run_onnx(result.model, {"input": x.numpy()})[0]

@@ -64,7 +64,8 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
 
     \b
     Examples:
-      bnfold export models.zoo:resnet_digits -o /tmp/resnet.onnx --input-shape 1x1x8x8
+      bnfold export models.zoo:resnet_digits --weights models/resnet_digits.pt \
+          -o /tmp/resnet.onnx --input-shape 1x1x8x8 --fold
       bnfold export mypkg.nets:make_net --weights net.pt -o net.onnx --input-shape 1x3x32x32
       bnfold export models.zoo:mlp_digits -o /tmp/mlp.onnx --input-shape 1x64 --fold --json
     """
