@@ -91,9 +91,10 @@ def _check_graph(path: Path, shown: str) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as exc:  # onnx raises ValidationError, but also other types on odd input
-        lines = str(exc).strip().splitlines()
-        first = lines[0] if lines else type(exc).__name__
-        raise InputError(f"{shown}: not a valid ONNX model (onnx.checker: {first})") from None
+        text = " ".join(str(exc).split()) or type(exc).__name__  # onnx spreads it over lines
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise InputError(f"{shown}: not a valid ONNX model (onnx.checker: {text})") from None
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
