@@ -7,9 +7,11 @@ skeleton proto, so a multi-GB model is saved with about one tensor of extra memo
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -17,7 +19,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper as edh
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from bnfold.errors import InputError, OutputError
 
@@ -56,9 +58,68 @@ def _check_opset(model: onnx.ModelProto, path: str) -> None:
                          "supports; convert it with onnx.version_converter first")
 
 
+def _check_text(message: Message, path: str) -> None:
+    """Refuse strings that are not valid UTF-8 (protobuf hands them over as bytes)."""
+    for fd in message.DESCRIPTOR.fields:
+        if fd.type == fd.TYPE_STRING:
+            value = getattr(message, fd.name)
+            for item in (value if _repeated(fd) else [value]):
+                if isinstance(item, bytes):
+                    raise InputError(f"{path}: field {fd.name!r} holds bytes that are not valid "
+                                     f"UTF-8 ({item[:24]!r}...); the file is corrupted")
+        elif fd.type == fd.TYPE_MESSAGE:
+            if _repeated(fd):
+                for item in getattr(message, fd.name):
+                    _check_text(item, path)
+            elif message.HasField(fd.name):
+                _check_text(getattr(message, fd.name), path)
+
+
+_PACKED_4BIT = frozenset(getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+                         if hasattr(onnx.TensorProto, n))
+
+
+def _data_bytes(tensor: onnx.TensorProto, path: str) -> int | None:
+    """Bytes the tensor's data must take, or None where that is not fixed (strings)."""
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{path}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"{path}: tensor {tensor.name!r} has unknown data type "
+                         f"{tensor.data_type}; the file is corrupted or too new") from None
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    count = math.prod(tensor.dims)
+    return (count + 1) // 2 if tensor.data_type in _PACKED_4BIT else count * dtype.itemsize
+
+
+def _check_tensor(tensor: onnx.TensorProto, path: str) -> None:
+    """Refuse a tensor whose stored data does not match its dims and data type."""
+    want = _data_bytes(tensor, path)
+    if want is None or edh.uses_external_data(tensor):
+        return
+    unit = "bytes"
+    if tensor.HasField("raw_data"):
+        have = len(tensor.raw_data)
+    else:
+        field = helper.tensor_dtype_to_field(tensor.data_type)
+        values = len(getattr(tensor, field))
+        if values == 0 or tensor.data_type in _PACKED_4BIT:
+            return  # no data, or packed 4-bit ints whose count onnx checks on use
+        per = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64,
+                                        onnx.TensorProto.COMPLEX128) else 1
+        have, want, unit = values, math.prod(tensor.dims) * per, "values"
+    if have != want:
+        raise InputError(f"{path}: tensor {tensor.name!r} holds {have} {unit} but its shape "
+                         f"{list(tensor.dims)} needs {want}; the file is corrupted")
+
+
 def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
     try:
-        info = edh.ExternalDataInfo(tensor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx warns about unknown keys on stderr
+            info = edh.ExternalDataInfo(tensor)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: tensor {tensor.name!r} has malformed external data "
                          f"fields ({exc})") from None
@@ -84,6 +145,10 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
     if offset < 0 or length < 0 or offset + length > size:
         raise InputError(f"{path}: external data file {loc!r} is shorter ({size} bytes) than "
                          f"tensor {tensor.name!r} needs (offset {offset} + length {length})")
+    want = _data_bytes(tensor, path)
+    if want is not None and length != want:
+        raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external "
+                         f"data but its shape {list(tensor.dims)} needs {want}")
 
 
 def _check_graph(path: Path, shown: str) -> None:
@@ -129,15 +194,22 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
         raise InputError(f"{shown}: not an ONNX model (no IR version or graph); the file may be "
                          "truncated or of another format")
     _check_opset(model, shown)
+    _check_text(model, shown)
     base = p.parent
-    external = [t for t in _all_tensors(model) if edh.uses_external_data(t)]
-    for tensor in external:
-        _check_external(tensor, base, shown)
+    external = []
+    for tensor in _all_tensors(model):
+        if edh.uses_external_data(tensor):
+            _check_external(tensor, base, shown)
+            external.append(tensor)
+        else:
+            _check_tensor(tensor, shown)
     if check:
         _check_graph(p, shown)
     if external and load_external_data:
         try:
-            edh.load_external_data_for_model(model, str(base))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # unknown keys were accepted above, as onnx does
+                edh.load_external_data_for_model(model, str(base))
         except (OSError, ValueError) as exc:
             raise InputError(f"{shown}: cannot read external data: {exc}") from None
     return model
@@ -148,12 +220,17 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(t.ByteSize() for t in _all_tensors(model))
 
 
+def _repeated(field) -> bool:  # noqa: ANN001 (a protobuf FieldDescriptor)
+    """Whether a field is repeated, across protobuf versions (``label`` is being removed)."""
+    return bool(getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3)
+
+
 def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
     """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
     for field, value in src.ListFields():
         if field.name in skip:
             continue
-        if getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3:
+        if _repeated(field):
             getattr(dst, field.name).extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(dst, field.name).CopyFrom(value)

@@ -270,3 +270,59 @@ def test_overwriting_a_model_keeps_its_data_file_until_the_model_is_replaced(tmp
     assert load_model(path).opset_import[0].version == 13
     written = save_model(small_model(), path, external_data=True)
     assert written[1] == str(tmp_path / "m.onnx.data")
+
+
+def write_raw(tmp_path: Path, model: onnx.ModelProto) -> Path:
+    p = tmp_path / "m.onnx"
+    p.write_bytes(model.SerializeToString())
+    return p
+
+
+def test_name_that_is_not_utf8_is_refused(tmp_path):
+    data = small_model().SerializeToString()
+    name = small_model().graph.node[0].name.encode()
+    p = tmp_path / "m.onnx"
+    p.write_bytes(data.replace(name, b"\xff" + name[1:]))
+    refused(p, "not valid UTF-8")
+
+
+def test_unknown_tensor_data_type_is_refused(tmp_path):
+    model = small_model()
+    model.graph.initializer[1].data_type = 99
+    refused(write_raw(tmp_path, model), "unknown data type 99")
+
+
+def test_raw_data_shorter_than_its_shape_is_refused(tmp_path):
+    model = small_model()
+    t = model.graph.initializer[1]
+    t.raw_data = t.raw_data[:-4]
+    refused(write_raw(tmp_path, model), repr(t.name), "corrupted")
+
+
+def test_typed_data_count_not_matching_shape_is_refused(tmp_path):
+    model = small_model()
+    t = model.graph.initializer[1]
+    values = numpy_helper.to_array(t).ravel().tolist()
+    t.ClearField("raw_data")
+    t.float_data.extend(values + [1.0])
+    refused(write_raw(tmp_path, model), "values")
+
+
+def test_external_length_not_matching_shape_is_refused(tmp_path):
+    path = external_copy(tmp_path)
+    model = onnx.load_model(str(path), load_external_data=False)
+    t = next(t for t in model_io._all_tensors(model) if edh.uses_external_data(t))
+    t.dims[0] -= 1
+    path.write_bytes(model.SerializeToString())
+    refused(path, "declares", "needs")
+
+
+def test_unknown_external_data_key_does_not_print_a_warning(tmp_path, recwarn):
+    path = external_copy(tmp_path)
+    model = onnx.load_model(str(path), load_external_data=False)
+    t = next(t for t in model_io._all_tensors(model) if edh.uses_external_data(t))
+    entry = t.external_data.add()
+    entry.key, entry.value = "colour", "blue"
+    path.write_bytes(model.SerializeToString())
+    load_model(path)
+    assert not [w for w in recwarn if "external data key" in str(w.message)]
