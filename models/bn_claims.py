@@ -81,7 +81,7 @@ def _steps_to(run: dict, target: float) -> float:
 
 
 def summarize(results: list[dict], target: float) -> list[dict]:
-    """Per (lr, scale): mean final accuracy and median steps to ``target`` (inf: not reached)."""
+    """Per (lr, scale): mean final accuracy and training loss, median steps to ``target``."""
     rows = []
     for lr in sorted({r["lr"] for r in results}):
         for scale in sorted({r["init_scale"] for r in results}):
@@ -89,6 +89,7 @@ def summarize(results: list[dict], target: float) -> list[dict]:
             for bn, tag in ((False, "plain"), (True, "bn")):
                 runs = _cell(results, bn, lr, scale)
                 row[f"acc_{tag}"] = float(np.mean([r["test_acc"][-1] for r in runs]))
+                row[f"loss_{tag}"] = float(np.mean([r["train_loss"][-1] for r in runs]))
                 row[f"steps_{tag}"] = float(np.median([_steps_to(r, target) for r in runs]))
                 row[f"reached_{tag}"] = sum(np.isfinite(_steps_to(r, target)) for r in runs)
                 row[f"diverged_{tag}"] = sum(r["diverged"] for r in runs)
@@ -110,6 +111,15 @@ def findings(rows: list[dict], results: list[dict]) -> list[str]:
     for r in worse:
         lines.append(f"  BN did worse at lr={r['lr']:g}, init scale={r['init_scale']:g}: "
                      f"{r['acc_bn']:.3f} vs {r['acc_plain']:.3f}.")
+    lower_loss = sum(r["loss_bn"] < r["loss_plain"] for r in rows)
+    higher_loss = [r for r in rows if r["loss_bn"] > r["loss_plain"]]
+    lines.append(f"Final training loss was lower with BN in {lower_loss} of {len(rows)} cells "
+                 f"and higher in {len(higher_loss)}" + (":" if higher_loss else "."))
+    for r in higher_loss:
+        lines.append(f"  lr={r['lr']:g}, init scale={r['init_scale']:g}: {r['loss_bn']:.3f} "
+                     f"with BN vs {r['loss_plain']:.3f} without.")
+    lines.append(f"Runs whose loss overflowed: {sum(r['diverged_plain'] for r in rows)} without "
+                 f"BN, {sum(r['diverged_bn'] for r in rows)} with BN.")
     spreads = []
     for lr in sorted({r["lr"] for r in rows}):
         cells = [r for r in rows if r["lr"] == lr]
@@ -131,15 +141,19 @@ def _fmt_steps(steps: float, reached: int, seeds: int) -> str:
 def markdown(rows: list[dict], lines: list[str], command: str, seconds: float) -> str:
     """The table (one line per cell) and the findings, with the command that made them."""
     out = [f"# BatchNorm claims on digits: `{command}` ({seconds:.0f} s)", "",
-           (f"Final test accuracy (mean over {rows[0]['seeds']} seeds) and median SGD steps to "
-            f"{TARGET:.0%} test accuracy (seeds that reached it), without and with BN."), "",
-           "| lr | init scale | acc plain | acc BN | steps plain | steps BN |",
-           "|---:|---:|---:|---:|---:|---:|"]
+           (f"Final test accuracy (mean over {rows[0]['seeds']} seeds), median SGD steps to "
+            f"{TARGET:.0%} test accuracy (seeds that reached it) and final training loss (mean "
+            f"mini-batch cross-entropy over the last {mlp.TrainConfig.eval_every} steps), "
+            "without and with BN."), "",
+           ("| lr | init scale | acc plain | acc BN | steps plain | steps BN "
+            "| loss plain | loss BN |"),
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         plain = _fmt_steps(r["steps_plain"], r["reached_plain"], r["seeds"])
         bn = _fmt_steps(r["steps_bn"], r["reached_bn"], r["seeds"])
         out.append(f"| {r['lr']:g} | {r['init_scale']:g} | {r['acc_plain']:.3f} | "
-                   f"{r['acc_bn']:.3f} | {plain} | {bn} |")
+                   f"{r['acc_bn']:.3f} | {plain} | {bn} | {r['loss_plain']:.3f} | "
+                   f"{r['loss_bn']:.3f} |")
     bullets = [f"  - {s.strip()}" if s.startswith(" ") else f"- {s}" for s in lines]
     return "\n".join([*out, "", *bullets, ""])
 
