@@ -28,7 +28,7 @@ def best_other(row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def measure_row(row: dict[str, Any], levels: list[str], threads: int, warmup: int,
-                runs: int) -> dict[str, Any]:
+                runs: int, processes: int) -> dict[str, Any]:
     """Paired latency of original / bnfold / best other for one model."""
     from bnfold.bench import measure_variants
     from bnfold.bench.stats import paired_speedup
@@ -38,7 +38,8 @@ def measure_row(row: dict[str, Any], levels: list[str], threads: int, warmup: in
     if best:
         variants.append((best[0], best[1]["output"]))
     res = measure_variants(variants, opt_levels=levels, threads=(threads,), warmup=warmup,
-                           runs=runs, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                           runs=runs, processes=processes,
+                           progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     out = {"model": row["model"], "bn": row["bn"], "best_other": best[0] if best else None,
            "bn_left": {n: (row["tools"][n]["bn_left"] if n != "original" else row["bn"])
                        for n, _ in variants}, "result": res.to_dict(), "vs_best": {}}
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="fresh worker-process sets the rounds are split over [%(default)s]")
     ap.add_argument("--json", dest="json_path", help="write results here [CACHE/latency.json]")
     args = ap.parse_args(argv)
     fold_json = args.fold_json or os.path.join(args.cache, "fold_tools.json")
@@ -93,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in rows:
         print(f"{row['model']}", file=sys.stderr, flush=True)
-        results.append(measure_row(row, args.levels, args.threads, args.warmup, args.runs))
+        results.append(measure_row(row, args.levels, args.threads, args.warmup, args.runs,
+                                   args.processes))
     from bnfold.bench.result import machine_info
 
     with open(args.json_path or os.path.join(args.cache, "latency.json"), "w", encoding="utf-8") as fh:
         json.dump({"machine": machine_info(), "rows": results}, fh, indent=2)
     print(format_table(results))
     print(f"\nbatch = model default, {args.threads} intra-op thread(s), {args.warmup} warm-up + "
-          f"{args.runs} interleaved rounds, each model in its own process; speedup = ratio of "
+          f"{args.runs} interleaved rounds split over {args.processes} process set(s), each model "
+          "in its own process; speedup = ratio of "
           "medians (>1 = faster), paired bootstrap CI")
     return 0
 

@@ -41,6 +41,16 @@ def test_measure_variants_three_files_speedups_vs_first(tmp_path: Path) -> None:
     assert set(res.configs[0].speedups) == {"b", "c"}
 
 
+def test_rounds_split_over_fresh_process_sets(tmp_path: Path) -> None:
+    p = conv_bn_model(tmp_path / "m.onnx")
+    res = measure_variants([("a", p), ("b", p)], opt_levels=("disabled",), warmup=0, runs=5,
+                           processes=2, isolate=False)
+    assert [v.stats.n for v in res.configs[0].variants] == [5, 5]
+    assert res.settings["processes"] == 2
+    with pytest.raises(BnfoldError, match="processes"):
+        measure_variants([("a", p), ("b", p)], runs=2, processes=3)
+
+
 def test_missing_file_is_input_error(tmp_path: Path) -> None:
     p = conv_bn_model(tmp_path / "m.onnx")
     with pytest.raises(InputError, match="not found"):

@@ -6,11 +6,12 @@ import os
 import tempfile
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
 from bnfold.bench.result import BenchResult, build_config_result
-from bnfold.bench.runner import Progress, RunConfig, Runner
+from bnfold.bench.runner import Progress, RunConfig, Runner, VariantRun
 from bnfold.bench.session import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError, InputError
 
@@ -43,15 +44,20 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
                      opt_levels: Sequence[str] = ("disabled", "basic", "all"),
                      threads: Sequence[int] = (1,), batch_sizes: Sequence[int | None] = (None,),
                      warmup: int = 10, runs: int = 100, dims: Mapping[str, int] | None = None,
-                     isolate: bool = True, allow_spinning: bool = False, seed: int = 0,
-                     confidence: float = 0.95, progress: Progress | None = None) -> BenchResult:
+                     processes: int = 1, isolate: bool = True, allow_spinning: bool = False,
+                     seed: int = 0, confidence: float = 0.95,
+                     progress: Progress | None = None) -> BenchResult:
     """Time named model files over the grid; speedups are relative to the first variant.
 
     Every variant gets the same inputs, generated from the first model's declared inputs.
+    ``processes`` > 1 splits the rounds over that many fresh sets of worker processes;
+    session creation time is then the median over the sets.
     """
     if len(variants) < 2:
         raise BnfoldError("need at least two models to compare")
     _validate(opt_levels, threads, warmup, runs)
+    if not 1 <= processes <= runs:
+        raise BnfoldError("processes must be between 1 and the number of runs")
     for p in providers:
         check_provider(p)
     for name, path in variants:
@@ -67,18 +73,33 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
     inputs = {b: make_inputs(specs, b, dims, seed) for b in dict.fromkeys(batches)}
     configs = [RunConfig(p, lv, t, b) for p, lv, t, b
                in itertools.product(providers, opt_levels, threads, dict.fromkeys(batches))]
+    collected = {cfg: [VariantRun(name, 0.0, []) for name, _ in variants] for cfg in configs}
+    creates: dict[RunConfig, list[list[float]]] = {cfg: [] for cfg in configs}
+    chunks = [runs // processes + (1 if i < runs % processes else 0) for i in range(processes)]
+    for p_i, chunk in enumerate(chunks, 1):
+        # fresh worker processes per chunk: a process's own memory layout and core
+        # placement can bias it by several percent; K process sets average that out
+        with Runner(variants, isolate=isolate, allow_spinning=allow_spinning) as runner:
+            for k, cfg in enumerate(configs, 1):
+                if progress:
+                    where = f" (process set {p_i}/{processes})" if processes > 1 else ""
+                    progress(f"[{k}/{len(configs)}] {cfg.label()}{where}: {warmup} warm-up + "
+                             f"{chunk} timed rounds")
+                measured = runner.measure(cfg, inputs[cfg.batch], warmup=warmup, runs=chunk,
+                                          progress=progress)
+                creates[cfg].append([m.create_ms for m in measured])
+                for acc, m in zip(collected[cfg], measured):
+                    acc.samples_ms.extend(m.samples_ms)
     results = []
-    with Runner(variants, isolate=isolate, allow_spinning=allow_spinning) as runner:
-        for k, cfg in enumerate(configs, 1):
-            if progress:
-                progress(f"[{k}/{len(configs)}] {cfg.label()}: {warmup} warm-up + {runs} timed rounds")
-            runs_ = runner.measure(cfg, inputs[cfg.batch], warmup=warmup, runs=runs,
-                                   progress=progress)
-            results.append(build_config_result(cfg, runs_, confidence=confidence, seed=seed))
-    settings: dict[str, Any] = {"warmup": warmup, "runs": runs, "isolate": isolate,
-                                "allow_spinning": allow_spinning, "confidence": confidence,
-                                "seed": seed, "order": "interleaved A B B A (rotated when > 2 models)", "io_binding": True,
-                                "dims": dict(dims or {})}
+    for cfg in configs:
+        for i, acc in enumerate(collected[cfg]):
+            acc.create_ms = float(np.median([c[i] for c in creates[cfg]]))
+        results.append(build_config_result(cfg, collected[cfg], confidence=confidence, seed=seed))
+    settings: dict[str, Any] = {"warmup": warmup, "runs": runs, "processes": processes,
+                                "isolate": isolate, "allow_spinning": allow_spinning,
+                                "confidence": confidence, "seed": seed,
+                                "order": "interleaved A B B A (rotated when > 2 models)",
+                                "io_binding": True, "dims": dict(dims or {})}
     return BenchResult(models=dict(variants), configs=results, settings=settings)
 
 
@@ -87,7 +108,7 @@ def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
 
     With ``folded=None`` the original is folded on the fly with ``bnfold.fold``. Options are
     those of :func:`measure_variants` (providers, opt_levels, threads, batch_sizes, warmup,
-    runs, dims, isolate, allow_spinning, seed, confidence, progress).
+    runs, dims, processes, isolate, allow_spinning, seed, confidence, progress).
     """
     progress: Progress | None = options.get("progress")
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:

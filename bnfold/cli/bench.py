@@ -38,6 +38,9 @@ def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
               help="Timed interleaved rounds (each round runs every model once).")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N",
               help="Size of a named symbolic input dimension (repeatable).")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Split the rounds over this many fresh worker-process sets (averages out "
+                   "per-process layout effects).")
 @click.option("--same-process", is_flag=True,
               help="Run both sessions in one worker process instead of one each.")
 @click.option("--allow-spinning", is_flag=True,
@@ -53,7 +56,7 @@ def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
               opt_levels: tuple[str, ...], threads: tuple[int, ...], batches: tuple[int, ...],
-              warmup: int, runs: int, dims: tuple[str, ...], same_process: bool,
+              warmup: int, runs: int, dims: tuple[str, ...], processes: int, same_process: bool,
               allow_spinning: bool, confidence: float, seed: int, as_json: bool, samples: bool,
               plot_path: str | None, quiet: bool) -> None:
     """Paired latency of ORIGINAL vs FOLDED on ONNX Runtime.
@@ -66,7 +69,7 @@ def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
     \b
     Examples:
       bnfold bench models/resnet_digits.onnx
-      bnfold bench a.onnx a.folded.onnx --opt-level disabled --opt-level all --runs 300
+      bnfold bench a.onnx a.folded.onnx --opt-level disabled --opt-level all --runs 300 --processes 3
       bnfold bench model.onnx --threads 1 --threads 2 --batch 1 --batch 8 --plot lat.png
       bnfold bench model.onnx --json --samples > bench.json
       bnfold bench model.onnx --provider cuda     # needs onnxruntime-gpu
@@ -78,7 +81,7 @@ def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = benchmark(original, folded, providers=providers, opt_levels=opt_levels,
                        threads=threads, batch_sizes=batches or (None,), warmup=warmup, runs=runs,
-                       dims=_parse_dims(dims), isolate=not same_process,
+                       dims=_parse_dims(dims), processes=processes, isolate=not same_process,
                        allow_spinning=allow_spinning, seed=seed, confidence=confidence,
                        progress=progress)
     if plot_path:
