@@ -190,9 +190,15 @@ def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int
     return row
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds with three significant digits (0.412, 41.2, 412)."""
+    ms = seconds * 1000.0
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: median time, ratios vs load+save and vs bnfold, memory, BN, ORT check."""
-    head = ["model", "tool", "median s", "x load+save", "x bnfold", "peak RSS MB (+over imports)",
+    head = ["model", "tool", "median ms", "x load+save", "x bnfold", "peak RSS MB (+over imports)",
             "BN left", "ORT loads", "max rel err"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -208,7 +214,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             mem = f"{r['peak_rss_mb']:.0f} (+{r['peak_rss_mb'] - r['base_rss_mb']:.0f})"
             ok = "yes" if r.get("ort_ok") else f"NO: {r.get('ort_error', '')}"
             err = f"{r['max_rel_err']:.1e}" if "max_rel_err" in r else "-"
-            lines.append(f"| {label} | {tool} | {t:.3f} | {ratio(floor)} | {ratio(ours)} | {mem} "
+            lines.append(f"| {label} | {tool} | {_ms(t)} | {ratio(floor)} | {ratio(ours)} | {mem} "
                          f"| {r['bn_left']} | {ok} | {err} |")
     return "\n".join(lines)
 
@@ -226,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per tool and model")
     ap.add_argument("--cache", default=generate.DEFAULT_CACHE, help="generated models and outputs")
     ap.add_argument("--json", dest="json_path", help="write results here [CACHE/fold_tools.json]")
+    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render, encoding="utf-8") as fh:
+            print(format_table(json.load(fh)["rows"]))
+        return 0
     models = args.models if args.models is not None else sorted(
         glob.glob(os.path.join(HERE, "..", "models", "*.onnx")))
     named = {os.path.splitext(os.path.basename(m))[0]: os.path.abspath(m) for m in models}

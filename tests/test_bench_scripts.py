@@ -83,7 +83,8 @@ def test_best_other_prefers_fewest_bn_among_valid_outputs() -> None:
 def test_fold_table_ratios_and_failures() -> None:
     table = fold_tools.format_table([_row()])
     line = next(ln for ln in table.splitlines() if "| full_slow |" in ln)
-    assert "| 2.000 | 4.00 | 2.00 |" in line
+    assert "| 2000 | 4.00 | 2.00 |" in line
+    assert fold_tools._ms(0.000412) == "0.412" and fold_tools._ms(0.0412) == "41.2"
     assert "| crashed | crash: boom |" in table
     assert "NO: x" in table
 
