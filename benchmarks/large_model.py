@@ -28,7 +28,7 @@ CHANNELS = 1024
 ALIGN = 4096
 
 
-def _external(name: str, array: np.ndarray, f, location: str) -> onnx.TensorProto:  # noqa: ANN001
+def _external(name: str, array: np.ndarray, f, location: str) -> onnx.TensorProto:
     """Append ``array`` to the open data file and return a tensor that points at it."""
     pad = (-f.tell()) % ALIGN
     f.write(b"\0" * pad)

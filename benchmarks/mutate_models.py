@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -138,6 +137,8 @@ def run_one(model: str) -> list[dict]:
         problem = None
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             problem = f"exception escaped: {type(result.exception).__name__}: {result.exception}"
+        elif result.exit_code == 1 and args[0] == "fold":
+            problem = "exit 1: the folded model failed verification on ORT"
         elif result.exit_code not in (0, 2):
             problem = f"exit {result.exit_code}"
         elif "Traceback" in err:
@@ -149,7 +150,7 @@ def run_one(model: str) -> list[dict]:
         elif args[0] == "fold" and result.exit_code == 0:
             try:
                 onnx.checker.check_model(out)
-            except Exception as exc:  # any checker failure on our output is a finding
+            except Exception as exc:  # noqa: BLE001 - any checker failure on our output is a finding
                 problem = f"fold wrote an invalid model: {str(exc).splitlines()[0]}"
         if problem:
             findings.append({"command": args[0], "exit": result.exit_code, "problem": problem,
@@ -172,11 +173,12 @@ def campaign(mutants: list[dict]) -> tuple[list[dict], dict[str, int]]:
     findings: list[dict] = []
     done = 0
     while done < len(todo):
-        proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                cwd=str(ROOT))
-        proc.stdin.write("\n".join(todo[done:]) + "\n")
-        proc.stdin.close()
+        with tempfile.TemporaryFile("w+") as pending:  # a file, not a pipe: no deadlock
+            pending.write("\n".join(todo[done:]) + "\n")
+            pending.seek(0)
+            proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=pending,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True, cwd=str(ROOT))
         current = None
         for line in proc.stdout:
             if line.startswith("START "):

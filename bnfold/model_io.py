@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -155,7 +156,7 @@ def _check_graph(path: Path, shown: str) -> None:
     """Run onnx.checker on the file (external data is located, not read, so this is cheap)."""
     try:
         onnx.checker.check_model(str(path), full_check=False)
-    except Exception as exc:  # onnx raises ValidationError, but also other types on odd input
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, but also other types on odd input
         text = " ".join(str(exc).split()) or type(exc).__name__  # onnx spreads it over lines
         if len(text) > 300:
             text = text[:297] + "..."
@@ -220,7 +221,7 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(t.ByteSize() for t in _all_tensors(model))
 
 
-def _repeated(field) -> bool:  # noqa: ANN001 (a protobuf FieldDescriptor)
+def _repeated(field) -> bool:
     """Whether a field is repeated, across protobuf versions (``label`` is being removed)."""
     return bool(getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3)
 
@@ -339,7 +340,7 @@ def _referenced_locations(path: Path) -> set[str]:
     """External data files the existing ONNX file at ``path`` reads (empty if unreadable)."""
     try:
         old = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # an unreadable file being replaced references nothing we must keep
+    except Exception:  # noqa: BLE001 - an unreadable file being replaced references nothing we must keep
         return set()
     return {edh.ExternalDataInfo(t).location for t in _all_tensors(old)
             if edh.uses_external_data(t)}

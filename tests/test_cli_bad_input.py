@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import pytest
 from click.testing import CliRunner
+from modelgen import Builder
 from onnx import external_data_helper as edh
 
 from bnfold import model_io
 from bnfold.cli import main
 from bnfold.model_io import save_model
-from modelgen import Builder
 
 
 def small_model() -> onnx.ModelProto:
@@ -144,12 +144,12 @@ def snapshot(d: Path) -> dict[str, bytes | None]:
             for p in sorted(d.rglob("*"))}
 
 
-def invoke(args: list[str]):  # noqa: ANN201
+def invoke(args: list[str]):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result
 
 
-def assert_clean_error(result, *words: str) -> None:  # noqa: ANN001
+def assert_clean_error(result, *words: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnfold: error: "), result.stderr
@@ -215,7 +215,7 @@ def test_in_place_failing_at_the_rename_leaves_the_original_byte_identical(
     before = snapshot(tmp_path)
     real_replace = os.replace
 
-    def fail_on_model(src, dst):  # noqa: ANN001, ANN202
+    def fail_on_model(src, dst):
         if Path(dst) == model:
             raise OSError(28, "No space left on device")
         real_replace(src, dst)

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
+from modelgen import NP_TO_ONNX, Builder, count_bn, random_feeds, run
 from onnx import helper, numpy_helper
 
 import bnfold
-from modelgen import NP_TO_ONNX, Builder, count_bn, random_feeds, run
 
 OPSETS = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28]
 SPATIAL = ["conv", "conv", "conv_transpose", "bn", "relu", "fanout", "if"]

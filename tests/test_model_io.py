@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from modelgen import Builder, max_error
 from onnx import external_data_helper as edh
 from onnx import helper, numpy_helper
 
 from bnfold import model_io
 from bnfold.errors import InputError, OutputError
 from bnfold.model_io import load_model, save_model
-from modelgen import Builder, max_error
 
 
 def small_model(opset: int = 17) -> onnx.ModelProto:
@@ -248,7 +248,7 @@ def test_failed_rename_leaves_the_old_file_byte_identical(tmp_path, monkeypatch,
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real_replace = os.replace
 
-    def fail_on_model(src, dst):  # noqa: ANN001, ANN202
+    def fail_on_model(src, dst):
         if Path(dst) == path:
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
