@@ -20,6 +20,7 @@ _FOLDABLE_OPS = frozenset({
     "Transpose", "Flatten", "Range", "Tile", "Where", "Equal", "Less", "Greater", "Abs",
 })
 _MAX_EVAL_ELEMENTS = 1 << 24
+_MAX_CACHED_BYTES = 1 << 16
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
@@ -122,7 +123,10 @@ class GraphIndex:
             return self._const_cache[name]
         self._const_cache[name] = None  # guards against cycles in malformed graphs
         value = self._const_uncached(name)
-        self._const_cache[name] = value
+        if value is not None and value.nbytes > _MAX_CACHED_BYTES:
+            del self._const_cache[name]  # weights are read once per fold; don't hold copies
+        else:
+            self._const_cache[name] = value
         return value
 
     def const_source(self, name: str) -> str:

@@ -79,3 +79,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path, content):
 def test_help_shows_examples():
     res = invoke("fold", "--help")
     assert res.exit_code == 0 and "Examples:" in res.stdout
+
+
+def test_external_data_model_folds_verifies_and_keeps_external_data(tmp_path):
+    from bnfold.model_io import save_model
+
+    b = Builder()
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.bn(b.conv(x, 8, 16), 16))
+    src = tmp_path / "big.onnx"
+    save_model(b.model(), src, external_data=True)
+    res = invoke("fold", src, "-o", tmp_path / "out.onnx", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out.onnx.data").exists() and "PASS" in res.stdout
+    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {"report.json", "report.html"}
+
+
+def test_unavailable_provider_fails_before_writing(model_path):
+    res = invoke("fold", model_path, "--provider", "cuda", "-q")
+    assert res.exit_code == 2 and "not available" in res.stderr
+    assert not model_path.with_name("m.folded.onnx").exists()

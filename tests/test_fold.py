@@ -443,3 +443,15 @@ def test_opset7_ir3_gemm_bn_folds():
     for t in model.graph.initializer:
         model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     folded_ok(model)
+
+
+def test_non_finite_weight_is_refused():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    w = b.weights((4, 3, 3, 3))
+    w[0, 0, 0, 0] = np.inf
+    y = b.node("Conv", [x, b.const(w)], pads=[1, 1, 1, 1])
+    b.output(b.bn(y, 4))
+    result = bnfold.fold(b.model())
+    assert only_record(result).reason is Reason.NON_FINITE_PARAMS
+    assert "weight" in result.records[0].detail

@@ -78,6 +78,11 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
         raise BnfoldError("use either --in-place or -o/--output, not both")
     if report_dir is not None and not do_verify:
         raise BnfoldError("--report needs --verify")
+    if do_verify:
+        from bnfold.verify.runner import provider_chain
+
+        for provider in providers:
+            provider_chain(provider)  # an unavailable provider fails before any work is done
     out = model if in_place else (output or default_output(model))
     if not in_place and _same_file(model, out):
         raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
@@ -85,19 +90,16 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     result = bnfold.fold(model, check=check)
     for note in result.warnings:
         _say(f"warning: {note}", quiet)
-    report = None
-    if do_verify:
-        from bnfold.verify import verify_fold
-
-        _say("verifying on ONNX Runtime", quiet)
-        report = verify_fold(model, result, folded_path=out, report_dir=report_dir,
-                             providers=providers or ("cpu",), atol=atol, rtol=rtol)
     if external_data is None and uses_external_data(onnx_model_file_only(model)):
         external_data = True
+    report = None
+    if do_verify and in_place:  # the original file is about to be replaced: compare first
+        report = _verify(model, result, result.model, out, report_dir, providers, atol, rtol,
+                         quiet)
     written = save_model(result.model, out, overwrite=True, external_data=external_data)
     _say(f"wrote {', '.join(written)}", quiet)
-    if report_dir is not None:
-        _say(f"wrote reports to {report_dir}", quiet)
+    if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
+        report = _verify(model, result, str(out), out, report_dir, providers, atol, rtol, quiet)
     if as_json:
         payload = {"input": str(model), "output": str(out), **result.to_dict()}
         if report is not None:
@@ -109,6 +111,22 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
             click.echo(report.summary())
     if report is not None and not report.passed:
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
+
+
+def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Path,
+            report_dir: Path | None, providers: tuple[str, ...], atol: float | None,
+            rtol: float | None, quiet: bool):  # noqa: ANN202
+    """Compare on ONNX Runtime; write the reports when asked."""
+    from bnfold.verify import verify
+
+    _say("verifying on ONNX Runtime", quiet)
+    report = verify(original, folded, fold_result=result, providers=providers or ("cpu",),
+                    atol=atol, rtol=rtol)
+    report.folded = str(out)
+    if report_dir is not None:
+        report.write(report_dir)
+        _say(f"wrote reports to {report_dir}", quiet)
+    return report
 
 
 def onnx_model_file_only(path: Path):  # noqa: ANN201

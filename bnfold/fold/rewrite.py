@@ -127,20 +127,22 @@ def remove_orphans(graph: onnx.GraphProto, candidates: set[str], ir_version: int
         inputs = {i.name for i in graph.input}
         drop = {t.name for t in graph.initializer
                 if t.name in dead and (ir_version < 4 or t.name not in inputs)}
-        if drop:
-            keep_init = [t for t in graph.initializer if t.name not in drop]
-            del graph.initializer[:]
-            graph.initializer.extend(keep_init)
-            if ir_version < 4:
-                keep_in = [i for i in graph.input if i.name not in drop]
-                del graph.input[:]
-                graph.input.extend(keep_in)
+        _delete_named(graph.initializer, drop)  # in place: rebuilding would copy every tensor
+        if ir_version < 4:
+            _delete_named(graph.input, drop)
         for i in range(len(graph.node) - 1, -1, -1):
             node = graph.node[i]
             if (node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx")
                     and all(o in dead for o in node.output if o)):
                 pending.update(n for n in node.input if n)
                 del graph.node[i]
-        for i in range(len(graph.value_info) - 1, -1, -1):
-            if graph.value_info[i].name in dead:
-                del graph.value_info[i]
+        _delete_named(graph.value_info, dead)
+
+
+def _delete_named(field, names: set[str]) -> None:  # noqa: ANN001 (a protobuf repeated field)
+    """Delete the entries of a repeated message field whose ``name`` is in ``names``."""
+    if not names:
+        return
+    for i in range(len(field) - 1, -1, -1):
+        if field[i].name in names:
+            del field[i]

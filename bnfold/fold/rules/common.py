@@ -84,6 +84,9 @@ def weight(g: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.nda
                        f"{role} {node.input[index]!r} of {label(node)} is not a constant")
     if onnx.helper.np_dtype_to_tensor_dtype(value.dtype) not in FLOAT_TYPES:
         return Refusal(Reason.UNSUPPORTED_DTYPE, f"{role} dtype {value.dtype}")
+    if not np.isfinite(value).all():
+        return Refusal(Reason.NON_FINITE_PARAMS,
+                       f"{role} {node.input[index]!r} of {label(node)} holds NaN or infinity")
     return value
 
 
