@@ -3,10 +3,13 @@
 The model (Conv -> BN -> Relu blocks with wide 3x3 convs) is written straight to disk one
 tensor at a time, so generating it needs little memory. ``bnfold fold`` then runs in a child
 process; its peak RSS comes from the kernel (wait4 ru_maxrss). ``--stages`` instead runs
-load / fold / save in this process and prints the RSS after each, to find where memory goes.
+load / fold / save in this process and prints the RSS after each, to find where memory goes:
+by default as the CLI does it (external data left on disk, read weight by weight), with
+``--eager`` loading every tensor first, as ``bnfold.fold(path)`` does.
 
     python benchmarks/large_model.py                 # ~3 GB model, CLI fold, then deleted
     python benchmarks/large_model.py --size-gb 1 --stages
+    python benchmarks/large_model.py --size-gb 1 --stages --eager
 """
 from __future__ import annotations
 
@@ -130,8 +133,12 @@ def spot_check(model: Path, out: Path) -> float:
     return float(np.abs(got - want).max())
 
 
-def stages(model: Path, out: Path) -> list[tuple[str, float]]:
-    """RSS (GiB) after each step of load / fold / save, in this process."""
+def stages(model: Path, out: Path, eager: bool = False) -> list[tuple[str, float]]:
+    """RSS (GiB) after each step of load / fold / save, in this process.
+
+    Lazy (the CLI's way): fold reads each weight from disk when it folds it, and save copies
+    the untouched tensors from the source data file. Eager: every tensor is loaded first.
+    """
     import psutil
 
     import bnfold
@@ -139,11 +146,15 @@ def stages(model: Path, out: Path) -> list[tuple[str, float]]:
 
     proc = psutil.Process()
     marks = [("start", proc.memory_info().rss / 2**30)]
-    loaded = load_model(model)
-    marks.append(("load_model", proc.memory_info().rss / 2**30))
-    result = bnfold.fold(loaded, check=True, copy=False)
-    marks.append(("fold(check=True, copy=False)", proc.memory_info().rss / 2**30))
-    save_model(result.model, out, external_data=True)
+    if eager:
+        loaded = load_model(model)
+        marks.append(("load_model", proc.memory_info().rss / 2**30))
+        result = bnfold.fold(loaded, check=True, copy=False)
+        marks.append(("fold(check=True, copy=False)", proc.memory_info().rss / 2**30))
+    else:
+        result = bnfold.fold(model, check=True, lazy_external=True)
+        marks.append(("fold(path, lazy_external=True)", proc.memory_info().rss / 2**30))
+    save_model(result.model, out, external_data=True, source_dir=result.external_base)
     marks.append(("save_model(external_data=True)", proc.memory_info().rss / 2**30))
     return marks
 
@@ -155,6 +166,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--stages", action="store_true",
                     help="run load/fold/save in-process and print RSS after each step")
+    ap.add_argument("--eager", action="store_true",
+                    help="with --stages: load all external data first (the Python API default)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bnfold-large-", dir=args.dir))
     need = 2.2 * args.size_gb * 1e9
@@ -169,7 +182,7 @@ def main() -> None:
         print(f"generated {layers} Conv/BN blocks, {size / 1e9:.2f} GB in "
               f"{time.perf_counter() - t0:.1f} s: {model}", file=sys.stderr)
         if args.stages:
-            for name, gib in stages(model, out):
+            for name, gib in stages(model, out, eager=args.eager):
                 print(f"{name:34s} RSS {gib:6.2f} GiB ({gib * 2**30 / size:.2f}x model)")
             return
         report = fold_in_child(model, out)

@@ -57,8 +57,11 @@ class GraphIndex:
 
     def __init__(self, graph: onnx.GraphProto, *, ir_version: int, opset: int,
                  shapes: dict[str, list[int | None]] | None = None,
-                 dtypes: dict[str, int] | None = None, outer: "GraphIndex | None" = None) -> None:
+                 dtypes: dict[str, int] | None = None, outer: "GraphIndex | None" = None,
+                 base_dir: str | None = None) -> None:
+        """``base_dir``: the folder external initializer data is read from (a lazy load)."""
         self.graph = graph
+        self.base_dir = base_dir
         self.ir_version = ir_version
         self.opset = opset
         self.outer = outer
@@ -118,7 +121,10 @@ class GraphIndex:
         return self.ir_version >= 4 and name in self.inputs
 
     def const(self, name: str) -> np.ndarray | None:
-        """The tensor's value if it is a compile-time constant, else None."""
+        """The tensor's value if it is a compile-time constant, else None.
+
+        An initializer still stored externally is read from ``base_dir`` (one tensor at a time).
+        """
         if name in self._const_cache:
             return self._const_cache[name]
         self._const_cache[name] = None  # guards against cycles in malformed graphs
@@ -141,7 +147,7 @@ class GraphIndex:
         if name in self.initializers:
             if self.is_overridable_input(name):
                 return None
-            return numpy_helper.to_array(self.initializers[name])
+            return numpy_helper.to_array(self.initializers[name], self.base_dir or "")
         node = self.producer(name)
         if node is None:
             if name in self.inputs:

@@ -1,9 +1,11 @@
 """Load and save ONNX models safely: clear errors, checked external data, atomic writes.
 
 Loading refuses, with one actionable line, anything that is not a valid ONNX model whose
-external data stays inside the model's folder. Saving never copies the model's tensors:
-with external data it streams each large tensor to the data file and serializes a small
-skeleton proto, so a multi-GB model is saved with about one tensor of extra memory.
+external data stays inside the model's folder; it can leave that data on disk (lazy), to be
+read tensor by tensor. Saving never copies the model's tensors: with external data it streams
+each large tensor to the data file (tensors still on disk are copied chunk-wise from their
+source file) and serializes a small skeleton proto, so a multi-GB model is saved with about
+one tensor of extra memory.
 """
 from __future__ import annotations
 
@@ -14,21 +16,25 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper as edh
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from bnfold.data_file import (
+    PACKED_4BIT,
+    DataWriter,
+    data_bytes,
+    external_info,
+    external_length,
+    is_repeated,
+)
 from bnfold.errors import InputError, OutputError
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
 PROTO_HEADROOM = 64 * 2**20  # bytes kept free under the protobuf limit for graph structure
-EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this large go to the external data file
-_ALIGN = 4096  # external tensors start on page boundaries so they can be memory-mapped
 
 
 def max_known_opset() -> int:
@@ -64,40 +70,21 @@ def _check_text(message: Message, path: str) -> None:
     for fd in message.DESCRIPTOR.fields:
         if fd.type == fd.TYPE_STRING:
             value = getattr(message, fd.name)
-            for item in (value if _repeated(fd) else [value]):
+            for item in (value if is_repeated(fd) else [value]):
                 if isinstance(item, bytes):
                     raise InputError(f"{path}: field {fd.name!r} holds bytes that are not valid "
                                      f"UTF-8 ({item[:24]!r}...); the file is corrupted")
         elif fd.type == fd.TYPE_MESSAGE:
-            if _repeated(fd):
+            if is_repeated(fd):
                 for item in getattr(message, fd.name):
                     _check_text(item, path)
             elif message.HasField(fd.name):
                 _check_text(getattr(message, fd.name), path)
 
 
-_PACKED_4BIT = frozenset(getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
-                         if hasattr(onnx.TensorProto, n))
-
-
-def _data_bytes(tensor: onnx.TensorProto, path: str) -> int | None:
-    """Bytes the tensor's data must take, or None where that is not fixed (strings)."""
-    if any(d < 0 for d in tensor.dims):
-        raise InputError(f"{path}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
-    try:
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except (KeyError, ValueError, TypeError):
-        raise InputError(f"{path}: tensor {tensor.name!r} has unknown data type "
-                         f"{tensor.data_type}; the file is corrupted or too new") from None
-    if tensor.data_type == onnx.TensorProto.STRING:
-        return None
-    count = math.prod(tensor.dims)
-    return (count + 1) // 2 if tensor.data_type in _PACKED_4BIT else count * dtype.itemsize
-
-
 def _check_tensor(tensor: onnx.TensorProto, path: str) -> None:
     """Refuse a tensor whose stored data does not match its dims and data type."""
-    want = _data_bytes(tensor, path)
+    want = data_bytes(tensor, path)
     if want is None or edh.uses_external_data(tensor):
         return
     unit = "bytes"
@@ -106,7 +93,7 @@ def _check_tensor(tensor: onnx.TensorProto, path: str) -> None:
     else:
         field = helper.tensor_dtype_to_field(tensor.data_type)
         values = len(getattr(tensor, field))
-        if values == 0 or tensor.data_type in _PACKED_4BIT:
+        if values == 0 or tensor.data_type in PACKED_4BIT:
             return  # no data, or packed 4-bit ints whose count onnx checks on use
         per = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64,
                                         onnx.TensorProto.COMPLEX128) else 1
@@ -146,7 +133,7 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
     if offset < 0 or length < 0 or offset + length > size:
         raise InputError(f"{path}: external data file {loc!r} is shorter ({size} bytes) than "
                          f"tensor {tensor.name!r} needs (offset {offset} + length {length})")
-    want = _data_bytes(tensor, path)
+    want = data_bytes(tensor, path)
     if want is not None and length != want:
         raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external "
                          f"data but its shape {list(tensor.dims)} needs {want}")
@@ -171,7 +158,10 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
                check: bool = True) -> onnx.ModelProto:
     """Read an ONNX file with its external data, or raise InputError saying why it can't.
 
-    ``check`` runs onnx.checker on the input so an invalid graph is refused up front.
+    With ``load_external_data=False`` the tensors stay external (their locations and lengths
+    are still checked); read them relative to the model's folder, and pass that folder as
+    ``source_dir`` to ``save_model``. ``check`` runs onnx.checker on the input so an invalid
+    graph is refused up front.
     """
     p = Path(path)
     shown = str(path)
@@ -217,100 +207,18 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Approximate serialized size of all tensors, without copying their data."""
-    return sum(t.ByteSize() for t in _all_tensors(model))
+    """Approximate serialized size of all tensors (external data included), without copying."""
+    return sum(t.ByteSize() + external_length(t) for t in _all_tensors(model))
 
 
-def _repeated(field) -> bool:
-    """Whether a field is repeated, across protobuf versions (``label`` is being removed)."""
-    return bool(getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3)
-
-
-def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
-    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
-    for field, value in src.ListFields():
-        if field.name in skip:
-            continue
-        if _repeated(field):
-            getattr(dst, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
-
-
-def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
-    """The tensor's little-endian bytes if it belongs in the data file, else None."""
-    if edh.uses_external_data(tensor):
-        return None
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data if tensor.ByteSize() >= EXTERNAL_THRESHOLD else None
-    if tensor.ByteSize() < EXTERNAL_THRESHOLD or tensor.data_type == onnx.TensorProto.STRING:
-        return None
-    array = numpy_helper.to_array(tensor)  # typed fields (float_data, ...): rare, small copies
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-class _DataWriter:
-    """Appends tensors to one external data file and builds their data-less stubs."""
-
-    def __init__(self, f: BinaryIO, location: str) -> None:
-        self.f, self.location = f, location
-
-    def tensor(self, src: onnx.TensorProto) -> onnx.TensorProto:
-        out = onnx.TensorProto()
-        raw = _raw_bytes(src)
-        if raw is None:
-            out.CopyFrom(src)
-            return out
-        _copy_fields(src, out, frozenset({"raw_data", "float_data", "int32_data", "int64_data",
-                                          "double_data", "uint64_data", "data_location",
-                                          "external_data"}))
-        pad = (-self.f.tell()) % _ALIGN
-        if pad:
-            self.f.write(b"\0" * pad)
-        offset = self.f.tell()
-        self.f.write(raw)
-        for key, value in (("location", self.location), ("offset", str(offset)),
-                           ("length", str(len(raw)))):
-            entry = out.external_data.add()
-            entry.key, entry.value = key, value
-        out.data_location = onnx.TensorProto.EXTERNAL
-        return out
-
-    def attribute(self, src: onnx.AttributeProto) -> onnx.AttributeProto:
-        out = onnx.AttributeProto()
-        _copy_fields(src, out, frozenset({"t", "tensors", "g", "graphs"}))
-        if src.HasField("t"):
-            out.t.CopyFrom(self.tensor(src.t))
-        out.tensors.extend(self.tensor(t) for t in src.tensors)
-        if src.HasField("g"):
-            out.g.CopyFrom(self.graph(src.g))
-        out.graphs.extend(self.graph(g) for g in src.graphs)
-        return out
-
-    def node(self, src: onnx.NodeProto) -> onnx.NodeProto:
-        out = onnx.NodeProto()
-        _copy_fields(src, out, frozenset({"attribute"}))
-        out.attribute.extend(self.attribute(a) for a in src.attribute)
-        return out
-
-    def graph(self, src: onnx.GraphProto) -> onnx.GraphProto:
-        out = onnx.GraphProto()
-        _copy_fields(src, out, frozenset({"initializer", "node"}))
-        out.initializer.extend(self.tensor(t) for t in src.initializer)
-        out.node.extend(self.node(n) for n in src.node)
-        return out
-
-    def model(self, src: onnx.ModelProto) -> onnx.ModelProto:
-        out = onnx.ModelProto()
-        _copy_fields(src, out, frozenset({"graph", "functions"}))
-        out.graph.CopyFrom(self.graph(src.graph))
-        for fn in src.functions:
-            copy = out.functions.add()
-            _copy_fields(fn, copy, frozenset({"node"}))
-            copy.node.extend(self.node(n) for n in fn.node)
-        return out
+def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) -> None:
+    """Read every tensor still external (relative to ``source_dir``) into ``model`` itself."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            edh.load_external_data_for_model(model, str(source_dir))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source_dir}: cannot read external data: {exc}") from None
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -321,13 +229,13 @@ def _write_file(path: str, data: bytes) -> None:
 
 
 def _write_with_external(model: onnx.ModelProto, model_path: str, data_path: str,
-                         location: str) -> None:
+                         location: str, source_dir: Path | None) -> None:
     """Stream large tensors into ``data_path``; write a skeleton model that points at them.
 
     ``model`` is left untouched (its tensors are read, never copied as a whole).
     """
     with open(data_path, "wb") as f:
-        skeleton = _DataWriter(f, location).model(model)
+        skeleton = DataWriter(f, location, source_dir).model(model)
         f.flush()
         os.fsync(f.fileno())
     if skeleton.ByteSize() > PROTOBUF_LIMIT:
@@ -346,16 +254,27 @@ def _referenced_locations(path: Path) -> set[str]:
             if edh.uses_external_data(t)}
 
 
-def _data_location(out: Path) -> str:
-    """``<name>.data``, or ``<name>.1.data`` when the file being replaced reads ``<name>.data``.
+def _data_location(out: Path, in_use: set[str]) -> str:
+    """``<name>.data``, or ``<name>.1.data`` (...) when that name is still read by the file
+    being replaced or by the model being saved (``in_use``, its source data in this folder).
 
     Renaming the new data over a file the current model still reads would corrupt that model
-    if the process died before the model itself is replaced (e.g. ``--in-place``).
+    if the process died before the model itself is replaced (e.g. ``--in-place``), and would
+    corrupt an input whose data is being copied from that file.
     """
-    plain = out.name + ".data"
-    if out.is_file() and plain in _referenced_locations(out):
-        return out.name + ".1.data"
-    return plain
+    taken = in_use | (_referenced_locations(out) if out.is_file() else set())
+    name, i = out.name + ".data", 0
+    while name in taken:
+        i += 1
+        name = f"{out.name}.{i}.data"
+    return name
+
+
+def _source_locations(model: onnx.ModelProto, source_dir: Path | None, folder: Path) -> set[str]:
+    """External data files of ``model`` that live in ``folder`` (names relative to it)."""
+    if source_dir is None or source_dir.resolve() != folder.resolve():
+        return set()
+    return {external_info(t).location for t in _all_tensors(model) if edh.uses_external_data(t)}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -385,14 +304,19 @@ def _check_destination(out: Path, path: object, overwrite: bool) -> Path:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
-               overwrite: bool = True, external_data: bool | None = None) -> list[str]:
+               overwrite: bool = True, external_data: bool | None = None,
+               source_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Write ``model`` atomically (temp files, fsync, rename); return the paths written.
 
     external_data=None chooses external data only when the model is too big for one protobuf;
     external_data=False on such a model raises OutputError. The data file is written beside
     the model (see ``_data_location``) and renamed into place before the model file.
+    ``source_dir``: the folder that tensors still external (a lazy ``load_model``) are relative
+    to; they are copied chunk-wise into the new data file, or, for a single-file output, read
+    into ``model`` itself.
     """
     out = Path(path)
+    source = Path(source_dir) if source_dir is not None else None
     folder = _check_destination(out, path, overwrite)
     size = tensor_bytes(model)
     too_big = size + PROTO_HEADROOM > PROTOBUF_LIMIT
@@ -402,7 +326,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
         raise OutputError(f"{path}: the model is {size / 2**30:.1f} GiB; a single protobuf file "
                           "is limited to 2 GiB; save it with external data instead "
                           "(--external-data)")
-    location = _data_location(out) if external_data else ""
+    if not external_data and source is not None and uses_external_data(model):
+        load_external(model, source)
+    location = _data_location(out, _source_locations(model, source, folder)) if external_data else ""
     try:
         tmpdir = tempfile.mkdtemp(prefix=".bnfold-", dir=str(folder))
     except OSError as exc:
@@ -411,7 +337,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
         tmp_model = os.path.join(tmpdir, out.name)
         if external_data:
             tmp_data = os.path.join(tmpdir, location)
-            _write_with_external(model, tmp_model, tmp_data, location)
+            _write_with_external(model, tmp_model, tmp_data, location, source)
             os.replace(tmp_data, folder / location)
         else:
             _write_file(tmp_model, model.SerializeToString())

@@ -1,8 +1,8 @@
 """A model's structure without its bulk tensor data, for cheap checks and shape inference.
 
-Large raw initializers become header-only tensors (name, dtype, dims) marked as external
-data in ``SKELETON_FILE``, so ``onnx.checker`` and shape inference run on a few hundred KB
-instead of serializing gigabytes.
+Large raw initializers, and initializers whose data is still external (never read here),
+become header-only tensors (name, dtype, dims) marked as external data in ``SKELETON_FILE``,
+so ``onnx.checker`` and shape inference run on a few hundred KB instead of gigabytes.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import tempfile
 
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 SKELETON_FILE = "bnfold-skeleton.bin"
 _SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
@@ -34,12 +35,12 @@ def _nbytes(t: onnx.TensorProto) -> int:
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose large raw main-graph initializers carry no data."""
+    """A copy of ``model`` whose large raw or external main-graph initializers carry no data."""
     sk = onnx.ModelProto()
     _copy_except(sk, model, "graph")
     _copy_except(sk.graph, model.graph, "initializer")
     for t in model.graph.initializer:
-        if t.HasField("raw_data") and _nbytes(t) > _SMALL:
+        if uses_external_data(t) or (t.HasField("raw_data") and _nbytes(t) > _SMALL):
             h = sk.graph.initializer.add()
             h.name, h.data_type = t.name, t.data_type
             h.dims.extend(t.dims)

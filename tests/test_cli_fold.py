@@ -99,3 +99,56 @@ def test_unavailable_provider_fails_before_writing(model_path):
     res = invoke("fold", model_path, "--provider", "cuda", "-q")
     assert res.exit_code == 2 and "not available" in res.stderr
     assert not model_path.with_name("m.folded.onnx").exists()
+
+
+@pytest.fixture()
+def external_model(tmp_path):
+    """Conv -> BN -> Conv with its weights in m.onnx.data; the second conv is not folded."""
+    from bnfold.model_io import save_model
+
+    b = Builder(seed=11)
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.conv(b.bn(b.conv(x, 8, 16), 16), 16, 16))
+    model = b.model()
+    path = tmp_path / "m.onnx"
+    save_model(model, path, external_data=True)
+    return model, path
+
+
+@pytest.mark.parametrize("verify", ["--verify", "--no-verify"])
+def test_in_place_on_external_data_writes_a_new_data_file_and_a_correct_model(external_model,
+                                                                               verify):
+    from modelgen import max_error, tolerance
+
+    from bnfold.model_io import load_model
+
+    model, path = external_model
+    old_data = path.with_name("m.onnx.data").read_bytes()
+    res = invoke("fold", path, "--in-place", verify, "-q")
+    assert res.exit_code == 0, res.output
+    assert path.with_name("m.onnx.1.data").exists()
+    assert path.with_name("m.onnx.data").read_bytes() == old_data  # copied from, never written
+    back = load_model(path)
+    assert count_bn(back) == 0 and max_error(model, back) <= tolerance(model)
+
+
+def test_failed_in_place_write_on_external_data_keeps_the_original(external_model,
+                                                                     monkeypatch):
+    import os
+    from pathlib import Path
+
+    from bnfold import model_io
+
+    _, path = external_model
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):
+        if Path(dst) == path:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", fail_on_model)
+    res = invoke("fold", path, "--in-place", "--no-verify", "-q")
+    assert res.exit_code == 2 and "No space left" in res.stderr
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name in before} == before

@@ -455,3 +455,68 @@ def test_non_finite_weight_is_refused():
     result = bnfold.fold(b.model())
     assert only_record(result).reason is Reason.NON_FINITE_PARAMS
     assert "weight" in result.records[0].detail
+
+
+def lazy_fixture(tmp_path):
+    """Conv -> BN -> Conv saved with external data: one weight folds, one stays untouched."""
+    from bnfold.model_io import save_model
+
+    b = Builder(seed=5)
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.conv(b.bn(b.conv(x, 8, 16), 16), 16, 16))
+    model = b.model()
+    src = tmp_path / "m.onnx"
+    save_model(model, src, external_data=True)
+    return model, src
+
+
+def test_lazy_external_fold_gives_the_eager_folded_bytes(tmp_path):
+    from onnx import external_data_helper as edh
+
+    _, src = lazy_fixture(tmp_path)
+    eager = bnfold.fold(src)
+    lazy = bnfold.fold(src, lazy_external=True)
+    assert eager.external_base is None and lazy.external_base == str(tmp_path)
+    assert [r.to_dict() for r in lazy.records] == [r.to_dict() for r in eager.records]
+    assert lazy.folded
+    want = {t.name: t for t in eager.model.graph.initializer}
+    folded_weight = lazy.model.graph.node[0].input[1]
+    t = next(t for t in lazy.model.graph.initializer if t.name == folded_weight)
+    assert not edh.uses_external_data(t) and t.raw_data == want[folded_weight].raw_data
+    for t in lazy.model.graph.initializer:
+        if not edh.uses_external_data(t):
+            assert np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(want[t.name]))
+    still = [t for t in lazy.model.graph.initializer if edh.uses_external_data(t)]
+    assert still  # the second conv's weight was not read into memory
+    for t in still:
+        assert np.array_equal(numpy_helper.to_array(t, str(tmp_path)),
+                              numpy_helper.to_array(want[t.name])), t.name
+
+
+def test_lazy_external_fold_saved_matches_original_on_ort(tmp_path):
+    from bnfold.model_io import load_model, save_model
+
+    model, src = lazy_fixture(tmp_path)
+    result = bnfold.fold(src, lazy_external=True)
+    out = tmp_path / "out" / "f.onnx"
+    out.parent.mkdir()
+    save_model(result.model, out, external_data=True, source_dir=result.external_base)
+    back = load_model(out)
+    assert count_bn(back) == 0
+    assert max_error(model, back) <= tolerance(model)
+
+
+def test_lazy_external_fold_falls_back_to_a_lazy_reload_when_the_check_fails(tmp_path,
+                                                                            monkeypatch):
+    import importlib
+
+    from onnx import external_data_helper as edh
+
+    fold_module = importlib.import_module("bnfold.fold")  # the package, not the function
+    _, src = lazy_fixture(tmp_path)
+    monkeypatch.setattr(fold_module, "check_folded", lambda before, after: "forced failure")
+    result = bnfold.fold(src, lazy_external=True)
+    assert result.records and all(r.reason is Reason.CHECK_FAILED for r in result.records)
+    assert count_bn(result.model) == 1 and result.external_base == str(tmp_path)
+    assert all(edh.uses_external_data(t) for t in result.model.graph.initializer
+               if t.ByteSize() > 1024 or edh.uses_external_data(t))

@@ -326,3 +326,90 @@ def test_unknown_external_data_key_does_not_print_a_warning(tmp_path, recwarn):
     path.write_bytes(model.SerializeToString())
     load_model(path)
     assert not [w for w in recwarn if "external data key" in str(w.message)]
+
+
+def two_conv_model() -> onnx.ModelProto:
+    """Conv -> BN -> Conv: the second conv's weight (9 KB) is not touched by a fold."""
+    b = Builder(seed=3)
+    x = b.input("x", ["N", 8, 5, 5])
+    b.output(b.conv(b.bn(b.conv(x, 8, 16), 16), 16, 16))
+    return b.model()
+
+
+def test_lazy_load_keeps_tensors_external_and_still_checks_them(tmp_path):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    lazy = load_model(path, load_external_data=False)
+    external = [t for t in model_io._all_tensors(lazy) if edh.uses_external_data(t)]
+    assert external and not any(t.HasField("raw_data") for t in external)
+    (tmp_path / "m.onnx.data").write_bytes((tmp_path / "m.onnx.data").read_bytes()[:100])
+    with pytest.raises(InputError, match="shorter"):
+        load_model(path, load_external_data=False)
+
+
+def test_tensor_bytes_counts_data_still_on_disk(tmp_path):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    assert (model_io.tensor_bytes(load_model(path, load_external_data=False))
+            >= model_io.tensor_bytes(load_model(path)) - 1024)
+
+
+@pytest.mark.parametrize("external", [True, False])
+def test_save_copies_tensors_still_external_from_the_source_folder(tmp_path, external):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(two_conv_model(), src / "m.onnx", external_data=True)
+    lazy = load_model(src / "m.onnx", load_external_data=False)
+    out = tmp_path / "out.onnx"
+    written = save_model(lazy, out, external_data=external, source_dir=src)
+    assert len(written) == (2 if external else 1)
+    back = load_model(out)
+    want = {t.name: numpy_helper.to_array(t) for t in two_conv_model().graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in back.graph.initializer}
+    assert want.keys() == got.keys()
+    for name, value in want.items():
+        assert np.array_equal(value, got[name]), name
+
+
+def test_lazy_save_in_place_never_writes_over_the_data_it_copies(tmp_path):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    old_data = (tmp_path / "m.onnx.data").read_bytes()
+    lazy = load_model(path, load_external_data=False)
+    written = save_model(lazy, path, external_data=True, source_dir=tmp_path)
+    assert written[1] == str(tmp_path / "m.onnx.1.data")
+    assert (tmp_path / "m.onnx.data").read_bytes() == old_data
+    assert max_error(two_conv_model(), load_model(path)) == 0.0
+
+
+def test_lazy_save_avoids_the_data_name_its_source_reads(tmp_path):
+    """Saving to out.onnx must not replace out.onnx.data while another input reads it."""
+    src = tmp_path / "m.onnx"
+    save_model(two_conv_model(), src, external_data=True)
+    rewrite_locations(src, "out.onnx.data")
+    (tmp_path / "m.onnx.data").rename(tmp_path / "out.onnx.data")
+    before = (tmp_path / "out.onnx.data").read_bytes()
+    lazy = load_model(src, load_external_data=False)
+    written = save_model(lazy, tmp_path / "out.onnx", external_data=True, source_dir=tmp_path)
+    assert written[1] == str(tmp_path / "out.onnx.1.data")
+    assert (tmp_path / "out.onnx.data").read_bytes() == before
+    assert max_error(load_model(src), load_model(tmp_path / "out.onnx")) == 0.0
+
+
+def test_failed_lazy_in_place_save_leaves_model_and_data_byte_identical(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):
+        if Path(dst) == path:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", fail_on_model)
+    lazy = load_model(path, load_external_data=False)
+    with pytest.raises(OutputError, match="No space left"):
+        save_model(lazy, path, external_data=True, source_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    assert max_error(two_conv_model(), load_model(path)) == 0.0

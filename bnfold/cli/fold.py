@@ -12,7 +12,7 @@ from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table
 from bnfold.verify.runner import PROVIDERS
 from bnfold.errors import BnfoldError, OutputError
-from bnfold.model_io import load_model, save_model, uses_external_data
+from bnfold.model_io import load_external, load_model, save_model, uses_external_data
 
 
 def default_output(path: Path) -> Path:
@@ -87,16 +87,19 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     if not in_place and _same_file(model, out):
         raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
     _say(f"loading and folding {model}", quiet)
-    result = bnfold.fold(model, check=check)
+    result = bnfold.fold(model, check=check, lazy_external=True)  # weights read as needed
     for note in result.warnings:
         _say(f"warning: {note}", quiet)
     if external_data is None and uses_external_data(onnx_model_file_only(model)):
         external_data = True
     report = None
     if do_verify and in_place:  # the original file is about to be replaced: compare first
+        if result.external_base is not None:  # ORT gets the proto, so it needs the data in it
+            load_external(result.model, result.external_base)
         report = _verify(model, result, result.model, out, report_dir, providers, atol, rtol,
                          quiet)
-    written = save_model(result.model, out, overwrite=True, external_data=external_data)
+    written = save_model(result.model, out, overwrite=True, external_data=external_data,
+                         source_dir=result.external_base)
     _say(f"wrote {', '.join(written)}", quiet)
     if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
         report = _verify(model, result, str(out), out, report_dir, providers, atol, rtol, quiet)

@@ -21,28 +21,37 @@ ModelLike = onnx.ModelProto | str | os.PathLike
 __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 
 
-def fold(model: ModelLike, *, check: bool = True, copy: bool = True) -> FoldResult:
+def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
+         lazy_external: bool = False) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
     ``model`` is a path (loaded with its external data) or a ModelProto (copied first unless
     ``copy=False``, in which case it is folded in place). With ``check`` the result must pass
     onnx.checker with strict shape inference; if it does not, the unchanged input is returned
     with CHECK_FAILED reasons (for ``copy=False`` a backup is kept for that purpose).
+
+    ``lazy_external`` (paths only): leave external data on disk and read each weight when a
+    fold needs it, so a multi-GB model is not held in memory. Folded weights become inline;
+    the others still reference the model's folder, given as ``result.external_base``: save
+    with ``save_model(result.model, out, source_dir=result.external_base)``.
     """
-    proto = _as_model(model, copy=copy)
+    base = _external_base(model) if lazy_external else None
+    proto = _as_model(model, copy=copy, lazy=base is not None)
     backup = None
     if check and isinstance(model, onnx.ModelProto) and not copy:
         backup = onnx.ModelProto()
         backup.CopyFrom(proto)
     before = skeleton(proto) if check else None
-    records, notes = _fold_model(proto)
-    result = FoldResult(model=proto, records=records, warnings=notes)
+    records, notes = _fold_model(proto, base)
+    result = FoldResult(model=proto, records=records, warnings=notes, external_base=base)
     if before is not None and result.folded:
         problem = check_folded(before, proto)
         if problem:
-            kept = backup if backup is not None else _as_model(model, copy=True)
+            kept = backup if backup is not None else _as_model(model, copy=True,
+                                                               lazy=base is not None)
             return FoldResult(model=kept, records=[_undo(r, problem) for r in records],
-                              warnings=notes + [f"folded model failed its check: {problem}"])
+                              warnings=notes + [f"folded model failed its check: {problem}"],
+                              external_base=base)
     return result
 
 
@@ -55,7 +64,14 @@ def inspect(model: ModelLike) -> FoldResult:
     return FoldResult(model=source, records=records, warnings=notes)
 
 
-def _as_model(model: ModelLike, *, copy: bool) -> onnx.ModelProto:
+def _external_base(model: ModelLike) -> str | None:
+    """The folder a lazily loaded model's external data stays in (None for a ModelProto)."""
+    if isinstance(model, (str, Path, os.PathLike)):
+        return str(Path(model).parent)
+    return None
+
+
+def _as_model(model: ModelLike, *, copy: bool, lazy: bool = False) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         if not copy:
             return model
@@ -63,7 +79,7 @@ def _as_model(model: ModelLike, *, copy: bool) -> onnx.ModelProto:
         dup.CopyFrom(model)
         return dup
     if isinstance(model, (str, Path, os.PathLike)):
-        return load_model(model)
+        return load_model(model, load_external_data=not lazy)
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
@@ -85,11 +101,16 @@ def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     return names
 
 
-def _fold_model(model: onnx.ModelProto) -> tuple[list[FoldRecord], list[str]]:
-    """Fold in place; return one record per BN (in graph order) and numeric notes."""
+def _fold_model(model: onnx.ModelProto,
+                base_dir: str | None = None) -> tuple[list[FoldRecord], list[str]]:
+    """Fold in place; return one record per BN (in graph order) and numeric notes.
+
+    ``base_dir``: where initializers still stored externally are read from.
+    """
     opset = default_opset(model) or MIN_OPSET
     shapes, dtypes = value_infos(model)
-    ctx = _Context(model.ir_version, opset, shapes, dtypes, _all_names(model.graph, set()))
+    ctx = _Context(model.ir_version, opset, shapes, dtypes, _all_names(model.graph, set()),
+                   base_dir)
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     return records, ctx.notes
@@ -97,14 +118,16 @@ def _fold_model(model: onnx.ModelProto) -> tuple[list[FoldRecord], list[str]]:
 
 class _Context:
     def __init__(self, ir_version: int, opset: int, shapes: dict, dtypes: dict,
-                 names: set[str]) -> None:
+                 names: set[str], base_dir: str | None = None) -> None:
         self.ir_version, self.opset = ir_version, opset
         self.shapes, self.dtypes, self.names = shapes, dtypes, names
+        self.base_dir = base_dir
         self.notes: list[str] = []
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
-                          shapes=self.shapes, dtypes=self.dtypes, outer=outer)
+                          shapes=self.shapes, dtypes=self.dtypes, outer=outer,
+                          base_dir=self.base_dir)
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:

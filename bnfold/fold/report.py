@@ -68,6 +68,7 @@ class FoldResult:
     model: onnx.ModelProto
     records: list[FoldRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    external_base: str | None = None  # folder tensors still external are read from (lazy fold)
 
     @property
     def bn_before(self) -> int:

@@ -31,10 +31,15 @@ def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str]) -
 
 
 def write_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
-    """Overwrite ``tensor``'s data with ``value`` (same dtype), keeping its name."""
+    """Overwrite ``tensor``'s data with ``value`` (same dtype), keeping its name.
+
+    A tensor whose data was external becomes inline: the folded weight then lives once, in
+    the proto, and the source data file is only read from, never written.
+    """
     if (helper.tensor_dtype_to_np_dtype(tensor.data_type) == value.dtype
             and value.dtype.byteorder in "=|" and np.little_endian):
-        for field in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
+        for field in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data",
+                      "external_data", "data_location"):
             tensor.ClearField(field)
         del tensor.dims[:]
         tensor.dims.extend(value.shape)

@@ -1,0 +1,175 @@
+"""Write tensors into one external data file and build the data-less stubs that point at them.
+
+Tensors are appended on page boundaries (so they can be memory-mapped); a tensor whose data
+is still in another data file (a lazy load) is copied from it a chunk at a time, so saving a
+multi-GB model never holds more than one tensor of extra memory.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from google.protobuf.message import Message
+from onnx import external_data_helper as edh
+from onnx import helper, numpy_helper
+
+from bnfold.errors import InputError, OutputError
+
+EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this large go to the external data file
+_ALIGN = 4096  # external tensors start on page boundaries so they can be memory-mapped
+_COPY_CHUNK = 16 * 2**20  # bytes read at a time when copying a tensor between data files
+
+PACKED_4BIT = frozenset(getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+                        if hasattr(onnx.TensorProto, n))
+
+
+def data_bytes(tensor: onnx.TensorProto, path: str) -> int | None:
+    """Bytes the tensor's data must take, or None where that is not fixed (strings)."""
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{path}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"{path}: tensor {tensor.name!r} has unknown data type "
+                         f"{tensor.data_type}; the file is corrupted or too new") from None
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    count = math.prod(tensor.dims)
+    return (count + 1) // 2 if tensor.data_type in PACKED_4BIT else count * dtype.itemsize
+
+
+def external_info(tensor: onnx.TensorProto) -> edh.ExternalDataInfo:
+    """The tensor's external data fields (location, offset, length), parsed quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown keys were accepted on load, as onnx does
+        return edh.ExternalDataInfo(tensor)
+
+
+def external_length(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data still on disk (0 for a tensor held in the proto)."""
+    if not edh.uses_external_data(tensor):
+        return 0
+    info = external_info(tensor)
+    if info.length is not None:
+        return info.length
+    want = data_bytes(tensor, tensor.name)
+    return want or 0
+
+
+def is_repeated(field) -> bool:
+    """Whether a field is repeated, across protobuf versions (``label`` is being removed)."""
+    return bool(getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3)
+
+
+def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if is_repeated(field):
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
+    """The tensor's little-endian bytes if it belongs in the data file, else None."""
+    if edh.uses_external_data(tensor):
+        return None
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data if tensor.ByteSize() >= EXTERNAL_THRESHOLD else None
+    if tensor.ByteSize() < EXTERNAL_THRESHOLD or tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    array = numpy_helper.to_array(tensor)  # typed fields (float_data, ...): rare, small copies
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+class DataWriter:
+    """Appends tensors to one external data file and builds their data-less stubs.
+
+    With ``source_dir``, tensors still external (relative to it) are copied chunk-wise from
+    their source file; without it they are kept as they are (pointing where they pointed).
+    """
+
+    def __init__(self, f: BinaryIO, location: str, source_dir: Path | None = None) -> None:
+        self.f, self.location, self.source_dir = f, location, source_dir
+
+    def tensor(self, src: onnx.TensorProto) -> onnx.TensorProto:
+        out = onnx.TensorProto()
+        copy_from = self.source_dir is not None and edh.uses_external_data(src)
+        raw = None if copy_from else _raw_bytes(src)
+        if raw is None and not copy_from:
+            out.CopyFrom(src)
+            return out
+        _copy_fields(src, out, frozenset({"raw_data", "float_data", "int32_data", "int64_data",
+                                          "double_data", "uint64_data", "data_location",
+                                          "external_data"}))
+        pad = (-self.f.tell()) % _ALIGN
+        if pad:
+            self.f.write(b"\0" * pad)
+        offset = self.f.tell()
+        length = self._copy_external(src) if raw is None else self.f.write(raw)
+        for key, value in (("location", self.location), ("offset", str(offset)),
+                           ("length", str(length))):
+            entry = out.external_data.add()
+            entry.key, entry.value = key, value
+        out.data_location = onnx.TensorProto.EXTERNAL
+        return out
+
+    def _copy_external(self, src: onnx.TensorProto) -> int:
+        """Append ``src``'s bytes from its source data file, a chunk at a time; return the count."""
+        if self.source_dir is None:
+            raise ValueError(f"tensor {src.name!r} is external but no source folder was given")
+        info, length = external_info(src), external_length(src)
+        source = self.source_dir / info.location
+        with open(source, "rb") as data:
+            data.seek(info.offset or 0)
+            left = length
+            while left:
+                chunk = data.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise OutputError(f"{source}: ends before the {length} bytes of tensor "
+                                      f"{src.name!r} (offset {info.offset or 0}) were read")
+                self.f.write(chunk)
+                left -= len(chunk)
+        return length
+
+    def attribute(self, src: onnx.AttributeProto) -> onnx.AttributeProto:
+        out = onnx.AttributeProto()
+        _copy_fields(src, out, frozenset({"t", "tensors", "g", "graphs"}))
+        if src.HasField("t"):
+            out.t.CopyFrom(self.tensor(src.t))
+        out.tensors.extend(self.tensor(t) for t in src.tensors)
+        if src.HasField("g"):
+            out.g.CopyFrom(self.graph(src.g))
+        out.graphs.extend(self.graph(g) for g in src.graphs)
+        return out
+
+    def node(self, src: onnx.NodeProto) -> onnx.NodeProto:
+        out = onnx.NodeProto()
+        _copy_fields(src, out, frozenset({"attribute"}))
+        out.attribute.extend(self.attribute(a) for a in src.attribute)
+        return out
+
+    def graph(self, src: onnx.GraphProto) -> onnx.GraphProto:
+        out = onnx.GraphProto()
+        _copy_fields(src, out, frozenset({"initializer", "node"}))
+        out.initializer.extend(self.tensor(t) for t in src.initializer)
+        out.node.extend(self.node(n) for n in src.node)
+        return out
+
+    def model(self, src: onnx.ModelProto) -> onnx.ModelProto:
+        out = onnx.ModelProto()
+        _copy_fields(src, out, frozenset({"graph", "functions"}))
+        out.graph.CopyFrom(self.graph(src.graph))
+        for fn in src.functions:
+            copy = out.functions.add()
+            _copy_fields(fn, copy, frozenset({"node"}))
+            copy.node.extend(self.node(n) for n in fn.node)
+        return out
