@@ -5,10 +5,10 @@ Each (model, tool) runs in a fresh subprocess: imports first (not timed), then
 the process's peak RSS. Outputs are then counted for BN left, loaded in ONNX Runtime
 (optimizations disabled) and compared with the original's outputs on random inputs.
 
-Tools: loadsave (bare onnx.load + onnx.save: the floor), bnfold (fold(path),
-save_model: `bnfold fold --no-verify`), onnxoptimizer (fuse_bn_into_conv), onnxscript (rewriter with its BN
-fusion rules), onnxslim (default slim), ort_basic (InferenceSession at ORT_ENABLE_BASIC
-with optimized_model_filepath).
+Tools: loadsave (bare onnx.load + onnx.save: the floor), bnfold (fold(path), save_model:
+`bnfold fold --no-verify`), onnxoptimizer (fuse_bn_into_conv), onnxscript (rewriter with
+its BN fusion rules), onnxslim (default slim), ort_basic (InferenceSession at
+ORT_ENABLE_BASIC with optimized_model_filepath).
 
 Usage: python benchmarks/fold_tools.py [--models models/*.onnx] [--generated] [--repeat 5]
 """
@@ -22,7 +22,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -44,12 +45,15 @@ def _tool(name: str) -> Callable[[str, str], None]:
     if name == "onnxoptimizer":
         import onnxoptimizer
 
-        return lambda i, o: onnx.save(onnxoptimizer.optimize(onnx.load(i), ["fuse_bn_into_conv"]), o)
+        passes = ["fuse_bn_into_conv"]
+        return lambda i, o: onnx.save(onnxoptimizer.optimize(onnx.load(i), passes), o)
     if name == "onnxscript":
         from onnxscript import ir, rewriter
-        from onnxscript.rewriter.rules.common import (fuse_batchnorm_into_conv_rule,
-                                                      fuse_batchnorm_into_conv_transpose_rule,
-                                                      fuse_batchnorm_into_gemm_rule)
+        from onnxscript.rewriter.rules.common import (
+            fuse_batchnorm_into_conv_rule,
+            fuse_batchnorm_into_conv_transpose_rule,
+            fuse_batchnorm_into_gemm_rule,
+        )
 
         rules = [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
                  fuse_batchnorm_into_gemm_rule]
@@ -73,7 +77,7 @@ def _tool(name: str) -> Callable[[str, str], None]:
 
 
 def _rss_kb(field: str) -> int:
-    """VmRSS / VmHWM of this process from /proc (ru_maxrss would carry the parent's peak over exec)."""
+    """VmRSS / VmHWM from /proc (ru_maxrss would carry the parent's peak over exec)."""
     with open("/proc/self/status", encoding="ascii") as fh:
         for line in fh:
             if line.startswith(field + ":"):
@@ -107,7 +111,8 @@ def run_tool(tool: str, src: str, dst: str, repeat: int, timeout: float) -> dict
     """Run one tool in a fresh interpreter; a crash or timeout becomes an ``error`` entry."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, src, dst, str(repeat)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -117,25 +122,25 @@ def run_tool(tool: str, src: str, dst: str, repeat: int, timeout: float) -> dict
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def count_bn_in_graph(graph: Any) -> int:
-    """BatchNormalization nodes in ``graph`` and its subgraphs."""
+def count_bn_in_graph(graph: Any, op_type: str | None = "BatchNormalization") -> int:
+    """Nodes of ``op_type`` (every node if None) in ``graph`` and its subgraphs."""
     import onnx
 
     n = 0
     for node in graph.node:
-        n += node.op_type == "BatchNormalization"
+        n += op_type is None or node.op_type == op_type
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                n += count_bn_in_graph(attr.g)
-            n += sum(count_bn_in_graph(g) for g in attr.graphs)
+                n += count_bn_in_graph(attr.g, op_type)
+            n += sum(count_bn_in_graph(g, op_type) for g in attr.graphs)
     return n
 
 
-def count_bn(path: str) -> int:
-    """BatchNormalization nodes in the model file, subgraphs included."""
+def count_bn(path: str, op_type: str | None = "BatchNormalization") -> int:
+    """BN nodes (all nodes with op_type=None) in the model file, subgraphs included."""
     import onnx
 
-    return count_bn_in_graph(onnx.load(path, load_external_data=False).graph)
+    return count_bn_in_graph(onnx.load(path, load_external_data=False).graph, op_type)
 
 
 def ort_outputs(path: str, inputs: dict[str, Any]) -> list[Any]:
@@ -156,7 +161,7 @@ def check_output(src_outputs: list[Any], path: str, inputs: dict[str, Any]) -> d
 
     try:
         outs = ort_outputs(path, inputs)
-    except Exception as exc:  # any ORT failure means "emits a model ORT can't load"
+    except Exception as exc:  # noqa: BLE001 - any ORT failure means "ORT can't load it"
         return {"ort_ok": False, "ort_error": f"{type(exc).__name__}: {str(exc)[:160]}"}
     err = 0.0
     for ref, got in zip(src_outputs, outs):
@@ -176,7 +181,7 @@ def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int
     inputs = make_inputs(specs, default_batch(specs), seed=0)
     ref = ort_outputs(src, inputs)
     row: dict[str, Any] = {"model": name, "path": src, "size_mb": os.path.getsize(src) / 1e6,
-                           "bn": count_bn(src), "tools": {}}
+                           "bn": count_bn(src), "nodes": count_bn(src, None), "tools": {}}
     for tool in tools:
         dst = os.path.join(out_dir, f"{name}.{tool}.onnx")
         print(f"  {name}: {tool} ...", file=sys.stderr, flush=True)
@@ -185,6 +190,7 @@ def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int
             res["median_s"] = statistics.median(res["times_s"])
             res["output"] = dst
             res["bn_left"] = count_bn(dst)
+            res["nodes"] = count_bn(dst, None)
             res.update(check_output(ref, dst, inputs))
         row["tools"][tool] = res
     return row
@@ -196,26 +202,30 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
 
 
+def _ratio(t: float, ref: float | None) -> str:
+    return f"{t / ref:.2f}" if ref else "-"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: median time, ratios vs load+save and vs bnfold, memory, BN, ORT check."""
     head = ["model", "tool", "median ms", "x load+save", "x bnfold", "peak RSS MB (+over imports)",
-            "BN left", "ORT loads", "max rel err"]
+            "BN left", "nodes", "ORT loads", "max rel err"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         floor = row["tools"].get("loadsave", {}).get("median_s")
         ours = row["tools"].get("bnfold", {}).get("median_s")
         for tool, r in row["tools"].items():
-            label = f"{row['model']} ({row['size_mb']:.1f} MB, {row['bn']} BN)"
+            label = (f"{row['model']} ({row['size_mb']:.1f} MB, {row['bn']} BN, "
+                     f"{row.get('nodes', '?')} nodes)")
             if "error" in r:
-                lines.append(f"| {label} | {tool} | {r['error']} | | | | | | |")
+                lines.append(f"| {label} | {tool} | {r['error']} | | | | | | | |")
                 continue
             t = r["median_s"]
-            ratio = lambda ref: f"{t / ref:.2f}" if ref else "-"  # noqa: E731
             mem = f"{r['peak_rss_mb']:.0f} (+{r['peak_rss_mb'] - r['base_rss_mb']:.0f})"
             ok = "yes" if r.get("ort_ok") else f"NO: {r.get('ort_error', '')}"
             err = f"{r['max_rel_err']:.1e}" if "max_rel_err" in r else "-"
-            lines.append(f"| {label} | {tool} | {_ms(t)} | {ratio(floor)} | {ratio(ours)} | {mem} "
-                         f"| {r['bn_left']} | {ok} | {err} |")
+            lines.append(f"| {label} | {tool} | {_ms(t)} | {_ratio(t, floor)} | {_ratio(t, ours)} | {mem} "
+                         f"| {r['bn_left']} | {r.get('nodes', '-')} | {ok} | {err} |")
     return "\n".join(lines)
 
 

@@ -29,7 +29,8 @@ PHASES = [
     ("  skeleton (data-free copy for checks)", "bnfold/skeleton.py", "skeleton"),
     ("  check_folded (checker + strict shape inference)", "bnfold/fold/check.py", "check_folded"),
     ("save_model (total)", "bnfold/model_io.py", "save_model"),
-    ("SerializeToString (all callers)", "~", "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
+    ("SerializeToString (all callers)", "~",
+     "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
     ("CopyFrom (all callers)", "~", "<method 'CopyFrom' of 'google._upb._message.Message' objects>"),
     ("fsync (all callers)", "~", "<built-in method posix.fsync>"),
 ]
@@ -56,10 +57,16 @@ def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
 
 def peak_rss_mb(path: str, out: str) -> float:
     """Peak RSS of the same pipeline in a fresh process, over its post-import RSS."""
-    code = ("import bnfold, sys; from bnfold.model_io import save_model; "
-            "sys.path.insert(0, %r); import fold_tools as ft; ft._reset_peak_rss(); b = ft._rss_kb('VmRSS'); "
-            "save_model(bnfold.fold(%r).model, %r, overwrite=True); "
-            "print((ft._rss_kb('VmHWM') - b) / 1e3)") % (HERE, path, out)
+    code = "\n".join([
+        "import sys, bnfold",
+        "from bnfold.model_io import save_model",
+        f"sys.path.insert(0, {HERE!r})",
+        "import fold_tools as ft",
+        "ft._reset_peak_rss()",
+        "base = ft._rss_kb('VmRSS')",
+        f"save_model(bnfold.fold({path!r}).model, {out!r}, overwrite=True)",
+        "print((ft._rss_kb('VmHWM') - base) / 1e3)",
+    ])
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.strip())
 

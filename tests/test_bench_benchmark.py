@@ -7,11 +7,11 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
+from test_bench_runner import conv_bn_model
 
 import bnfold
 from bnfold.bench import check_provider, measure_variants
 from bnfold.errors import BnfoldError, InputError
-from test_bench_runner import conv_bn_model
 
 
 def test_benchmark_folds_in_memory_model_on_the_fly(tmp_path: Path) -> None:

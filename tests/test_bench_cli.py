@@ -7,9 +7,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from test_bench_runner import conv_bn_model
 
 from bnfold.cli import main
-from test_bench_runner import conv_bn_model
 
 FAST = ["--runs", "3", "--warmup", "0", "--opt-level", "disabled", "--same-process"]
 

@@ -8,7 +8,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.bench.inputs import InputSpec, default_batch, make_inputs, read_input_specs, resolve_shape
+from bnfold.bench.inputs import (
+    InputSpec,
+    default_batch,
+    make_inputs,
+    read_input_specs,
+    resolve_shape,
+)
 from bnfold.errors import InputError
 
 

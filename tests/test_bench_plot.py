@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from bnfold.bench.plot import plot_latencies
 from bnfold.bench.result import BenchResult, build_config_result
 from bnfold.bench.runner import RunConfig, VariantRun
 from bnfold.errors import BnfoldError, OutputError
-from bnfold.bench.plot import plot_latencies
 
 
 def _result(n_configs: int) -> BenchResult:

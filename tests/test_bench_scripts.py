@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import fold_tools  # noqa: E402
-import generate  # noqa: E402
-import latency  # noqa: E402
-from test_bench_runner import conv_bn_model  # noqa: E402
+import fold_tools
+import generate
+import latency
+from test_bench_runner import conv_bn_model
 
 
 def test_bn_preconv_is_valid_and_has_unpadded_consumers() -> None:
@@ -33,6 +33,7 @@ def test_count_bn_includes_subgraphs() -> None:
     top = helper.make_node("If", ["c"], ["o"], then_branch=sub, else_branch=sub)
     g = helper.make_graph([top, bn], "g", [], [])
     assert fold_tools.count_bn_in_graph(g) == 3
+    assert fold_tools.count_bn_in_graph(g, None) == 4 and fold_tools.count_bn_in_graph(g, "If") == 1
 
 
 def test_tool_subprocess_reports_times_and_memory(tmp_path: Path) -> None:
@@ -40,6 +41,7 @@ def test_tool_subprocess_reports_times_and_memory(tmp_path: Path) -> None:
     res = fold_tools.run_tool("bnfold", src, str(tmp_path / "o.onnx"), 2, 120)
     assert len(res["times_s"]) == 2 and res["peak_rss_mb"] >= res["base_rss_mb"] > 0
     assert fold_tools.count_bn(str(tmp_path / "o.onnx")) == 0
+    assert fold_tools.count_bn(str(tmp_path / "o.onnx"), None) == 2  # Conv, Relu
 
 
 def test_crashing_tool_is_reported_not_raised(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_best_other_prefers_fewest_bn_among_valid_outputs() -> None:
 def test_fold_table_ratios_and_failures() -> None:
     table = fold_tools.format_table([_row()])
     line = next(ln for ln in table.splitlines() if "| full_slow |" in ln)
-    assert "| 2000 | 4.00 | 2.00 |" in line
+    assert "| 2000 | 4.00 | 2.00 |" in line and "| 0 | - | yes |" in line
     assert fold_tools._ms(0.000412) == "0.412" and fold_tools._ms(0.0412) == "41.2"
     assert "| crashed | crash: boom |" in table
     assert "NO: x" in table

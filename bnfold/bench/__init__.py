@@ -6,5 +6,5 @@ from bnfold.bench.benchmark import benchmark, check_provider, measure_variants
 from bnfold.bench.result import BenchResult, ConfigResult, VariantResult
 from bnfold.bench.runner import RunConfig
 
-__all__ = ["benchmark", "measure_variants", "check_provider", "BenchResult", "ConfigResult",
-           "VariantResult", "RunConfig"]
+__all__ = ["BenchResult", "ConfigResult", "RunConfig", "VariantResult", "benchmark",
+           "check_provider", "measure_variants"]

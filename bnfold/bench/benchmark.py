@@ -4,7 +4,8 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,7 +15,6 @@ from bnfold.bench.result import BenchResult, build_config_result
 from bnfold.bench.runner import Progress, RunConfig, Runner, VariantRun
 from bnfold.bench.session import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError, InputError
-
 
 
 def check_provider(provider: str) -> None:

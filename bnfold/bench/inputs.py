@@ -5,8 +5,8 @@ by name (``dims={"seq": 128}``) so a benchmark never guesses a shape silently.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import onnx

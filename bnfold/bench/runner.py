@@ -8,8 +8,9 @@ falls on every variant alike and round i of each variant forms a pair.
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class Runner:
             raise
         self._worker = [i if isolate else 0 for i in range(len(self.variants))]
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -109,7 +109,7 @@ def worker_main(conn: Connection) -> None:
                 reply = None
             else:
                 raise ValueError(f"unknown command {op!r}")
-        except Exception as exc:  # report to the parent, which raises a BnfoldError
+        except Exception as exc:  # noqa: BLE001 - sent to the parent, raised there as BnfoldError
             first = (str(exc).strip().splitlines() or [""])[0]
             conn.send(("error", f"{type(exc).__name__}: {first}"))
         else:
