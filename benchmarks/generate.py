@@ -1,7 +1,7 @@
 """Build the larger benchmark models with onnx.helper + numpy (random weights, real shapes).
 
 Models (all with a dynamic batch dimension "N", opset 17, float32):
-  resnet50       ResNet-50 v1 topology (53 BN after Conv), ~25.6 M parameters, ~102 MB
+  resnet50       ResNet-50 v1 topology (53 BN after Conv), ~25.5 M weights, ~102 MB
   mobilenetv2    MobileNetV2 topology (52 BN after Conv, depthwise convs), ~3.5 M parameters
   mlp_gemm_bn    MLP: Gemm -> BN and MatMul -> BN on (N, C) activations, ~17 M parameters
   bn_preconv     pre-activation CNN: Relu -> BN -> unpadded Conv (BN must fold forward),
