@@ -133,12 +133,15 @@ def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
 
 
 def _as_path(model: Any, tmp_path: str) -> str:
-    """A file path ORT can open: the given path, or ``model`` written to ``tmp_path``."""
+    """A file path ORT can open: the given path, or ``model`` written to ``tmp_path``.
+
+    ``save_model`` picks external data when the model is too big for one protobuf file.
+    """
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
     if isinstance(model, onnx.ModelProto):
-        large = model.ByteSize() > 1_800_000_000
-        onnx.save_model(model, tmp_path, save_as_external_data=large,
-                        location=os.path.basename(tmp_path) + ".data" if large else None)
+        from bnfold.model_io import save_model
+
+        save_model(model, tmp_path, overwrite=True)
         return tmp_path
     raise BnfoldError(f"expected a model path or onnx.ModelProto, got {type(model).__name__}")
