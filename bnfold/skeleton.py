@@ -11,7 +11,7 @@ import os
 import tempfile
 
 import onnx
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 SKELETON_FILE = "bnfold-skeleton.bin"
 _SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
@@ -49,14 +49,19 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             entry.key, entry.value = "location", SKELETON_FILE
         else:
             sk.graph.initializer.add().CopyFrom(t)
+    for t in _get_all_tensors(sk):  # nested graphs and attributes: point external data here too
+        if uses_external_data(t):
+            del t.external_data[:]
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", SKELETON_FILE
     return sk
 
 
-def full_check(sk: onnx.ModelProto) -> None:
-    """onnx.checker (full: includes strict shape inference) on a skeleton; raises on failure."""
+def full_check(sk: onnx.ModelProto, *, full: bool = True) -> None:
+    """onnx.checker on a skeleton (``full``: with strict shape inference); raises on failure."""
     with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
         open(os.path.join(tmp, SKELETON_FILE), "wb").close()
         path = os.path.join(tmp, "model.onnx")
         with open(path, "wb") as f:
             f.write(sk.SerializeToString())
-        onnx.checker.check_model(path, full_check=True)
+        onnx.checker.check_model(path, full_check=full)

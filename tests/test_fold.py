@@ -520,3 +520,26 @@ def test_lazy_external_fold_falls_back_to_a_lazy_reload_when_the_check_fails(tmp
     assert count_bn(result.model) == 1 and result.external_base == str(tmp_path)
     assert all(edh.uses_external_data(t) for t in result.model.graph.initializer
                if t.ByteSize() > 1024 or edh.uses_external_data(t))
+
+
+def test_subgraph_tensors_stored_as_external_data_load_and_fold(tmp_path):
+    from bnfold.model_io import load_model
+
+    def branch(seed: int) -> onnx.GraphProto:
+        b = Builder(seed=seed)
+        y = b.bn(b.conv("x", 3, 4), 4)
+        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
+        return helper.make_graph(b.nodes, f"branch{seed}", [], [out], b.inits)
+
+    b = Builder()
+    b.input("x", [1, 3, 5, 5])
+    cond = b.const(np.array(True), "cond", dtype=np.bool_)
+    b.output(b.node("If", [cond], then_branch=branch(1), else_branch=branch(2)))
+    model = b.model()
+    path = tmp_path / "if.onnx"
+    onnx.save_model(b.model(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="if.data", size_threshold=0)
+    for lazy in (False, True):
+        result = bnfold.fold(path, lazy_external=lazy)
+        assert result.bn_after == 0 and len(result.records) == 2
+    assert max_error(model, bnfold.fold(load_model(path)).model, batches=(1,)) < 1e-4

@@ -23,6 +23,8 @@ def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str]) -
     if not np.isfinite(out).all():
         raise FoldOverflow(f"{what}: max |value| {np.abs(value).max():.4g} overflows "
                            f"{helper.tensor_dtype_to_string(elem_type)}")
+    if out.dtype.itemsize > 2:  # flush to zero is a 16-bit concern (float32 min is 1.4e-45)
+        return out
     flushed = int(np.count_nonzero(out == 0) - np.count_nonzero(value == 0))
     if flushed > 0:
         notes.append(f"{what}: {flushed} folded value(s) flush to zero in "
