@@ -543,3 +543,23 @@ def test_subgraph_tensors_stored_as_external_data_load_and_fold(tmp_path):
         result = bnfold.fold(path, lazy_external=lazy)
         assert result.bn_after == 0 and len(result.records) == 2
     assert max_error(model, bnfold.fold(load_model(path)).model, batches=(1,)) < 1e-4
+
+
+def test_bn_inside_loop_body_is_folded():
+    inner = Builder(seed=11)
+    y = inner.bn(inner.conv("x", 3, 4), 4)
+    body = helper.make_graph(
+        inner.nodes + [helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inner.inits)
+    b = Builder()
+    b.input("x", [1, 3, 5, 5])
+    trips = b.const(np.array(2), "trips", dtype=np.int64)
+    cond = b.const(np.array(True), "cond", dtype=np.bool_)
+    b.output(b.node("Loop", [trips, cond], body=body))
+    model = b.model()
+    result = bnfold.fold(model)
+    assert count_bn(result.model) == 0 and result.records[0].graph.startswith("main/Loop")
+    assert max_error(model, result.model, batches=(1,)) < 1e-4
