@@ -12,7 +12,7 @@ from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table
 from bnfold.verify.runner import PROVIDERS
 from bnfold.errors import BnfoldError, OutputError
-from bnfold.model_io import load_external, load_model, save_model, uses_external_data
+from bnfold.model_io import load_external, save_model, uses_external_data
 
 
 def default_output(path: Path) -> Path:
@@ -151,7 +151,7 @@ def inspect_cmd(model: Path, as_json: bool, verbose: bool) -> None:
       bnfold inspect models/resnet_digits.onnx
       bnfold inspect model.onnx --json | jq '.records[] | select(.folded | not)'
     """
-    result = bnfold.inspect(load_model(model))
+    result = bnfold.inspect(model)
     if as_json:
         click.echo(json.dumps({"input": str(model), **result.to_dict()}, indent=2))
     else:

@@ -56,12 +56,16 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
 
 
 def inspect(model: ModelLike) -> FoldResult:
-    """The per-BN analysis of ``fold`` without changing the caller's model or writing files."""
-    source = _as_model(model, copy=False)
+    """The per-BN analysis of ``fold`` without changing the caller's model or writing files.
+
+    A path is read lazily (external data stays on disk), so the working copy is cheap.
+    """
+    base = _external_base(model)
+    source = _as_model(model, copy=False, lazy=base is not None)
     work = onnx.ModelProto()
     work.CopyFrom(source)
-    records, notes = _fold_model(work)
-    return FoldResult(model=source, records=records, warnings=notes)
+    records, notes = _fold_model(work, base)
+    return FoldResult(model=source, records=records, warnings=notes, external_base=base)
 
 
 def _external_base(model: ModelLike) -> str | None:
