@@ -107,8 +107,12 @@ def test_bn_before_unpadded_conv_folds_forward(group):
     x = b.input("x", ["N", 4, 6, 6])
     y = b.bn(x, 4)
     b.output(b.conv(y, 4, 6, pads=0, group=group, strides=[2, 2], dilations=[1, 1]))
-    rec = only_record(folded_ok(b.model()))
-    assert rec.direction == "forward"
+    model = b.model()
+    model.graph.value_info.extend(onnx.shape_inference.infer_shapes(model).graph.value_info)
+    result = folded_ok(model)
+    assert only_record(result).direction == "forward"
+    produced = {o for n in result.model.graph.node for o in n.output}
+    assert all(vi.name in produced for vi in result.model.graph.value_info)
 
 
 def test_bn_before_padded_conv_is_kept_with_reason():

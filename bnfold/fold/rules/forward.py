@@ -38,6 +38,7 @@ def fold_forward(g: GraphIndex, bn: BnAffine, rw: Rewriter, notes: list[str]) ->
     if isinstance(result, Refusal):
         return result
     node.input[0] = bn.x
+    rw.drop_value_info(bn.y)  # the BN output no longer exists
     rw.remove_node(bn.node)
     return label(node)
 
