@@ -152,3 +152,12 @@ def test_failed_in_place_write_on_external_data_keeps_the_original(external_mode
     res = invoke("fold", path, "--in-place", "--no-verify", "-q")
     assert res.exit_code == 2 and "No space left" in res.stderr
     assert {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name in before} == before
+
+
+def test_verify_options_reach_the_report(model_path, tmp_path):
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx", "--json", "-q",
+                 "--opt-level", "all", "--seed", "3", "--batch-size", "2")
+    assert res.exit_code == 0, res.output
+    verification = json.loads(res.stdout)["verification"]
+    text = json.dumps(verification)
+    assert '"all"' in text and "seed=3" in text and "batch=2" in text

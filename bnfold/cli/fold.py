@@ -10,7 +10,7 @@ import click
 import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table
-from bnfold.verify.runner import PROVIDERS
+from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError, OutputError
 from bnfold.model_io import load_external, save_model, uses_external_data
 
@@ -47,6 +47,16 @@ def _say(msg: str, quiet: bool) -> None:
               help="Compare original and folded on ONNX Runtime; exit 1 if they differ.")
 @click.option("--provider", "providers", multiple=True, type=click.Choice(list(PROVIDERS)),
               help="Execution provider(s) for --verify [default: cpu].")
+@click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="disabled",
+              show_default=True, help="ORT graph optimization level for --verify.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the random inputs for --verify.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS",
+              help="Concrete shape of an input with symbolic dims, e.g. input:1x3x224x224.")
+@click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
+              help="Batch sizes to verify when the batch dim is symbolic [default: 1 and 8].")
+@click.option("--data", multiple=True, type=click.Path(dir_okay=False),
+              help="Verify on inputs from .npz files (keys = input names) instead of random data.")
 @click.option("--atol", type=click.FloatRange(min=0),
               help="Absolute tolerance [default: per dtype].")
 @click.option("--rtol", type=click.FloatRange(min=0),
@@ -57,9 +67,10 @@ def _say(msg: str, quiet: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
-             check: bool, do_verify: bool, providers: tuple[str, ...], atol: float | None,
-             rtol: float | None, report_dir: Path | None, as_json: bool, verbose: bool,
-             quiet: bool) -> None:
+             check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
+             seed: int, shapes: tuple[str, ...], batch_sizes: tuple[int, ...],
+             data: tuple[str, ...], atol: float | None, rtol: float | None,
+             report_dir: Path | None, as_json: bool, verbose: bool, quiet: bool) -> None:
     """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul layers.
 
     Writes the folded model and prints, for every BN, the node it went into (and the
@@ -83,6 +94,9 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
 
         for provider in providers:
             provider_chain(provider)  # an unavailable provider fails before any work is done
+    options = {"providers": providers or ("cpu",), "opt_level": opt_level, "seed": seed,
+               "shapes": list(shapes) or None, "batch_sizes": list(batch_sizes) or None,
+               "data": list(data) or None, "atol": atol, "rtol": rtol}
     out = model if in_place else (output or default_output(model))
     if not in_place and _same_file(model, out):
         raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
@@ -96,13 +110,12 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     if do_verify and in_place:  # the original file is about to be replaced: compare first
         if result.external_base is not None:  # ORT gets the proto, so it needs the data in it
             load_external(result.model, result.external_base)
-        report = _verify(model, result, result.model, out, report_dir, providers, atol, rtol,
-                         quiet)
+        report = _verify(model, result, result.model, out, report_dir, options, quiet)
     written = save_model(result.model, out, overwrite=True, external_data=external_data,
                          source_dir=result.external_base)
     _say(f"wrote {', '.join(written)}", quiet)
     if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
-        report = _verify(model, result, str(out), out, report_dir, providers, atol, rtol, quiet)
+        report = _verify(model, result, str(out), out, report_dir, options, quiet)
     if as_json:
         payload = {"input": str(model), "output": str(out), **result.to_dict()}
         if report is not None:
@@ -117,14 +130,12 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
 
 
 def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Path,
-            report_dir: Path | None, providers: tuple[str, ...], atol: float | None,
-            rtol: float | None, quiet: bool):  # noqa: ANN202
+            report_dir: Path | None, options: dict, quiet: bool):  # noqa: ANN202
     """Compare on ONNX Runtime; write the reports when asked."""
     from bnfold.verify import verify
 
     _say("verifying on ONNX Runtime", quiet)
-    report = verify(original, folded, fold_result=result, providers=providers or ("cpu",),
-                    atol=atol, rtol=rtol)
+    report = verify(original, folded, fold_result=result, **options)
     report.folded = str(out)
     if report_dir is not None:
         report.write(report_dir)
