@@ -567,3 +567,32 @@ def test_bn_inside_loop_body_is_folded():
     result = bnfold.fold(model)
     assert count_bn(result.model) == 0 and result.records[0].graph.startswith("main/Loop")
     assert max_error(model, result.model, batches=(1,)) < 1e-4
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_bfloat16_weights_fold_within_bfloat16_precision(op):
+    """ORT's CPU build has no bf16 Conv/Gemm, so onnx.reference runs both models here."""
+    import ml_dtypes
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    bf16 = ml_dtypes.bfloat16
+    w_shape, x_shape = ((4, 3, 3, 3), [1, 3, 5, 5]) if op == "Conv" else ((3, 4), [2, 3])
+    w = numpy_helper.from_array(rng.normal(0, 0.5, w_shape).astype(bf16), "W")
+    params = [numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip(
+        [rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.5, 4), rng.normal(0, 0.5, 4),
+         rng.uniform(0.5, 2, 4)], ["g", "b", "m", "v"])]
+    attrs = {"pads": [1, 1, 1, 1]} if op == "Conv" else {}
+    nodes = [helper.make_node(op, ["x", "W"], ["c"], name="layer", **attrs),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, None)], [w] + params)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
+    result = bnfold.fold(model)
+    assert only_record(result).target == "layer"
+    assert {t.data_type for t in result.model.graph.initializer} == {TensorProto.BFLOAT16}
+    x = rng.normal(0, 1, x_shape).astype(bf16)
+    a = ReferenceEvaluator(model).run(None, {"x": x})[0].astype(np.float64)
+    b = ReferenceEvaluator(result.model).run(None, {"x": x})[0].astype(np.float64)
+    assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()
