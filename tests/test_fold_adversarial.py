@@ -151,6 +151,46 @@ def test_nodes_out_of_topological_order_are_an_input_error():
         bnfold.fold(model)
 
 
+@pytest.mark.xfail(strict=True, reason="Conv(W, W): fanout counts reading nodes, not uses, so the "
+                                       "in-place weight write also rescales the data input")
+def test_conv_reading_one_initializer_as_data_and_weight_folds_exactly():
+    b = Builder(seed=17)
+    w = b.const(b.weights((2, 2, 1, 1)))
+    y = b.bn(b.node("Conv", [w, w]), 2)
+    b.output(b.node("Add", [y, b.input("x", [1, 2, 1, 1])]))
+    model = b.model()
+    assert_exact(model, bnfold.fold(model))
+
+
+@pytest.mark.xfail(strict=True, reason="fold(ModelProto) skips the opset >= 7 check: a BN-6 "
+                                       "(is_test=0 by default, batch statistics) is folded")
+def test_opset6_bn_is_refused_or_an_input_error():
+    b = Builder(seed=18, opset=6, ir_version=3)
+    y = b.bn(b.conv(b.input("x", [2, 3, 4, 4]), 3, 4), 4)
+    model = _ir3(b, y, [2, 4, 4, 4])
+    try:
+        result = bnfold.fold(model)
+    except BnfoldError:
+        return
+    assert count_bn(result.model) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="MatMul -> Add -> BN keeps the MatMul output but drops "
+                                       "its value_info (_finish drops it even with keep_add)")
+def test_matmul_add_bn_keeps_value_info_of_tensors_that_remain():
+    b = Builder(seed=19)
+    mm = b.node("MatMul", [b.input("x", ["N", 3]), b.const(b.weights((3, 5)))])
+    y = b.bn(b.node("Add", [mm, b.const(b.weights((5,)))]), 5)
+    b.output(b.node("Relu", [y]))
+    model = onnx.shape_inference.infer_shapes(b.model())
+    result = bnfold.fold(model)
+    assert result.bn_after == 0
+    produced = {o for n in result.model.graph.node for o in n.output}
+    kept = {v.name for v in result.model.graph.value_info}
+    want = {v.name for v in model.graph.value_info} & produced
+    assert mm in produced and want <= kept, want - kept
+
+
 # --- regressions: behaviour that is right today --------------------------------------------
 
 def test_generated_names_do_not_collide_with_existing_bnfold_names():
