@@ -97,7 +97,17 @@ class GraphIndex:
         return self._consumers.get(name, [])
 
     def fanout(self, name: str) -> int:
+        """Reading nodes plus one if ``name`` is a graph output."""
         return len(self.consumers(name)) + (1 if name in self.outputs else 0)
+
+    def uses(self, name: str) -> int:
+        """Every read of ``name``: a node reading it twice counts twice (Gemm(x, W, W))."""
+        reads = sum(max(1, list(n.input).count(name)) for n in self.consumers(name))
+        return reads + (1 if name in self.outputs else 0)
+
+    def forget(self, name: str) -> None:
+        """Drop a cached constant after its tensor was rewritten."""
+        self._const_cache.pop(name, None)
 
     def is_graph_output(self, name: str) -> bool:
         return name in self.outputs
@@ -209,9 +219,25 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def value_infos(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], dict[str, int]]:
-    """Shapes and dtypes of every value (all graphs), via onnx shape inference on a skeleton
-    (the structure without bulk tensor data), so a multi-GB model is not copied."""
+GraphKey = tuple[tuple[int, str], ...]  # (node index, attribute name) steps from the main graph
+ValueInfo = tuple[dict[str, list[int | None]], dict[str, int]]  # shapes, dtypes of one graph
+
+
+def walk_graphs(graph: onnx.GraphProto, key: GraphKey = ()) -> Iterator[tuple[GraphKey,
+                                                                           onnx.GraphProto]]:
+    """Every graph nested in ``graph`` (itself first), with its structural key."""
+    yield key, graph
+    for i, node in enumerate(graph.node):
+        for attr_name, sub in subgraphs(node):
+            yield from walk_graphs(sub, key + ((i, attr_name),))
+
+
+def value_infos(model: onnx.ModelProto) -> dict[GraphKey, ValueInfo]:
+    """Shapes and dtypes of the values of each graph, keyed by the graph's structural key.
+
+    Per graph, because sibling subgraphs may reuse a name for different values. Shape
+    inference runs on a skeleton (no bulk tensor data), so a multi-GB model is not copied.
+    """
     from bnfold.skeleton import skeleton
 
     try:
@@ -219,10 +245,10 @@ def value_infos(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], di
                                                      strict_mode=False)
     except Exception:  # inference is best effort here: rules refuse when a rank is unknown
         inferred = model
-    shapes: dict[str, list[int | None]] = {}
-    dtypes: dict[str, int] = {}
-
-    def visit(graph: onnx.GraphProto) -> None:
+    infos: dict[GraphKey, ValueInfo] = {}
+    for key, graph in walk_graphs(inferred.graph):
+        shapes: dict[str, list[int | None]] = {}
+        dtypes: dict[str, int] = {}
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
             tt = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
@@ -232,9 +258,5 @@ def value_infos(model: onnx.ModelProto) -> tuple[dict[str, list[int | None]], di
             if tt.HasField("shape"):
                 shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
                                    for d in tt.shape.dim]
-        for node in graph.node:
-            for _, sub in subgraphs(node):
-                visit(sub)
-
-    visit(inferred.graph)
-    return shapes, dtypes
+        infos[key] = (shapes, dtypes)
+    return infos

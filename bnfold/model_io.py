@@ -148,6 +148,15 @@ def _check_graph(model: onnx.ModelProto, shown: str) -> None:
         raise InputError(f"{shown}: not a valid ONNX model (onnx.checker: {text})") from None
 
 
+def check_model_proto(model: onnx.ModelProto, shown: str = "model") -> None:
+    """The checks ``load_model`` makes, for a model handed over in memory: opset range and
+    onnx.checker (on the data-free skeleton). Raises InputError."""
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise InputError(f"{shown}: not an ONNX model (no IR version or graph)")
+    _check_opset(model, shown)
+    _check_graph(model, shown)
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(edh.uses_external_data(t) for t in _all_tensors(model))
 

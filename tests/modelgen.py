@@ -84,7 +84,14 @@ class Builder:
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], **kw)
         if "ir_version" not in kw:
             m.ir_version = min(m.ir_version, 10)
-        inferred = onnx.shape_inference.infer_shapes(m)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        if probe.ir_version < 4:  # IR 3 inference only sees initializers listed as inputs
+            listed = {i.name for i in probe.graph.input}
+            probe.graph.input.extend(
+                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                for t in probe.graph.initializer if t.name not in listed)
+        inferred = onnx.shape_inference.infer_shapes(probe)
         known = {vi.name: vi for vi in inferred.graph.value_info}
         known.update({vi.name: vi for vi in inferred.graph.output})
         for out in m.graph.output:

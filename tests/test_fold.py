@@ -245,6 +245,8 @@ def test_opset7_spatial0_is_refused_not_crashed():
     params = [b.const(b.rng.uniform(0.5, 1.5, (4, 5, 5))) for _ in range(4)]
     b.output(b.node("BatchNormalization", [y] + params, spatial=0))
     model = b.model()
+    for t in model.graph.initializer:  # IR 3 lists every initializer as a graph input
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     result = bnfold.fold(model)
     assert only_record(result).reason is Reason.SPATIAL_0
     assert result.model.SerializeToString() == model.SerializeToString()
@@ -362,7 +364,7 @@ def test_names_metadata_docs_custom_ops_and_unrelated_initializers_are_kept():
     model.graph.node.append(custom)
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 5, 5]))
     result = bnfold.fold(model, check=False)
     out = result.model
     assert out.doc_string == "model doc" and out.graph.doc_string == "graph doc"
@@ -587,7 +589,8 @@ def test_bfloat16_weights_fold_within_bfloat16_precision(op):
              helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, None)], [w] + params)
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16,
+                                       [1, 4, 5, 5] if op == "Conv" else [2, 4])], [w] + params)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
     result = bnfold.fold(model)
     assert only_record(result).target == "layer"

@@ -10,7 +10,7 @@ from modelgen import Builder
 
 
 def index(model: onnx.ModelProto) -> GraphIndex:
-    shapes, dtypes = value_infos(model)
+    shapes, dtypes = value_infos(model)[()]
     return GraphIndex(model.graph, ir_version=model.ir_version, opset=17, shapes=shapes,
                       dtypes=dtypes)
 

@@ -12,8 +12,8 @@ from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
-from bnfold.graph import GraphIndex, subgraphs, value_infos
-from bnfold.model_io import MIN_OPSET, default_opset, load_model
+from bnfold.graph import GraphIndex, subgraphs, value_infos, walk_graphs
+from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
 from bnfold.skeleton import skeleton
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -77,6 +77,7 @@ def _external_base(model: ModelLike) -> str | None:
 
 def _as_model(model: ModelLike, *, copy: bool, lazy: bool = False) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
+        check_model_proto(model, f"model {model.graph.name or '(unnamed)'}")
         if not copy:
             return model
         dup = onnx.ModelProto()
@@ -96,6 +97,7 @@ def _undo(record: FoldRecord, problem: str) -> FoldRecord:
 
 def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     names.update(t.name for t in graph.initializer)
+    names.update(t.values.name for t in graph.sparse_initializer)
     names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
     for node in graph.node:
         names.update(node.input)
@@ -112,25 +114,30 @@ def _fold_model(model: onnx.ModelProto,
     ``base_dir``: where initializers still stored externally are read from.
     """
     opset = default_opset(model) or MIN_OPSET
-    shapes, dtypes = value_infos(model)
-    ctx = _Context(model.ir_version, opset, shapes, dtypes, _all_names(model.graph, set()),
-                   base_dir)
+    infos = value_infos(model)
+    per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
+                 for key, graph in walk_graphs(model.graph)}
+    ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir)
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     return records, ctx.notes
 
 
 class _Context:
-    def __init__(self, ir_version: int, opset: int, shapes: dict, dtypes: dict,
-                 names: set[str], base_dir: str | None = None) -> None:
+    """What every graph's fold shares: versions, per-graph value infos, names in use, notes."""
+
+    def __init__(self, ir_version: int, opset: int, per_graph: dict, names: set[str],
+                 base_dir: str | None = None) -> None:
         self.ir_version, self.opset = ir_version, opset
-        self.shapes, self.dtypes, self.names = shapes, dtypes, names
+        self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes))
+        self.names = names
         self.base_dir = base_dir
         self.notes: list[str] = []
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
+        shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
-                          shapes=self.shapes, dtypes=self.dtypes, outer=outer,
+                          shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
                           base_dir=self.base_dir)
 
 

@@ -10,6 +10,10 @@ from onnx import helper, numpy_helper
 from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names
 
 
+def _size(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
 class FoldOverflow(ValueError):
     """A folded value does not fit the target dtype."""
 
@@ -75,8 +79,10 @@ class Rewriter:
         node's alone, else as a new initializer so other readers keep the old value."""
         old = node.input[index] if index < len(node.input) else ""
         if (old and old in g.initializers and not g.is_overridable_input(old)
-                and g.fanout(old) == 1):
-            write_tensor(g.initializers[old], value)
+                and g.uses(old) == 1 and value.size == _size(g.initializers[old])):
+            # in place, keeping the declared dims (an IR 3 graph input repeats them)
+            write_tensor(g.initializers[old], value.reshape(tuple(g.initializers[old].dims)))
+            g.forget(old)
             return
         name = self.fresh_name(base or node.name or "bnfold_const")
         tensor = numpy_helper.from_array(value, name)

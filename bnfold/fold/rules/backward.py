@@ -31,15 +31,16 @@ def fold_backward(g: GraphIndex, bn: BnAffine, rw: Rewriter, notes: list[str]) -
 
 def _finish(bn: BnAffine, p: Producer, rw: Rewriter, *, keep_add: bool = False) -> str:
     """Route the folded output to the BN's output name; drop the BN and a merged bias Add."""
-    rw.drop_value_info(p.node.output[0])
     if p.add is not None:
         rw.drop_value_info(p.add.output[0])
         if keep_add:
             p.add.output[0] = bn.y
         else:
+            rw.drop_value_info(p.node.output[0])
             rw.remove_node(p.add)
             p.node.output[0] = bn.y
     else:
+        rw.drop_value_info(p.node.output[0])
         p.node.output[0] = bn.y
     rw.remove_node(bn.node)
     return label(p.node)
@@ -61,8 +62,10 @@ def _fold_conv(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
     if isinstance(w, Refusal):
         return w
     group = int(attr(node, "group", 1))
+    if w.ndim < 3:
+        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} weight has rank {w.ndim}")
     out_channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * group
-    if w.ndim < 3 or out_channels != bn.channels:
+    if out_channels != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH,
                        f"{label(node)} has {out_channels} output channels, BN has {bn.channels}")
     bias = _bias_in(g, node, 2, bn.channels)
@@ -95,9 +98,11 @@ def _fold_gemm(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
     b = weight(g, node, 1, "B")
     if isinstance(b, Refusal):
         return b
+    if b.ndim != 2:
+        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} B has rank {b.ndim}")
     trans_b = int(attr(node, "transB", 0))
     n = b.shape[0] if trans_b else b.shape[1]
-    if b.ndim != 2 or n != bn.channels:
+    if n != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} has N={n}, BN has {bn.channels}")
     c = gemm_c(g, node, n)
     if isinstance(c, Refusal):

@@ -61,10 +61,14 @@ def trace_producer(g: GraphIndex, bn: BnAffine, ops: tuple[str, ...],
         if inner is None or inner.op_type not in ops or inner.domain not in DEFAULT_DOMAINS:
             continue
         value = g.const(node.input[const_i])
-        rank = g.rank(bn.x) or rank_of.get(inner.op_type)
-        if value is None or rank is None:
+        if value is None:
             return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, "Add operand is not a constant",
                            specific=False)
+        rank = _output_rank(g, inner, rank_of)
+        if rank is None or value.ndim > rank or g.rank(bn.x) not in (None, rank):
+            return Refusal(Reason.CHANNEL_MISMATCH,
+                           f"Add of a constant of shape {list(value.shape)} to a rank-{rank} "
+                           "output may change the rank: channel axis unknown")
         bias = per_channel(value, rank, bn.channels)
         if bias is None:
             return Refusal(Reason.CHANNEL_MISMATCH,
@@ -72,6 +76,15 @@ def trace_producer(g: GraphIndex, bn: BnAffine, ops: tuple[str, ...],
         refusal = exclusive(g, bn.x, bn.node) or exclusive(g, inner.output[0], node)
         return refusal or Producer(inner, node, bias, const_i)
     return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, specific=False)
+
+
+def _output_rank(g: GraphIndex, node: onnx.NodeProto, rank_of: dict[str, int]) -> int | None:
+    """Rank of ``node``'s output: inferred, fixed by the op (Gemm), or a conv weight's rank."""
+    rank = g.rank(node.output[0]) or rank_of.get(node.op_type)
+    if rank is None and node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+        shape = g.shape(node.input[1])
+        rank = len(shape) if shape else None
+    return rank
 
 
 def weight(g: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.ndarray | Refusal:

@@ -64,7 +64,9 @@ def _into_conv(g: GraphIndex, bn: BnAffine, node: onnx.NodeProto, rw: Rewriter,
     if isinstance(w, Refusal):
         return w
     group = int(attr(node, "group", 1))
-    if w.ndim < 3 or w.shape[1] * group != bn.channels or w.shape[0] % group:
+    if w.ndim < 3:
+        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} weight has rank {w.ndim}")
+    if w.shape[1] * group != bn.channels or w.shape[0] % group:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} reads {w.shape[1] * group} "
                                                 f"channels, BN has {bn.channels}")
     padding = _unpadded(g, node, tuple(w.shape[2:]))
