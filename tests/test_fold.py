@@ -196,8 +196,7 @@ def test_bn_inside_if_branches_is_folded():
         return helper.make_graph(b.nodes, f"branch{seed}", [], [out], b.inits)
 
     b = Builder()
-    x = b.input("x", [1, 3, 5, 5])
-    cond = b.input("cond", [], dtype=np.bool_) if False else None
+    b.input("x", [1, 3, 5, 5])
     cond = b.const(np.array(True), "cond", dtype=np.bool_)
     y = b.node("If", [cond], then_branch=branch(1), else_branch=branch(2))
     b.output(y)

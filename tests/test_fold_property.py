@@ -1,7 +1,6 @@
 """Property: random Conv/ConvTranspose/Gemm/MatMul/BN/Relu chains fold exactly and validly."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from hypothesis import given
 from hypothesis import strategies as st
