@@ -62,7 +62,6 @@ class Rewriter:
         self.ir_version = ir_version
         self.taken = taken_names
         self.orphan_candidates: set[str] = set()
-        self.removed_nodes: list[onnx.NodeProto] = []
 
     def fresh_name(self, base: str) -> str:
         name = f"{base}_bnfold"
@@ -98,7 +97,6 @@ class Rewriter:
 
     def remove_node(self, node: onnx.NodeProto) -> None:
         self.orphan_candidates.update(n for n in node.input if n)
-        self.removed_nodes.append(node)
         for i, n in enumerate(self.graph.node):
             if n is node:
                 del self.graph.node[i]
