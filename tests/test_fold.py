@@ -188,7 +188,8 @@ def test_shared_weight_is_copied_and_other_reader_unchanged():
     assert inits[w] == before[w]
 
 
-def test_bn_inside_if_branches_is_folded():
+def if_model_with_conv_bn_branches() -> onnx.ModelProto:
+    """An If whose two branches each run Conv -> BN on the outer input x."""
     def branch(seed: int) -> onnx.GraphProto:
         b = Builder(seed=seed)
         y = b.bn(b.conv("x", 3, 4), 4)
@@ -198,9 +199,12 @@ def test_bn_inside_if_branches_is_folded():
     b = Builder()
     b.input("x", [1, 3, 5, 5])
     cond = b.const(np.array(True), "cond", dtype=np.bool_)
-    y = b.node("If", [cond], then_branch=branch(1), else_branch=branch(2))
-    b.output(y)
-    model = b.model()
+    b.output(b.node("If", [cond], then_branch=branch(1), else_branch=branch(2)))
+    return b.model()
+
+
+def test_bn_inside_if_branches_is_folded():
+    model = if_model_with_conv_bn_branches()
     result = bnfold.fold(model)
     assert count_bn(result.model) == 0 and len(result.records) == 2
     assert all(r.graph.startswith("main/If") for r in result.records)
@@ -530,19 +534,9 @@ def test_lazy_external_fold_falls_back_to_a_lazy_reload_when_the_check_fails(tmp
 def test_subgraph_tensors_stored_as_external_data_load_and_fold(tmp_path):
     from bnfold.model_io import load_model
 
-    def branch(seed: int) -> onnx.GraphProto:
-        b = Builder(seed=seed)
-        y = b.bn(b.conv("x", 3, 4), 4)
-        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
-        return helper.make_graph(b.nodes, f"branch{seed}", [], [out], b.inits)
-
-    b = Builder()
-    b.input("x", [1, 3, 5, 5])
-    cond = b.const(np.array(True), "cond", dtype=np.bool_)
-    b.output(b.node("If", [cond], then_branch=branch(1), else_branch=branch(2)))
-    model = b.model()
+    model = if_model_with_conv_bn_branches()
     path = tmp_path / "if.onnx"
-    onnx.save_model(b.model(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(if_model_with_conv_bn_branches(), path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location="if.data", size_threshold=0)
     for lazy in (False, True):
         result = bnfold.fold(path, lazy_external=lazy)
