@@ -536,8 +536,8 @@ def test_subgraph_tensors_stored_as_external_data_load_and_fold(tmp_path):
 
     model = if_model_with_conv_bn_branches()
     path = tmp_path / "if.onnx"
-    onnx.save_model(if_model_with_conv_bn_branches(), path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="if.data", size_threshold=0)
+    onnx.save_model(if_model_with_conv_bn_branches(), path, save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="if.data", size_threshold=0)
     for lazy in (False, True):
         result = bnfold.fold(path, lazy_external=lazy)
         assert result.bn_after == 0 and len(result.records) == 2
