@@ -75,9 +75,29 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+TORCH_INSTALL = ("pip install torch==2.13.0 && pip install 'bnfold[torch]' (pin torch as shown: an "
+                 "unpinned torch pulls a multi-GB CUDA build)")
+
+
+def require_torch() -> Any:
+    """Import torch and the exporter's helpers, or say in one line what to install."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise InputError(f"bnfold export needs PyTorch, which is not installed: {TORCH_INSTALL}"
+                         ) from exc
+    for name in ("onnxscript", "onnx_ir"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise InputError(f"bnfold export needs {name!r} (torch's ONNX exporter uses it), "
+                             "which is not installed: pip install 'bnfold[torch]'") from exc
+    return torch
+
+
 def load_factory(spec: str, weights: str | None = None) -> torch.nn.Module:
     """Build the module named ``package.module:factory`` (cwd importable); load a state_dict."""
-    import torch
+    torch = require_torch()
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -98,12 +118,40 @@ def load_factory(spec: str, weights: str | None = None) -> torch.nn.Module:
             raise InputError(f"cannot read weights {weights!r}: {exc}") from exc
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise InputError(f"weights {weights!r} hold a {type(state).__name__}, not a "
+                             "state_dict (save with torch.save(model.state_dict(), path))")
+        mismatch = state_dict_mismatch(model, state)
+        if mismatch:
+            raise InputError(f"weights {weights!r} do not fit {spec!r}: {mismatch}")
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise InputError(f"weights {weights!r} do not fit {spec!r}: {first}") from exc
+            raise InputError(f"weights {weights!r} do not fit {spec!r}: "
+                             f"{' '.join(str(exc).split())}") from exc
     return model
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: dict[str, Any], shown: int = 5) -> str:
+    """What keeps ``state`` from loading into ``model``: missing/unexpected keys and shapes."""
+    own = model.state_dict()
+
+    def listed(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(getattr(state[k], "shape", own[k].shape)) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {listed(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs model): {listed(shapes)}")
+    return "; ".join(parts)
 
 
 def batchnorm_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -125,7 +173,7 @@ def export(model: torch.nn.Module, example_input: torch.Tensor | Sequence[torch.
     when given (atomically, via ``bnfold.model_io.save_model``; ``overwrite=False`` refuses an
     existing file).
     """
-    import torch
+    torch = require_torch()
 
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):

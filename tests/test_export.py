@@ -193,7 +193,49 @@ def test_cli_export_fold_json(tmp_path) -> None:
     assert data["torch_fusion"]["bn_after"] == 0
     assert data["bnfold_max_abs_error_vs_torch"] < 1e-4
     assert out.exists() and (tmp_path / "m.folded.onnx").exists()
-    assert "training mode" in res.stderr
+    assert "training mode" not in res.stderr  # the CLI puts the module in eval mode itself
+
+
+def test_cli_export_says_which_bns_it_put_in_eval_mode_only_with_verbose(tmp_path) -> None:
+    args = ["export", "models.zoo:mlp_digits", "-o", str(tmp_path / "m.onnx"), "--input-shape",
+            "1x64"]
+    quiet = CliRunner().invoke(main, args)
+    loud = CliRunner().invoke(main, args + ["-v"])
+    assert quiet.exit_code == loud.exit_code == 0, quiet.output + loud.output
+    assert "eval mode" not in quiet.stderr and "model.eval()" not in quiet.stderr
+    assert "put 2 BatchNorm module(s) in eval mode" in loud.stderr
+
+
+def test_state_dict_mismatch_names_missing_unexpected_and_shapes(tmp_path) -> None:
+    weights = tmp_path / "other.pt"
+    state = SPECS["mlp_digits"].factory().state_dict()
+    first = next(iter(state))
+    state["extra.weight"] = torch.zeros(3)
+    state[first] = torch.zeros(7, 7)
+    del state[list(state)[1]]
+    torch.save(state, weights)
+    with pytest.raises(InputError) as err:
+        load_factory("models.zoo:mlp_digits", str(weights))
+    text = str(err.value)
+    assert "1 missing key(s)" in text and "1 unexpected key(s): extra.weight" in text
+    assert f"{first} (7, 7) vs" in text and "\n" not in text
+
+
+def test_export_without_torch_says_what_to_install(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):  # noqa: ANN001, ANN202
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    res = CliRunner().invoke(main, ["export", "models.zoo:mlp_digits", "-o", "/tmp/x.onnx",
+                                    "--input-shape", "1x64"])
+    assert res.exit_code == 2
+    assert "pip install torch==2.13.0" in res.stderr and "Traceback" not in res.output
 
 
 def test_cli_wrong_input_shape_is_a_usage_error(tmp_path) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,8 @@ import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table
-from bnfold.export import BnTrainingModeWarning, ExportResult, load_factory, parse_shape
+from bnfold.export import (ExportResult, batchnorm_modules, load_factory,
+                           parse_shape, require_torch)
 
 if TYPE_CHECKING:
     from bnfold.export_fold import ExportFoldResult
@@ -52,15 +52,18 @@ def _default_folded(path: Path) -> Path:
 @click.option("--folded-output", type=click.Path(dir_okay=False, path_type=Path),
               help="With --fold: where to write the folded model [default: OUTPUT.folded.onnx].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also say which BatchNorm modules the factory returned in training mode.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None,
                opset: int | None, dynamic_batch: bool, do_fold: bool, folded_output: Path | None,
-               as_json: bool, quiet: bool) -> None:
+               as_json: bool, verbose: bool, quiet: bool) -> None:
     """Export a PyTorch model to ONNX keeping every BatchNormalization (eval mode).
 
     MODULE:FACTORY names a callable returning a torch.nn.Module (the current directory is
     importable). The export is run on ONNX Runtime and compared with PyTorch; exit 1 if it
-    differs or a BN was lost. A BN left in training mode is exported in eval mode (warned).
+    differs or a BN was lost. The module is put in eval mode first (BN uses its running
+    statistics); -v says which BatchNorm modules the factory returned in training mode.
 
     \b
     Examples:
@@ -69,30 +72,28 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
       bnfold export mypkg.nets:make_net --weights net.pt -o net.onnx --input-shape 1x3x32x32
       bnfold export models.zoo:mlp_digits -o /tmp/mlp.onnx --input-shape 1x64 --fold --json
     """
-    import torch
-
+    torch = require_torch()
     shape = parse_shape(input_shape)
     _say(f"building {factory}", quiet)
     model = load_factory(factory, weights)
+    training = [name for name, m in batchnorm_modules(model) if m.training]
+    model.eval()  # a CLI user cannot call model.eval(): inference export is what was asked for
+    if training and verbose:
+        _say(f"put {len(training)} BatchNorm module(s) in eval mode: {', '.join(training)}", quiet)
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     _say("exporting (torch dynamo exporter, BN kept)", quiet)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", BnTrainingModeWarning)
-        if do_fold:
-            from bnfold.export_fold import export_and_fold
+    if do_fold:
+        from bnfold.export_fold import export_and_fold
 
-            folded_path = folded_output or _default_folded(output)
-            result = export_and_fold(model, example, output, folded_path, opset=opset,
-                                     dynamic_batch=dynamic_batch)
-            exported, ok = result.export, result.ok
-        else:
-            from bnfold.export import export
+        folded_path = folded_output or _default_folded(output)
+        result = export_and_fold(model, example, output, folded_path, opset=opset,
+                                 dynamic_batch=dynamic_batch)
+        exported, ok = result.export, result.ok
+    else:
+        from bnfold.export import export
 
-            exported = export(model, example, output, opset=opset, dynamic_batch=dynamic_batch)
-            ok = exported.ok
-    for w in caught:
-        if issubclass(w.category, BnTrainingModeWarning):
-            click.echo(f"bnfold: warning: {w.message}", err=True)
+        exported = export(model, example, output, opset=opset, dynamic_batch=dynamic_batch)
+        ok = exported.ok
     if as_json:
         click.echo(json.dumps(result.to_dict() if do_fold else exported.to_dict(), indent=2))
     else:
