@@ -57,3 +57,34 @@ def test_missing_model_exits_2(tmp_path: Path) -> None:
 def test_help_has_examples() -> None:
     res = CliRunner().invoke(main, ["bench", "--help"])
     assert res.exit_code == 0 and "Examples:" in res.stdout and "--provider cuda" in res.stdout
+
+
+def _with_input(path: Path, out: Path, dtype: int | None = None, dims: list | None = None) -> str:
+    import onnx
+
+    model = onnx.load(path)
+    tt = model.graph.input[0].type.tensor_type
+    if dtype is not None:
+        tt.elem_type = dtype
+    if dims is not None:
+        for d, v in zip(tt.shape.dim, dims):
+            d.Clear()
+            if isinstance(v, int):
+                d.dim_value = v
+            else:
+                d.dim_param = v
+    onnx.save(model, out)
+    return str(out)
+
+
+@pytest.mark.parametrize("change,msg", [({"dtype": 11}, "dtype"),
+                                        ({"dims": ["N", 2, 6, 6]}, "axis 2")])
+def test_mismatched_models_are_one_line_before_any_session(tmp_path: Path, change: dict,
+                                                           msg: str) -> None:
+    a = conv_bn_model(tmp_path / "a.onnx")
+    fixed = _with_input(Path(a), tmp_path / "fixed.onnx", dims=["N", 2, 5, 5])
+    b = _with_input(Path(a), tmp_path / "b.onnx", **change)
+    res = CliRunner().invoke(main, ["bench", fixed, b, *FAST])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and "does not fit" in res.stderr and msg in res.stderr
+    assert "onnxruntime" not in res.stderr.lower()

@@ -30,6 +30,30 @@ def check_provider(provider: str) -> None:
                           f"{ort.__version__} build (available: {', '.join(available)}){hint}")
 
 
+def check_same_signature(variants: Sequence[tuple[str, str]]) -> None:
+    """InputError unless every model takes the first one's inputs (names, dtypes, fixed dims)
+    and gives its outputs, as ``verify`` checks: so a mismatch is one line, not an ORT error."""
+    from bnfold.model_io import load_model
+    from bnfold.verify.inputs import check_signatures, graph_inputs
+
+    first_name, first_path = variants[0]
+    first = load_model(first_path, load_external_data=False)
+    for name, path in variants[1:]:
+        other = load_model(path, load_external_data=False)
+        try:
+            check_signatures(first, other)
+        except InputError as exc:
+            raise InputError(f"{name} ({path}) does not fit {first_name} ({first_path}): {exc}"
+                             ) from exc
+        for a, b in zip(graph_inputs(first), graph_inputs(other)):
+            fixed = [(i, da, db) for i, (da, db) in enumerate(zip(a.shape or (), b.shape or ()))
+                     if isinstance(da, int) and isinstance(db, int) and da != db]
+            if fixed:
+                i, da, db = fixed[0]
+                raise InputError(f"{name} ({path}) does not fit {first_name} ({first_path}): "
+                                 f"input {a.name!r} has size {db} on axis {i}, not {da}")
+
+
 def _validate(opt_levels: Sequence[str], threads: Sequence[int], warmup: int, runs: int) -> None:
     bad = [lv for lv in opt_levels if lv not in OPT_LEVELS]
     if bad or not opt_levels:
@@ -63,12 +87,8 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
     for name, path in variants:
         if not os.path.isfile(path):
             raise InputError(f"model file not found: {path} ({name})")
+    check_same_signature(variants)
     specs = read_input_specs(variants[0][1])
-    for name, path in variants[1:]:
-        other = {s.name for s in read_input_specs(path)}
-        missing = [s.name for s in specs if s.name not in other]
-        if missing:
-            raise InputError(f"{name} ({path}) lacks input(s) {missing} of {variants[0][0]}")
     batches = [b if b is not None else default_batch(specs) for b in batch_sizes]
     inputs = {b: make_inputs(specs, b, dims, seed) for b in dict.fromkeys(batches)}
     configs = [RunConfig(p, lv, t, b) for p, lv, t, b
