@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
-from bnfold.cli.render import fold_table
+from bnfold.cli.render import fold_table, terminal_width
 from bnfold.export import (ExportResult, batchnorm_modules, load_factory,
                            parse_shape, require_torch)
 
@@ -99,7 +99,7 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
     else:
         lines = _export_lines(exported)
         if do_fold:
-            lines += ["", fold_table(result.fold), f"wrote {result.folded_path}",
+            lines += ["", fold_table(result.fold, width=terminal_width()), f"wrote {result.folded_path}",
                       f"verify: {result.report.summary()}", ""] + _comparison_lines(result)
         click.echo("\n".join(lines))
     if not ok:

@@ -9,7 +9,7 @@ import click
 
 import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
-from bnfold.cli.render import fold_table
+from bnfold.cli.render import fold_table, terminal_width
 from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError, OutputError
 from bnfold.model_io import load_external, save_model, uses_external_data
@@ -64,7 +64,7 @@ def _say(msg: str, quiet: bool) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json, report.md and report.html of the verification here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
+@click.option("-v", "--verbose", is_flag=True, help="One line per BN even on a terminal (reasons are never cut; on a terminal they wrap).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
              check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
@@ -122,7 +122,7 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
             payload["verification"] = json.loads(report.to_json())
         click.echo(json.dumps(payload, indent=2))
     else:
-        click.echo(fold_table(result, verbose=verbose))
+        click.echo(fold_table(result, width=None if verbose else terminal_width()))
         if report is not None:
             click.echo(report.summary())
     if report is not None and not report.passed:
@@ -153,7 +153,7 @@ def onnx_model_file_only(path: Path):  # noqa: ANN201
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON on stdout.")
-@click.option("-v", "--verbose", is_flag=True, help="Full reasons, no truncation.")
+@click.option("-v", "--verbose", is_flag=True, help="One line per BN even on a terminal (reasons are never cut; on a terminal they wrap).")
 def inspect_cmd(model: Path, as_json: bool, verbose: bool) -> None:
     """Show what `bnfold fold` would do to each BN, without writing anything.
 
@@ -166,4 +166,4 @@ def inspect_cmd(model: Path, as_json: bool, verbose: bool) -> None:
     if as_json:
         click.echo(json.dumps({"input": str(model), **result.to_dict()}, indent=2))
     else:
-        click.echo(fold_table(result, verbose=verbose))
+        click.echo(fold_table(result, width=None if verbose else terminal_width()))

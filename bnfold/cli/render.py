@@ -1,32 +1,54 @@
-"""Plain-text rendering of fold results for the terminal."""
+"""Plain-text rendering of fold results for the terminal (or a pipe)."""
 from __future__ import annotations
+
+import textwrap
 
 from bnfold.fold.report import FoldResult
 
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+_HEAD = ("BN", "graph", "outcome", "into / reason")
 
 
-def fold_table(result: FoldResult, *, verbose: bool = False) -> str:
-    """One row per BN: where it went (and which way), or why it stayed; then totals."""
-    rows = [("BN", "graph", "outcome", "into / reason")]
+def _reason(r) -> str:  # noqa: ANN001 - a FoldRecord
+    why = r.reason.code if r.reason else "?"
+    return f"{why}: {r.detail}" if r.detail else f"{why}: {r.reason.value}"
+
+
+def fold_table(result: FoldResult, *, width: int | None = None) -> str:
+    """One row per BN: where it went (and which way), or why it stayed; then totals.
+
+    Nothing is cut: with ``width`` (a terminal's columns) long reasons wrap under their column,
+    without it (a pipe, a file) each row is one line, whole.
+    """
+    rows = [_HEAD]
     for r in result.records:
         if r.folded:
             arrow = "<- backward" if r.direction == "backward" else "-> forward"
             rows.append((r.bn, r.graph, f"folded {arrow}", r.target or ""))
         else:
-            why = r.reason.code if r.reason else "?"
-            text = f"{why}: {r.detail}" if r.detail else f"{why}: {r.reason.value}"
-            rows.append((r.bn, r.graph, "kept", text if verbose else _cut(text, 90)))
-    widths = [min(max(len(row[i]) for row in rows), 40) for i in range(3)]
+            rows.append((r.bn, r.graph, "kept", _reason(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    indent = sum(widths) + 2 * 3
+    room = None if width is None else max(width - indent, 30)
     lines = []
     for i, row in enumerate(rows):
-        cells = [_cut(c, w).ljust(w) for c, w in zip(row[:3], widths)]
-        lines.append("  ".join(cells + [row[3]]).rstrip())
+        head = "  ".join(c.ljust(w) for c, w in zip(row[:3], widths))
+        last = [row[3]] if room is None else (textwrap.wrap(row[3], room) or [""])
+        lines.append(f"{head}  {last[0]}".rstrip())
+        lines.extend(" " * indent + more for more in last[1:])
         if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 13)
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(_HEAD[3]))
     lines.append("")
-    lines.append(f"BatchNormalization: {result.bn_before} before -> {result.bn_after} after "
-                 f"({len(result.folded)} folded, {len(result.kept)} kept)")
+    if not result.records:
+        lines = ["no BatchNormalization nodes: nothing to fold"]
+    else:
+        lines.append(f"BatchNormalization: {result.bn_before} before -> {result.bn_after} after "
+                     f"({len(result.folded)} folded, {len(result.kept)} kept)")
     return "\n".join(lines)
+
+
+def terminal_width() -> int | None:
+    """The terminal's columns when stdout is a terminal, else None (print whole lines)."""
+    import shutil
+    import sys
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None

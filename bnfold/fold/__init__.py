@@ -213,15 +213,30 @@ def _try_fold(g: GraphIndex, node: onnx.NodeProto, rw: Rewriter,
         if isinstance(outcome, str):
             return outcome, direction
         refusals.append((direction, outcome))
-    return _explain(node, bn, refusals)
+    return _explain(g, node, bn, refusals)
 
 
-def _explain(node: onnx.NodeProto, bn: BnAffine,
+def _explain(g: GraphIndex, node: onnx.NodeProto, bn: BnAffine,
              refusals: list[tuple[str, Refusal]]) -> FoldRecord:
     specific = [(d, r) for d, r in refusals if r.specific]
     if specific:
         reason = specific[0][1].reason
         detail = "; ".join(f"{d}: {r.detail or r.reason.value}" for d, r in specific)
     else:
-        reason, detail = Reason.NO_FOLDABLE_NEIGHBOUR, ""
+        reason, detail = Reason.NO_FOLDABLE_NEIGHBOUR, _neighbours(g, bn)
     return FoldRecord(bn=label(node), graph="", reason=reason, detail=detail, bn_output=bn.y)
+
+
+def _neighbours(g: GraphIndex, bn: BnAffine) -> str:
+    """Which ops sit on either side of a BN that has nothing to fold into, by op type."""
+    producer = g.producer(bn.x)
+    before = (f"producer is {producer.op_type} ({label(producer)})" if producer is not None
+              else f"input {bn.x!r} is a graph input" if bn.x in g.inputs
+              else f"input {bn.x!r} comes from an outer graph")
+    readers = g.consumers(bn.y)
+    kinds = sorted({n.op_type for n in readers})
+    after = (f"consumer{'s are' if len(readers) > 1 else ' is'} {', '.join(kinds)}" if readers
+             else "no node reads it")
+    if g.is_graph_output(bn.y):
+        after += " (and it is a graph output)" if readers else "; it is a graph output"
+    return f"{before}, {after}; neither is a Conv, ConvTranspose, Gemm or MatMul"
