@@ -5,6 +5,8 @@ full check already fails, so only a comparison of before and after can catch it.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -101,3 +103,20 @@ def test_inference_errors_are_counted_per_node():
     model = _conv_bn_with_broken_neighbour()
     errors = check.inference_errors(skeleton(model))
     assert sum(errors.values()) == 1 and "badconv" in next(iter(errors))
+
+
+def test_fold_that_leaves_a_training_binding_dangling_is_undone(monkeypatch):
+    fold_module = sys.modules["bnfold.fold"]
+    monkeypatch.setattr(fold_module, "protected_names", lambda model: set())  # a guard bug
+    b = Builder(seed=3)
+    b.output(b.node("Relu", [b.bn(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4), 4)]))
+    model = b.model()
+    mean = model.graph.node[1].input[3]
+    info = model.training_info.add()
+    info.update_binding.add().CopyFrom(onnx.StringStringEntryProto(key=mean, value="m2"))
+    info.algorithm.CopyFrom(helper.make_graph(
+        [helper.make_node("Identity", [mean], ["m2"])], "algo", [],
+        [helper.make_tensor_value_info("m2", onnx.TensorProto.FLOAT, None)]))
+    result = bnfold.fold(model)
+    assert count_bn(result.model) == 1
+    assert result.records[0].reason is Reason.CHECK_FAILED and mean in result.records[0].detail

@@ -12,6 +12,7 @@ from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
+from bnfold.fold.training import protected_names, training_graphs, training_refusal
 from bnfold.graph import GraphIndex, subgraphs, value_infos, walk_graphs
 from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
 from bnfold.skeleton import skeleton
@@ -117,7 +118,11 @@ def _fold_model(model: onnx.ModelProto,
     infos = value_infos(model)
     per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
                  for key, graph in walk_graphs(model.graph)}
-    ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir)
+    names = _all_names(model.graph, set())
+    for graph in training_graphs(model):
+        _all_names(graph, names)  # a new initializer must not shadow a training graph's name
+    ctx = _Context(model.ir_version, opset, per_graph, names, base_dir)
+    ctx.protected = protected_names(model)
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     return records, ctx.notes
@@ -133,6 +138,7 @@ class _Context:
         self.names = names
         self.base_dir = base_dir
         self.notes: list[str] = []
+        self.protected: set[str] = set()  # tensors training_info binds or reads
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
@@ -162,7 +168,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             if around & touched:
                 changed = True  # a fold this pass changed its neighbours: look again next pass
                 continue
-            outcome = _try_fold(g, node, rw, ctx.notes)
+            outcome = _guarded(g, node, ctx) or _try_fold(g, node, rw, ctx.notes)
             if isinstance(outcome, FoldRecord):
                 refused[id(node)] = _with_path(outcome, path)
                 continue
@@ -194,6 +200,15 @@ def _neighbourhood(g: GraphIndex, bn: onnx.NodeProto) -> set[int]:
 def _with_path(record: FoldRecord, path: str) -> FoldRecord:
     return FoldRecord(bn=record.bn, graph=path, reason=record.reason, detail=record.detail,
                       bn_output=record.bn_output)
+
+
+def _guarded(g: GraphIndex, node: onnx.NodeProto, ctx: _Context) -> FoldRecord | None:
+    """The record of a BN no rule may touch (training_info names its tensors), else None."""
+    refusal = training_refusal(g, node, ctx.protected)
+    if refusal is None:
+        return None
+    return FoldRecord(bn=label(node), graph="", reason=refusal.reason, detail=refusal.detail,
+                      bn_output=node.output[0])
 
 
 def _try_fold(g: GraphIndex, node: onnx.NodeProto, rw: Rewriter,

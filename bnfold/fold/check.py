@@ -37,6 +37,9 @@ def problem(sk: onnx.ModelProto, *, full: bool = True) -> str | None:
 def check_folded(original_skeleton: onnx.ModelProto, folded: onnx.ModelProto) -> str | None:
     """None if ``folded`` has no checker error that the original lacks; else the new error."""
     sk = skeleton(folded)
+    found = _dangling_binding(sk) if not _dangling_binding(original_skeleton) else None
+    if found:
+        return found
     found = problem(sk, full=False)
     if found and found != problem(original_skeleton, full=False):
         return found
@@ -48,6 +51,16 @@ def check_folded(original_skeleton: onnx.ModelProto, folded: onnx.ModelProto) ->
         if new:
             return new
     return _lost_type(original_skeleton, sk)
+
+
+def _dangling_binding(sk: onnx.ModelProto) -> str | None:
+    """A training_info binding naming no main-graph initializer (the checker misses it)."""
+    names = {t.name for t in sk.graph.initializer}
+    for info in sk.training_info:
+        for b in list(info.initialization_binding) + list(info.update_binding):
+            if b.key not in names:
+                return f"training_info binding {b.key!r} names no initializer"
+    return None
 
 
 def inference_errors(sk: onnx.ModelProto) -> Counter[str]:
