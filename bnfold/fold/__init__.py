@@ -8,6 +8,8 @@ import onnx
 
 from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
 from bnfold.fold.check import check_folded
+from bnfold.fold.functions import (as_graph, function_opset, function_path, reference_refusal,
+                                   write_back)
 from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
@@ -125,7 +127,21 @@ def _fold_model(model: onnx.ModelProto,
     ctx.protected = protected_names(model)
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
+    _fold_functions(model, ctx, records)
     return records, ctx.notes
+
+
+def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldRecord]) -> None:
+    """Fold the BNs in each model-local function's body (and its subgraphs), in place."""
+    for f in model.functions:
+        _all_names(as_graph(f), ctx.names)
+    for f in model.functions:
+        body = as_graph(f)
+        sub = _Context(ctx.ir_version, function_opset(f, ctx.opset), {}, ctx.names,
+                       ctx.base_dir)
+        sub.notes = ctx.notes
+        _fold_graph(body, function_path(f), sub, None, records)
+        write_back(f, body)
 
 
 class _Context:
@@ -203,8 +219,9 @@ def _with_path(record: FoldRecord, path: str) -> FoldRecord:
 
 
 def _guarded(g: GraphIndex, node: onnx.NodeProto, ctx: _Context) -> FoldRecord | None:
-    """The record of a BN no rule may touch (training_info names its tensors), else None."""
-    refusal = training_refusal(g, node, ctx.protected)
+    """The record of a BN no rule may touch (training_info names its tensors, or a function's
+    attribute reference hides a value), else None."""
+    refusal = training_refusal(g, node, ctx.protected) or reference_refusal(g, node)
     if refusal is None:
         return None
     return FoldRecord(bn=label(node), graph="", reason=refusal.reason, detail=refusal.detail,

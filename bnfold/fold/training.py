@@ -11,12 +11,9 @@ import onnx
 
 from bnfold.fold.bn import Refusal
 from bnfold.fold.report import Reason
-from bnfold.graph import GraphIndex, referenced_names
+from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names
 
-_PASS_THROUGH = frozenset({"Identity", "Constant", "Cast", "CastLike", "Reshape", "Squeeze",
-                           "Unsqueeze", "Flatten", "Transpose", "Expand", "Gather", "Slice",
-                           "Concat", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal",
-                           "Abs", "Tile", "Where"})
+_PASS_THROUGH = _FOLDABLE_OPS | {"Identity", "Constant", "Shape"}  # constant-making ops
 
 
 def training_graphs(model: onnx.ModelProto) -> list[onnx.GraphProto]:
