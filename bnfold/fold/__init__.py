@@ -8,10 +8,13 @@ import onnx
 
 from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
 from bnfold.fold.check import check_folded
+from bnfold.fold.functions import (as_graph, function_opset, function_path, reference_refusal,
+                                   write_back)
 from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
+from bnfold.fold.training import protected_names, training_graphs, training_refusal
 from bnfold.graph import GraphIndex, subgraphs, value_infos, walk_graphs
 from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
 from bnfold.skeleton import skeleton
@@ -117,10 +120,28 @@ def _fold_model(model: onnx.ModelProto,
     infos = value_infos(model)
     per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
                  for key, graph in walk_graphs(model.graph)}
-    ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir)
+    names = _all_names(model.graph, set())
+    for graph in training_graphs(model):
+        _all_names(graph, names)  # a new initializer must not shadow a training graph's name
+    ctx = _Context(model.ir_version, opset, per_graph, names, base_dir)
+    ctx.protected = protected_names(model)
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
+    _fold_functions(model, ctx, records)
     return records, ctx.notes
+
+
+def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldRecord]) -> None:
+    """Fold the BNs in each model-local function's body (and its subgraphs), in place."""
+    for f in model.functions:
+        _all_names(as_graph(f), ctx.names)
+    for f in model.functions:
+        body = as_graph(f)
+        sub = _Context(ctx.ir_version, function_opset(f, ctx.opset), {}, ctx.names,
+                       ctx.base_dir)
+        sub.notes = ctx.notes
+        _fold_graph(body, function_path(f), sub, None, records)
+        write_back(f, body)
 
 
 class _Context:
@@ -133,6 +154,7 @@ class _Context:
         self.names = names
         self.base_dir = base_dir
         self.notes: list[str] = []
+        self.protected: set[str] = set()  # tensors training_info binds or reads
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
@@ -162,7 +184,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             if around & touched:
                 changed = True  # a fold this pass changed its neighbours: look again next pass
                 continue
-            outcome = _try_fold(g, node, rw, ctx.notes)
+            outcome = _guarded(g, node, ctx) or _try_fold(g, node, rw, ctx.notes)
             if isinstance(outcome, FoldRecord):
                 refused[id(node)] = _with_path(outcome, path)
                 continue
@@ -194,6 +216,16 @@ def _neighbourhood(g: GraphIndex, bn: onnx.NodeProto) -> set[int]:
 def _with_path(record: FoldRecord, path: str) -> FoldRecord:
     return FoldRecord(bn=record.bn, graph=path, reason=record.reason, detail=record.detail,
                       bn_output=record.bn_output)
+
+
+def _guarded(g: GraphIndex, node: onnx.NodeProto, ctx: _Context) -> FoldRecord | None:
+    """The record of a BN no rule may touch (training_info names its tensors, or a function's
+    attribute reference hides a value), else None."""
+    refusal = training_refusal(g, node, ctx.protected) or reference_refusal(g, node)
+    if refusal is None:
+        return None
+    return FoldRecord(bn=label(node), graph="", reason=refusal.reason, detail=refusal.detail,
+                      bn_output=node.output[0])
 
 
 def _try_fold(g: GraphIndex, node: onnx.NodeProto, rw: Rewriter,

@@ -29,6 +29,10 @@ class Reason(str, enum.Enum):
                        "border values")
     CONSUMER_NOT_EXCLUSIVE = "the BN output is read by other nodes or is a graph output"
     UNSUPPORTED_NEIGHBOUR = "the neighbour's attributes make an exact fold impossible"
+    INVALID_NEIGHBOUR = ("the neighbour's attributes and weight shapes disagree (an invalid "
+                         "node): folding it would be meaningless")
+    TRAINING_BINDING = ("a training_info binding or graph names a tensor this fold would rewrite "
+                        "or remove")
     OVERFLOW = "a folded weight or bias would overflow the weight dtype (e.g. float16 max 65504)"
     CHECK_FAILED = "the folded model failed onnx.checker or shape inference; BN kept"
 

@@ -10,6 +10,7 @@ from bnfold.fold.report import Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
 from bnfold.fold.rules.common import (Producer, c_vector, elem_type, gemm_c, trace_producer,
                                       weight)
+from bnfold.fold.rules.validate import conv_channels, linear_k, vector_of
 from bnfold.graph import GraphIndex, attr
 
 OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -61,16 +62,19 @@ def _fold_conv(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
     w = weight(g, node, 1, "weight")
     if isinstance(w, Refusal):
         return w
-    group = int(attr(node, "group", 1))
-    if w.ndim < 3:
-        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} weight has rank {w.ndim}")
-    out_channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * group
+    channels = conv_channels(g, node, w)
+    if isinstance(channels, Refusal):
+        return channels
+    group, _, out_channels = channels
     if out_channels != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH,
                        f"{label(node)} has {out_channels} output channels, BN has {bn.channels}")
     bias = _bias_in(g, node, 2, bn.channels)
     if isinstance(bias, Refusal):
         return bias
+    wrong = vector_of(node, bias, out_channels, "bias")
+    if wrong:
+        return wrong
     if p.add_bias is not None:
         bias = bias + p.add_bias
     if node.op_type == "Conv":
@@ -101,6 +105,9 @@ def _fold_gemm(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
     if b.ndim != 2:
         return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} B has rank {b.ndim}")
     trans_b = int(attr(node, "transB", 0))
+    wrong = linear_k(g, node, b, trans_b)
+    if wrong:
+        return wrong
     n = b.shape[0] if trans_b else b.shape[1]
     if n != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} has N={n}, BN has {bn.channels}")
@@ -130,6 +137,9 @@ def _fold_matmul(g: GraphIndex, bn: BnAffine, p: Producer, rw: Rewriter,
         return Refusal(Reason.CHANNEL_MISMATCH,
                        f"MatMul ranks A={a_rank}, B={b.ndim}: BN channel axis 1 is not the "
                        "weight's output columns")
+    wrong = linear_k(g, node, b, 0)
+    if wrong:
+        return wrong
     if b.shape[1] != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} has N={b.shape[1]}, "
                                                 f"BN has {bn.channels}")

@@ -13,6 +13,7 @@ from bnfold.fold.bn import BnAffine, Refusal, label
 from bnfold.fold.report import Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
 from bnfold.fold.rules.common import DEFAULT_DOMAINS, c_vector, elem_type, gemm_c, weight
+from bnfold.fold.rules.validate import conv_channels, linear_k, vector_of
 from bnfold.graph import GraphIndex, attr
 
 OPS = ("Conv", "Gemm", "MatMul")
@@ -63,11 +64,12 @@ def _into_conv(g: GraphIndex, bn: BnAffine, node: onnx.NodeProto, rw: Rewriter,
     w = weight(g, node, 1, "weight")
     if isinstance(w, Refusal):
         return w
-    group = int(attr(node, "group", 1))
-    if w.ndim < 3:
-        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"{label(node)} weight has rank {w.ndim}")
-    if w.shape[1] * group != bn.channels or w.shape[0] % group:
-        return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} reads {w.shape[1] * group} "
+    channels = conv_channels(g, node, w)
+    if isinstance(channels, Refusal):
+        return channels
+    group, c_in, _ = channels
+    if c_in != bn.channels:
+        return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} reads {c_in} "
                                                 f"channels, BN has {bn.channels}")
     padding = _unpadded(g, node, tuple(w.shape[2:]))
     if padding is not None:
@@ -78,6 +80,9 @@ def _into_conv(g: GraphIndex, bn: BnAffine, node: onnx.NodeProto, rw: Rewriter,
         if isinstance(b, Refusal):
             return b
         bias = np.asarray(b, dtype=np.float64)
+        wrong = vector_of(node, bias, w.shape[0], "bias")
+        if wrong:
+            return wrong
     t = elem_type(w)
     w_new = cast_exact(fm.scale_conv_in(w, bn.scale, group), t, f"{label(node)} weight", notes)
     b_new = cast_exact(bias + fm.conv_of_constant(w, bn.shift, group), t,
@@ -103,6 +108,9 @@ def _into_linear(g: GraphIndex, bn: BnAffine, node: onnx.NodeProto, rw: Rewriter
     trans_b = int(attr(node, "transB", 0)) if is_gemm else 0
     if b.ndim != 2:
         return Refusal(Reason.CHANNEL_MISMATCH, f"B has rank {b.ndim}")
+    wrong = linear_k(g, node, b, trans_b)
+    if wrong:
+        return wrong
     b_eff = b.astype(np.float64).T if trans_b else b.astype(np.float64)   # (K, N)
     if b_eff.shape[0] != bn.channels:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} reads K={b_eff.shape[0]}, "
