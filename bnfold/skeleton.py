@@ -13,6 +13,8 @@ import tempfile
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
+from bnfold.data_file import is_repeated
+
 SKELETON_FILE = "bnfold-skeleton.bin"
 _SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
 
@@ -21,7 +23,7 @@ def _copy_except(dst, src, skip: str) -> None:  # noqa: ANN001
     for fd, value in src.ListFields():
         if fd.name == skip:
             continue
-        if fd.is_repeated:
+        if is_repeated(fd):
             getattr(dst, fd.name).extend(value)
         elif fd.message_type is not None:
             getattr(dst, fd.name).CopyFrom(value)

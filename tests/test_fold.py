@@ -564,6 +564,8 @@ def test_bn_inside_loop_body_is_folded():
     assert max_error(model, result.model, batches=(1,)) < 1e-4
 
 
+@pytest.mark.skipif(str(helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)) != "bfloat16",
+                    reason="onnx < 1.19 reads bfloat16 tensors as float32 (no ml_dtypes)")
 @pytest.mark.parametrize("op", ["Conv", "Gemm"])
 def test_bfloat16_weights_fold_within_bfloat16_precision(op):
     """ORT's CPU build has no bf16 Conv/Gemm, so onnx.reference runs both models here."""
