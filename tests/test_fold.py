@@ -594,3 +594,18 @@ def test_bfloat16_weights_fold_within_bfloat16_precision(op):
     a = ReferenceEvaluator(model).run(None, {"x": x})[0].astype(np.float64)
     b = ReferenceEvaluator(result.model).run(None, {"x": x})[0].astype(np.float64)
     assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()
+
+
+def test_a_bnfold_error_in_the_folded_model_check_is_not_a_checker_complaint(monkeypatch):
+    from bnfold.fold.check import problem
+    from bnfold.skeleton import skeleton
+
+    b = Builder(opset=17)
+    b.output(b.bn(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4), 4))
+
+    def broken(*args, **kwargs):
+        raise AttributeError("simulated bug")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(AttributeError, match="simulated bug"):
+        problem(skeleton(b.model()))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.skeleton import full_check, skeleton
+from bnfold.skeleton import CheckFailed, full_check, skeleton
 
 
 def problem(sk: onnx.ModelProto) -> str | None:
     """The first line of the full check's complaint about skeleton ``sk``, or None."""
     try:
         full_check(sk)
-    except Exception as exc:  # onnx raises several exception types for invalid models
+    except CheckFailed as exc:  # only onnx's verdict: a bnfold error must not read as one
         text = str(exc).strip().splitlines()
         return text[0] if text else type(exc).__name__
     return None
