@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import external_data_helper as edh
 from onnx import helper, numpy_helper
@@ -60,9 +61,16 @@ def external_length(tensor: onnx.TensorProto) -> int:
     return want or 0
 
 
-def is_repeated(field) -> bool:
-    """Whether a field is repeated, across protobuf versions (``label`` is being removed)."""
-    return bool(getattr(field, "is_repeated", None) or getattr(field, "label", 0) == 3)
+def is_repeated(field: FieldDescriptor) -> bool:
+    """Whether a message field is repeated, on every protobuf bnfold supports.
+
+    ``FieldDescriptor.is_repeated`` only exists from protobuf 5.29/6.x on, and ``label``
+    is gone in protobuf 7; use whichever this protobuf has. Never touch either directly.
+    """
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == field.LABEL_REPEATED
 
 
 def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:

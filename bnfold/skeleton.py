@@ -13,15 +13,27 @@ import tempfile
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
+from bnfold.data_file import is_repeated
+
 SKELETON_FILE = "bnfold-skeleton.bin"
 _SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
+
+# What onnx's C++ checker and shape inference raise about a model: onnx's own types, and the
+# types pybind11 turns std:: exceptions into. Any other error from a check (AttributeError,
+# TypeError, ImportError, ...) is a bug in bnfold or an onnx API mismatch, and propagates.
+_ONNX_REJECTS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+                 onnx.defs.SchemaError, RuntimeError, ValueError, IndexError)
+
+
+class CheckFailed(Exception):
+    """onnx.checker (or strict shape inference) rejected the model; the message is onnx's."""
 
 
 def _copy_except(dst, src, skip: str) -> None:  # noqa: ANN001
     for fd, value in src.ListFields():
         if fd.name == skip:
             continue
-        if fd.is_repeated:
+        if is_repeated(fd):
             getattr(dst, fd.name).extend(value)
         elif fd.message_type is not None:
             getattr(dst, fd.name).CopyFrom(value)
@@ -30,7 +42,10 @@ def _copy_except(dst, src, skip: str) -> None:  # noqa: ANN001
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except KeyError:  # undefined or unknown data type: kept whole, so the checker names it
+        return 0
     return math.prod(t.dims) * itemsize
 
 
@@ -58,10 +73,16 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def full_check(sk: onnx.ModelProto, *, full: bool = True) -> None:
-    """onnx.checker on a skeleton (``full``: with strict shape inference); raises on failure."""
+    """onnx.checker on a skeleton (``full``: with strict shape inference).
+
+    Raises CheckFailed when onnx rejects the model; anything else is not about the model.
+    """
     with tempfile.TemporaryDirectory(prefix="bnfold-check-") as tmp:
         open(os.path.join(tmp, SKELETON_FILE), "wb").close()
         path = os.path.join(tmp, "model.onnx")
         with open(path, "wb") as f:
             f.write(sk.SerializeToString())
-        onnx.checker.check_model(path, full_check=full)
+        try:
+            onnx.checker.check_model(path, full_check=full)
+        except _ONNX_REJECTS as exc:
+            raise CheckFailed(str(exc).strip() or type(exc).__name__) from exc

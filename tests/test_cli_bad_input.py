@@ -257,3 +257,18 @@ def test_single_file_output_too_big_says_use_external_data(tmp_path, monkeypatch
     assert_clean_error(invoke(["fold", "-q", model, "--no-external-data", "-o",
                                tmp_path / "o.onnx"]), "2 GiB", "--external-data")
     assert snapshot(tmp_path) == before
+
+
+def test_a_bug_is_one_line_exit_3_saying_internal_error(tmp_path, monkeypatch):
+    path = write(tmp_path / "m.onnx")
+
+    def broken(*args, **kwargs):
+        raise AttributeError("simulated bug")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    monkeypatch.delenv("BNFOLD_DEBUG", raising=False)
+    result = invoke(["inspect", path])
+    assert result.exit_code == 3, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnfold: internal error: AttributeError: simulated bug")
+    assert "please report" in lines[0] and "not a valid ONNX model" not in lines[0]

@@ -564,6 +564,8 @@ def test_bn_inside_loop_body_is_folded():
     assert max_error(model, result.model, batches=(1,)) < 1e-4
 
 
+@pytest.mark.skipif(str(helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)) != "bfloat16",
+                    reason="onnx < 1.19 reads bfloat16 tensors as float32 (no ml_dtypes)")
 @pytest.mark.parametrize("op", ["Conv", "Gemm"])
 def test_bfloat16_weights_fold_within_bfloat16_precision(op):
     """ORT's CPU build has no bf16 Conv/Gemm, so onnx.reference runs both models here."""
@@ -592,3 +594,18 @@ def test_bfloat16_weights_fold_within_bfloat16_precision(op):
     a = ReferenceEvaluator(model).run(None, {"x": x})[0].astype(np.float64)
     b = ReferenceEvaluator(result.model).run(None, {"x": x})[0].astype(np.float64)
     assert np.abs(a - b).max() <= 0.02 * np.abs(a).max()
+
+
+def test_a_bnfold_error_in_the_folded_model_check_is_not_a_checker_complaint(monkeypatch):
+    from bnfold.fold.check import problem
+    from bnfold.skeleton import skeleton
+
+    b = Builder(opset=17)
+    b.output(b.bn(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4), 4))
+
+    def broken(*args, **kwargs):
+        raise AttributeError("simulated bug")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(AttributeError, match="simulated bug"):
+        problem(skeleton(b.model()))

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 import bnfold
 
-OPSETS = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28]
+OPSETS = [v for v in range(7, 29) if v <= onnx.defs.onnx_opset_version()]  # what this onnx knows
 SPATIAL = ["conv", "conv", "conv_transpose", "bn", "relu", "fanout", "if"]
 DENSE = ["gemm", "matmul", "bn", "relu", "fanout"]
 

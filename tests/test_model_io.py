@@ -413,3 +413,15 @@ def test_failed_lazy_in_place_save_leaves_model_and_data_byte_identical(tmp_path
         save_model(lazy, path, external_data=True, source_dir=tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
     assert max_error(two_conv_model(), load_model(path)) == 0.0
+
+
+def test_a_bnfold_error_inside_the_check_is_not_reported_as_an_invalid_model(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    save_model(small_model(), path)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'FieldDescriptor' object has no attribute 'is_repeated'")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(AttributeError, match="is_repeated"):
+        load_model(path)

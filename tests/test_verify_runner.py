@@ -75,6 +75,8 @@ def test_feed_that_does_not_fit_is_input_error() -> None:
         runner.run(s, {"x": np.ones((2, 4), np.float32)})
 
 
+@pytest.mark.skipif(not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"),
+                    reason="onnxruntime < 1.20 cannot take bfloat16 from Python")
 def test_bfloat16_input_is_fed_through_ortvalue() -> None:
     g = h.make_graph([h.make_node("Cast", ["x"], ["y"], to=T.FLOAT)], "cast",
                      [h.make_tensor_value_info("x", T.BFLOAT16, ["N", 3])],
@@ -83,3 +85,16 @@ def test_bfloat16_input_is_fed_through_ortvalue() -> None:
                             "disabled")
     x = np.array([[-1.0, 0.5, 3.0]], dtype=ml_dtypes.bfloat16)
     assert runner.run(s, {"x": x})["y"].tolist() == [[-1.0, 0.5, 3.0]]
+
+
+def test_bfloat16_input_on_an_onnxruntime_without_it_says_which_version(monkeypatch) -> None:
+    g = h.make_graph([h.make_node("Cast", ["x"], ["y"], to=T.FLOAT)], "cast",
+                     [h.make_tensor_value_info("x", T.BFLOAT16, ["N", 3])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])])
+    s = runner.make_session(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), "cpu",
+                            "disabled")
+    monkeypatch.delattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type", raising=False)
+    x = np.array([[1.0, 2.0, 3.0]], dtype=ml_dtypes.bfloat16)
+    with pytest.raises(BnfoldError, match="onnxruntime >= 1.20") as err:
+        runner.run(s, {"x": x})
+    assert not isinstance(err.value, InputError)

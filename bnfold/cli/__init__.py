@@ -9,11 +9,18 @@ import click
 
 from bnfold.errors import BnfoldError
 
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class _Group(click.Group):
-    """Turns BnfoldError (and any unexpected error) into one stderr line and exit 2."""
+    """One stderr line per failure, never a traceback: BnfoldError (bad input or usage) and
+    OSError/MemoryError (the machine) exit 2; any other exception is a bug in bnfold and
+    exits 3 saying so (BNFOLD_DEBUG=1 re-raises it for the traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,13 +33,18 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("bnfold: interrupted", err=True)
             ctx.exit(130)
-        except Exception as exc:  # never a traceback for users; BNFOLD_DEBUG=1 shows it
+        except (OSError, MemoryError) as exc:  # disk full, permissions, out of memory
             if os.environ.get("BNFOLD_DEBUG"):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"bnfold: error: {type(exc).__name__}: {first} "
-                       "(set BNFOLD_DEBUG=1 for a traceback)", err=True)
+            click.echo(f"bnfold: error: {type(exc).__name__}: {_first_line(exc)}", err=True)
             ctx.exit(EXIT_USAGE)
+        except Exception as exc:  # a bug: never a traceback for users; BNFOLD_DEBUG=1 shows it
+            if os.environ.get("BNFOLD_DEBUG"):
+                raise
+            click.echo(f"bnfold: internal error: {type(exc).__name__}: {_first_line(exc)} "
+                       "(a bug in bnfold, please report it; BNFOLD_DEBUG=1 shows the traceback)",
+                       err=True)
+            ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

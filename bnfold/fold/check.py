@@ -16,7 +16,7 @@ from typing import Iterator
 import onnx
 
 from bnfold.graph import subgraphs
-from bnfold.skeleton import full_check, skeleton
+from bnfold.skeleton import CheckFailed, full_check, skeleton
 
 _ERRORS_HEAD = "Inference error(s): "
 
@@ -28,7 +28,7 @@ def problem(sk: onnx.ModelProto, *, full: bool = True) -> str | None:
     """
     try:
         full_check(sk, full=full)
-    except Exception as exc:  # onnx raises several exception types for invalid models
+    except CheckFailed as exc:  # only onnx's verdict: a bnfold error must not read as one
         text = str(exc).strip().splitlines()
         return text[0] if text else type(exc).__name__
     return None

@@ -7,7 +7,7 @@ BatchNormalization test vectors, ``onnx.reference`` and ONNX Runtime.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +104,10 @@ def spec_cases() -> Iterator[tuple[str, dict[str, np.ndarray | float], list[np.n
     from onnx import numpy_helper
 
     node_cases = importlib.import_module("onnx.backend.test.case.node")
-    importlib.import_module("onnx.backend.test.case.node.batch_normalization")
+    for module in ("batch_normalization", "batchnorm"):  # onnx >= 1.17, onnx 1.16
+        if importlib.util.find_spec(f"onnx.backend.test.case.node.{module}") is not None:
+            importlib.import_module(f"onnx.backend.test.case.node.{module}")
+            break
     models = [(c.name, c.model, *c.data_sets[0]) for c in node_cases._NodeTestCases
               if c.name.startswith("test_batchnorm")]
     data = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted"

@@ -75,6 +75,9 @@ def _ort_value(arr: np.ndarray) -> Any:
     if arr.dtype.name == "bfloat16":
         import onnxruntime as ort
 
+        if not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"):
+            raise BnfoldError(f"feeding bfloat16 inputs needs onnxruntime >= 1.20 "
+                              f"(installed: {ort.__version__})")
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
             np.ascontiguousarray(arr).view(np.uint16), onnx.TensorProto.BFLOAT16)
     return arr
@@ -84,8 +87,9 @@ def run(session: Any, feed: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Run one feed; returns {output name: array}. Shape/dtype mismatches become InputError."""
     names = list(outputs) if outputs is not None else [o.name for o in session.get_outputs()]
+    feeds = {k: _ort_value(v) for k, v in feed.items()}  # outside the try: not ORT's failure
     try:
-        values = session.run(names, {k: _ort_value(v) for k, v in feed.items()})
+        values = session.run(names, feeds)
     except Exception as exc:  # ORT's InvalidArgument/Fail types are not importable portably
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feed.items())
