@@ -208,3 +208,52 @@ def test_fold_more_accurate_than_a_cancelling_original_is_kept():
     b.output(b.bn(conv, 4, params=params))
     result = bnfold.fold(b.model())
     assert result.records[0].folded and "truth" in result.records[0].proof_engine
+
+
+def test_batch_that_ort_cannot_run_falls_back_region_by_region():
+    """A float32 fold (ORT) and a float64 fold (no ORT Conv kernel) in one model."""
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.node("Cast", [b.bn(b.conv(x, 3, 4), 4)], to=TensorProto.DOUBLE)
+    w = b.const(b.weights((5, 4, 3, 3)), dtype=np.float64)
+    y = b.node("Conv", [y, w], pads=[1, 1, 1, 1])
+    b.output(b.bn(y, 5, params=[b.const(v, dtype=np.float64) for v in
+                                 (np.ones(5), np.zeros(5), np.full(5, 0.5), np.full(5, 2.0))]),
+             dtype=np.float64)
+    result = bnfold.fold(b.model())
+    assert [(r.folded, r.proof_engine) for r in result.records] == [
+        (True, "onnxruntime"), (True, "onnx.reference")]
+
+
+def test_lazy_external_weights_are_read_for_the_proof(tmp_path):
+    model = conv_bn_chain()
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    result = bnfold.fold(path, lazy_external=True)
+    assert all(r.folded and r.proof_engine == "onnxruntime" for r in result.records)
+
+
+def test_fold_inside_loop_body_reading_outer_weights_is_proved():
+    """A Loop body reading the outer graph's weights and BN parameters."""
+    outer = Builder(seed=3)
+    w = outer.const(outer.weights((3, 3, 3, 3)))
+    params = outer.bn_params(3)
+    body = helper.make_graph(
+        [helper.make_node("Conv", ["v_in", w], ["c"], name="body_conv", pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c"] + params, ["v_out"], name="body_bn"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [None] * 4)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [None] * 4)])
+    x = outer.input("x", ["N", 3, 5, 5])
+    trips = outer.const(np.array(2), "n", dtype=np.int64)
+    y = outer.node("Loop", [trips, "", x], body=body)
+    outer.outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", 3, 5, 5]))
+    model = outer.model()
+    result = bnfold.fold(model)
+    rec = result.records[0]
+    assert rec.folded and rec.graph.endswith(".body") and rec.proof_engine == "onnxruntime"
+    assert max_error(model, result.model) < tolerance(model)
