@@ -160,3 +160,12 @@ def test_verify_options_reach_the_report(model_path, tmp_path):
     verification = json.loads(res.stdout)["verification"]
     text = json.dumps(verification)
     assert '"all"' in text and "seed=3" in text and "batch=2" in text
+
+
+def test_fold_table_and_json_show_each_folds_proof_error(model_path, tmp_path):
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx", "--no-verify")
+    line = next(x for x in res.stdout.splitlines() if "folded <- backward" in x)
+    assert "(proof " in line and " <= " in line
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx", "--json", "-q", "--no-verify")
+    folded = [r for r in json.loads(res.stdout)["records"] if r["folded"]]
+    assert folded and all(0 <= r["proof_max_abs"] <= r["proof_tol"] for r in folded)

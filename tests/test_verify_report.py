@@ -146,3 +146,16 @@ def test_write_to_unwritable_place_is_output_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
         _report().write(blocker / "sub")
+
+
+def test_fold_table_shows_each_folds_proof_error() -> None:
+    rep = _report()
+    rep.fold["records"][0].update(proof_max_abs=4.8e-6, proof_tol=1.2e-3,
+                                  proof_engine="onnxruntime")
+    parser = _Tables()
+    parser.feed(rep.to_html())
+    head, bn1, bn2 = parser.tables["fold"]
+    cols = [head.index(h) for h in ("proof max abs", "proof tolerance", "proof engine")]
+    assert [bn1[i] for i in cols] == ["4.8e-06", "0.0012", "onnxruntime"]
+    assert [bn2[i] for i in cols] == ["-", "-", "-"]
+    assert "| 4.8e-06 | 0.0012 | onnxruntime |" in rep.to_markdown()

@@ -13,8 +13,17 @@ def _reason(r) -> str:  # noqa: ANN001 - a FoldRecord
     return f"{why}: {r.detail}" if r.detail else f"{why}: {r.reason.value}"
 
 
+def proof_cell(max_abs: float | None, tol: float | None, engine: str) -> str:
+    """A fold's local proof error against its tolerance, e.g. '4.8e-06 <= 1.2e-03'."""
+    if max_abs is None:
+        return "-"
+    where = "" if engine == "onnxruntime" else f" ({engine})"
+    return f"{max_abs:.2g} <= {tol:.2g}{where}" if tol is not None else f"{max_abs:.2g}{where}"
+
+
 def fold_table(result: FoldResult, *, width: int | None = None) -> str:
-    """One row per BN: where it went (and which way), or why it stayed; then totals.
+    """One row per BN: where it went (and which way) with its local proof error, or why it
+    stayed; then totals.
 
     Nothing is cut: with ``width`` (a terminal's columns) long reasons wrap under their column,
     without it (a pipe, a file) each row is one line, whole.
@@ -23,7 +32,9 @@ def fold_table(result: FoldResult, *, width: int | None = None) -> str:
     for r in result.records:
         if r.folded:
             arrow = "<- backward" if r.direction == "backward" else "-> forward"
-            rows.append((r.bn, r.graph, f"folded {arrow}", r.target or ""))
+            proof = proof_cell(r.proof_max_abs, r.proof_tol, r.proof_engine)
+            rows.append((r.bn, r.graph, f"folded {arrow}",
+                         f"{r.target or ''}  (proof {proof})" if proof != "-" else r.target or ""))
         else:
             rows.append((r.bn, r.graph, "kept", _reason(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -10,6 +11,8 @@ from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
 from bnfold.fold.check import check_folded
 from bnfold.fold.functions import (as_graph, function_opset, function_path, reference_refusal,
                                    write_back)
+from bnfold.fold.proof import Proof
+from bnfold.fold.proof import prove as prove_folds
 from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
@@ -25,13 +28,18 @@ __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 
 
 def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
-         lazy_external: bool = False) -> FoldResult:
+         lazy_external: bool = False, prove: bool = True) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
     ``model`` is a path (loaded with its external data) or a ModelProto (copied first unless
     ``copy=False``, in which case it is folded in place). With ``check`` the result must pass
     onnx.checker with strict shape inference; if it does not, the unchanged input is returned
     with CHECK_FAILED reasons (for ``copy=False`` a backup is kept for that purpose).
+
+    With ``prove`` every fold gets its local proof (``bnfold.fold.proof``): the region it
+    replaced and its replacement run on ONNX Runtime and must agree. A fold whose proof fails
+    is undone (the fold reruns from the input without it, reason PROOF_FAILED); each folded
+    record carries its proof error.
 
     ``lazy_external`` (paths only): leave external data on disk and read each weight when a
     fold needs it, so a multi-GB model is not held in memory. Folded weights become inline;
@@ -41,25 +49,73 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     base = _external_base(model) if lazy_external else None
     proto = _as_model(model, copy=copy, lazy=base is not None)
     backup = None
-    if check and isinstance(model, onnx.ModelProto) and not copy:
+    if (check or prove) and isinstance(model, onnx.ModelProto) and not copy:
         backup = onnx.ModelProto()
         backup.CopyFrom(proto)
     before = skeleton(proto) if check else None
-    records, notes = _fold_model(proto, base)
-    result = FoldResult(model=proto, records=records, warnings=notes, external_base=base)
-    if before is not None and result.folded:
-        problem = check_folded(before, proto)
-        if problem:
+    excluded: dict[tuple[str, str], str] = {}
+    original: tuple[onnx.ModelProto, str | None] | None = None
+    while True:
+        records, notes = _fold_model(proto, base, excluded)
+        if before is not None and any(r.folded for r in records):
+            problem = check_folded(before, proto)
+            if problem:
+                kept = backup if backup is not None else _as_model(model, copy=True,
+                                                                   lazy=base is not None)
+                return FoldResult(model=kept, records=[_undo(r, problem) for r in records],
+                                  warnings=notes + [f"folded model failed its check: {problem}"],
+                                  external_base=base)
+        if not prove or not any(r.folded for r in records):
+            return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
+        original = original or _original(model, backup)
+        proofs = prove_folds(original[0], proto, records, original_base=original[1],
+                             folded_base=base)
+        records = [_with_proof(r, proofs.get((r.graph, r.bn_output))) for r in records]
+        failed = {k: p.detail for k, p in proofs.items() if not p.passed}
+        if not failed:
+            return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
+        if failed.keys() <= excluded.keys():  # a refold kept a fold it was told to undo
             kept = backup if backup is not None else _as_model(model, copy=True,
                                                                lazy=base is not None)
-            return FoldResult(model=kept, records=[_undo(r, problem) for r in records],
-                              warnings=notes + [f"folded model failed its check: {problem}"],
-                              external_base=base)
-    return result
+            problem = "a fold whose proof failed could not be undone alone; nothing folded"
+            return FoldResult(model=kept, records=[_undo(r, problem, Reason.PROOF_FAILED)
+                                                   for r in records],
+                              warnings=notes + [problem], external_base=base)
+        excluded.update(failed)
+        proto = _fresh(model, backup, proto, base)
+
+
+def _original(model: ModelLike, backup: onnx.ModelProto | None,
+              ) -> tuple[onnx.ModelProto, str | None]:
+    """The unfolded input for the proofs, and the folder its external data is read from."""
+    if backup is not None:
+        return backup, None
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    return load_model(model, load_external_data=False), str(Path(model).parent)
+
+
+def _fresh(model: ModelLike, backup: onnx.ModelProto | None, proto: onnx.ModelProto,
+           base: str | None) -> onnx.ModelProto:
+    """The input again, to refold without the folds whose proof failed."""
+    if backup is not None:  # copy=False: refold the caller's own object
+        proto.CopyFrom(backup)
+        return proto
+    return _as_model(model, copy=True, lazy=base is not None)
+
+
+def _with_proof(record: FoldRecord, proof: Proof | None) -> FoldRecord:
+    if proof is None or not record.folded:
+        return record
+    return replace(record, proof_max_abs=proof.max_abs, proof_peak=proof.peak,
+                   proof_tol=proof.tol, proof_engine=proof.engine)
 
 
 def inspect(model: ModelLike) -> FoldResult:
     """The per-BN analysis of ``fold`` without changing the caller's model or writing files.
+
+    No local proofs run here (they need ONNX Runtime and cost two sessions): a BN inspect
+    calls foldable may still be kept by ``fold`` with PROOF_FAILED.
 
     A path is read lazily (external data stays on disk), so the working copy is cheap.
     """
@@ -91,11 +147,11 @@ def _as_model(model: ModelLike, *, copy: bool, lazy: bool = False) -> onnx.Model
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
-def _undo(record: FoldRecord, problem: str) -> FoldRecord:
+def _undo(record: FoldRecord, problem: str, reason: Reason = Reason.CHECK_FAILED) -> FoldRecord:
     if not record.folded:
         return record
-    return FoldRecord(bn=record.bn, graph=record.graph, reason=Reason.CHECK_FAILED,
-                      detail=problem, bn_output=record.bn_output)
+    return FoldRecord(bn=record.bn, graph=record.graph, reason=reason, detail=problem,
+                      bn_output=record.bn_output)
 
 
 def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
@@ -110,11 +166,13 @@ def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     return names
 
 
-def _fold_model(model: onnx.ModelProto,
-                base_dir: str | None = None) -> tuple[list[FoldRecord], list[str]]:
+def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
+                exclude: dict[tuple[str, str], str] | None = None,
+                ) -> tuple[list[FoldRecord], list[str]]:
     """Fold in place; return one record per BN (in graph order) and numeric notes.
 
-    ``base_dir``: where initializers still stored externally are read from.
+    ``base_dir``: where initializers still stored externally are read from. ``exclude``:
+    (graph path, BN output) -> proof detail of BNs to keep because their proof failed.
     """
     opset = default_opset(model) or MIN_OPSET
     infos = value_infos(model)
@@ -125,6 +183,7 @@ def _fold_model(model: onnx.ModelProto,
         _all_names(graph, names)  # a new initializer must not shadow a training graph's name
     ctx = _Context(model.ir_version, opset, per_graph, names, base_dir)
     ctx.protected = protected_names(model)
+    ctx.exclude = exclude or {}
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     _fold_functions(model, ctx, records)
@@ -139,7 +198,7 @@ def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldR
         body = as_graph(f)
         sub = _Context(ctx.ir_version, function_opset(f, ctx.opset), {}, ctx.names,
                        ctx.base_dir)
-        sub.notes = ctx.notes
+        sub.notes, sub.protected, sub.exclude = ctx.notes, ctx.protected, ctx.exclude
         _fold_graph(body, function_path(f), sub, None, records)
         write_back(f, body)
 
@@ -155,6 +214,7 @@ class _Context:
         self.base_dir = base_dir
         self.notes: list[str] = []
         self.protected: set[str] = set()  # tensors training_info binds or reads
+        self.exclude: dict[tuple[str, str], str] = {}
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
@@ -183,6 +243,12 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             around = _neighbourhood(g, node)
             if around & touched:
                 changed = True  # a fold this pass changed its neighbours: look again next pass
+                continue
+            if (path, node.output[0]) in ctx.exclude:
+                refused[id(node)] = FoldRecord(bn=label(node), graph=path,
+                                               reason=Reason.PROOF_FAILED,
+                                               detail=ctx.exclude[(path, node.output[0])],
+                                               bn_output=node.output[0])
                 continue
             outcome = _guarded(g, node, ctx) or _try_fold(g, node, rw, ctx.notes)
             if isinstance(outcome, FoldRecord):

@@ -35,6 +35,8 @@ class Reason(str, enum.Enum):
                         "or remove")
     OVERFLOW = "a folded weight or bias would overflow the weight dtype (e.g. float16 max 65504)"
     CHECK_FAILED = "the folded model failed onnx.checker or shape inference; BN kept"
+    PROOF_FAILED = ("the fold's local proof on ONNX Runtime failed: the folded region differs "
+                    "from the original")
 
     @property
     def code(self) -> str:
@@ -52,6 +54,10 @@ class FoldRecord:
     reason: Reason | None = None  # why it stayed, when target is None
     detail: str = ""              # human detail: the numbers or names behind the reason
     bn_output: str = ""           # the BN output tensor name (kept in the folded graph)
+    proof_max_abs: float | None = None  # local proof: worst |folded - original| of the region
+    proof_peak: float | None = None     # local proof: peak |original| of the region's output
+    proof_tol: float | None = None      # local proof: the tolerance it was held to
+    proof_engine: str = ""              # "onnxruntime" or "onnx.reference" (no ORT kernel)
 
     @property
     def folded(self) -> bool:

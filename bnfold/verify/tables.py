@@ -85,11 +85,13 @@ def fold(report: Report) -> Table | None:
         return None
     rows = [(r["bn"], r.get("graph", ""), "folded" if r.get("folded") else "kept",
              r.get("target") or "-", r.get("direction") or "-",
+             _g(r.get("proof_max_abs")), _g(r.get("proof_tol")), r.get("proof_engine") or "-",
              r.get("reason_text") or "-", r.get("detail") or "")
             for r in report.fold.get("records", [])]
     return Table(f"BatchNormalization folds ({report.fold.get('bn_before', len(rows))} BN -> "
-                 f"{report.fold.get('bn_after', '?')} left)",
-                 ("BN", "graph", "outcome", "into", "direction", "reason kept", "detail"), rows, "fold")
+                 f"{report.fold.get('bn_after', '?')} left; each fold proved locally)",
+                 ("BN", "graph", "outcome", "into", "direction", "proof max abs",
+                  "proof tolerance", "proof engine", "reason kept", "detail"), rows, "fold")
 
 
 def all_tables(report: Report) -> list[Table]:

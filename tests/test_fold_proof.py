@@ -1,0 +1,259 @@
+"""Local proof of every fold: wrong folds are caught and undone wherever they sit."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import bnfold
+from bnfold.fold import bn as fold_bn
+from bnfold import graph as graph_mod
+from bnfold.fold import proof
+from bnfold.fold.report import Reason
+from modelgen import Builder, count_bn, max_error, tolerance
+
+
+def corrupt_bn(monkeypatch: pytest.MonkeyPatch, channels: int, *, shift: float = 0.0,
+               scale: float = 1.0) -> None:
+    """Make the fold math wrong for BNs of ``channels`` channels only."""
+    real = fold_bn.fold_params
+
+    def wrong(gamma, beta, mean, var, eps):  # noqa: ANN001, ANN202
+        s, t = real(gamma, beta, mean, var, eps)
+        return (s * scale, t + shift) if len(gamma) == channels else (s, t)
+
+    monkeypatch.setattr(fold_bn, "fold_params", wrong)
+
+
+def conv_bn_chain() -> onnx.ModelProto:
+    b = Builder()
+    x = b.input("x", ["N", 3, 6, 6])
+    y = b.bn(b.conv(x, 3, 4), 4)
+    b.output(b.bn(b.conv(y, 4, 6), 6))
+    return b.model()
+
+
+def if_model(cond_value: bool = True) -> onnx.ModelProto:
+    """An If on a constant condition: the then branch (4 channels) is always the one taken."""
+    def branch(seed: int, c: int) -> onnx.GraphProto:
+        b = Builder(seed=seed)
+        y = b.bn(b.conv("x", 3, c), c)
+        y = b.node("ReduceMean", [y], axes=[1], keepdims=1)
+        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
+        return helper.make_graph(b.nodes, f"branch{seed}", [], [out], b.inits)
+
+    b = Builder()
+    b.input("x", ["N", 3, 5, 5])
+    cond = b.const(np.array(cond_value), "cond", dtype=np.bool_)
+    b.output(b.node("If", [cond], then_branch=branch(1, 4), else_branch=branch(2, 5)))
+    return b.model()
+
+
+def by_channels(result: bnfold.FoldResult, model: onnx.ModelProto) -> dict[int, object]:
+    """Main-graph records keyed by the BN's channel count (distinct in each test model)."""
+    sizes = {}
+    def visit(g: onnx.GraphProto) -> None:
+        inits = {t.name: t for t in g.initializer}
+        for n in g.node:
+            if n.op_type == "BatchNormalization":
+                sizes[n.output[0]] = inits[n.input[1]].dims[0]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+    visit(model.graph)
+    return {sizes[r.bn_output]: r for r in result.records}
+
+
+def test_wrong_fold_in_main_graph_is_undone(monkeypatch):
+    model = conv_bn_chain()
+    corrupt_bn(monkeypatch, 6, scale=1.01)
+    result = bnfold.fold(model)
+    rec = by_channels(result, model)
+    assert rec[6].reason is Reason.PROOF_FAILED and "max abs error" in rec[6].detail
+    assert rec[4].folded and count_bn(result.model) == 1
+    assert max_error(model, result.model) < tolerance(model)
+
+
+def test_wrong_fold_in_untaken_if_branch_is_undone(monkeypatch):
+    model = if_model()
+    corrupt_bn(monkeypatch, 5, scale=1.5)
+    result = bnfold.fold(model)
+    rec = {r.graph.rsplit(".", 1)[1]: r for r in result.records}
+    assert rec["else_branch"].reason is Reason.PROOF_FAILED  # the 5-channel branch
+    assert rec["then_branch"].folded and rec["then_branch"].proof_engine == "onnxruntime"
+    flipped = if_model(cond_value=False)  # run the branch end-to-end feeds never took
+    for m in (flipped, result.model):
+        assert m.graph.initializer[0].name.startswith("cond")
+    result.model.graph.initializer[0].CopyFrom(flipped.graph.initializer[0])
+    assert max_error(flipped, result.model) < tolerance(flipped)
+
+
+def test_without_proofs_the_untaken_branch_wrong_fold_passes_end_to_end(monkeypatch):
+    """The blind spot the proofs close: verify only sees the branch its feeds take."""
+    model = if_model()
+    corrupt_bn(monkeypatch, 5, scale=1.5)
+    result = bnfold.fold(model, prove=False)
+    assert len(result.folded) == 2
+    assert bnfold.verify(model, result.model).passed
+
+
+def test_wrong_fold_before_argmax_is_undone(monkeypatch):
+    b = Builder()
+    x = b.input("x", ["N", 3, 6, 6])
+    label = b.node("ArgMax", [b.bn(b.conv(x, 3, 4), 4)], axis=1)
+    b.outputs.append(helper.make_tensor_value_info(label, TensorProto.INT64, None))
+    model = b.model()
+    corrupt_bn(monkeypatch, 4, shift=0.5)  # the same shift on every channel: argmax unchanged
+    assert bnfold.verify(model, bnfold.fold(model, prove=False).model).passed
+    result = bnfold.fold(model)
+    assert result.records[0].reason is Reason.PROOF_FAILED and count_bn(result.model) == 1
+
+
+def test_correct_fold_records_its_proof_error():
+    result = bnfold.fold(conv_bn_chain())
+    for r in result.records:
+        assert r.folded and r.proof_engine == "onnxruntime"
+        assert 0 <= r.proof_max_abs <= r.proof_tol and r.proof_peak > 0
+        assert r.to_dict()["proof_max_abs"] == r.proof_max_abs
+
+
+def test_inspect_and_prove_false_run_no_proof():
+    model = conv_bn_chain()
+    assert all(r.proof_engine == "" for r in bnfold.inspect(model).records)
+    assert all(r.proof_max_abs is None for r in bnfold.fold(model, prove=False).records)
+
+
+def test_wrong_constant_evaluation_is_caught_by_the_parameter_subgraph_proof(monkeypatch):
+    """BN variance computed by Constant -> Add: the proof runs that subgraph itself on ORT, so
+    a wrong evaluation by bnfold's constant folder is caught, not copied into both sides."""
+    b = Builder()
+    x = b.input("x", ["N", 3, 6, 6])
+    gamma, beta, mean, var = b.bn_params(4)
+    one = b.node("Constant", [], value=numpy_helper.from_array(np.ones(4, np.float32)))
+    var = b.node("Add", [var, one])
+    b.output(b.bn(b.conv(x, 3, 4), 4, params=[gamma, beta, mean, var]))
+    model = b.model()
+    assert bnfold.fold(model).records[0].proof_engine == "onnxruntime"
+    real = graph_mod.GraphIndex._evaluate
+    monkeypatch.setattr(graph_mod.GraphIndex, "_evaluate",
+                        lambda self, node: None if (v := real(self, node)) is None else v * 2)
+    result = bnfold.fold(model)
+    assert result.records[0].reason is Reason.PROOF_FAILED
+    assert max_error(model, result.model) < tolerance(model)
+
+
+def test_proof_model_keeps_the_model_opsets_and_parameter_nodes(monkeypatch):
+    b = Builder(opset=12)
+    x = b.input("x", ["N", 3, 6, 6])
+    gamma, beta, mean, var = b.bn_params(4)
+    wide = b.const(np.ones((1, 4)))
+    var = b.node("Add", [var, b.node("Squeeze", [wide], axes=[0])])
+    b.output(b.bn(b.conv(x, 3, 4), 4, params=[gamma, beta, mean, var]))
+    model = b.model()
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    built = []
+    real = proof._model
+    def spy(regions, source):  # noqa: ANN001, ANN202
+        built.append(m := real(regions, source))
+        return m
+    monkeypatch.setattr(proof, "_model", spy)
+    result = bnfold.fold(model)
+    assert result.records[0].folded and result.records[0].proof_engine == "onnxruntime"
+    original = built[0]
+    assert {(o.domain, o.version) for o in original.opset_import} == {("", 12),
+                                                                     ("com.example", 1)}
+    assert sorted(n.op_type for n in original.graph.node) == ["Add", "BatchNormalization",
+                                                              "Conv", "Squeeze"]
+
+
+def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(52):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    model = b.model()
+    made = []
+
+    class Counting(ort.InferenceSession):
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Counting)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 52 and all(r.proof_engine for r in result.records)
+    assert len(made) == 2
+
+
+def test_float64_conv_without_ort_kernel_is_proved_on_onnx_reference():
+    b = Builder(dtype=np.float64)
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.conv(x, 3, 4), 4))
+    result = bnfold.fold(b.model())
+    assert result.records[0].folded and result.records[0].proof_engine == "onnx.reference"
+    assert result.records[0].proof_max_abs <= 1e-9 * result.records[0].proof_peak + 1e-12
+
+
+def test_fold_more_accurate_than_a_cancelling_original_is_kept():
+    """Conv bias 3000 and BN mean 3000: the original loses digits, the fold does not."""
+    b = Builder()
+    x = b.input("x", ["N", 3, 6, 6])
+    w = b.const(b.weights((4, 3, 3, 3), scale=0.02))  # small activations next to 3000
+    conv = b.node("Conv", [x, w, b.const(np.full(4, 3000.0))], pads=[1, 1, 1, 1])
+    params = [b.const(np.full(4, 50.0)), b.const(np.zeros(4)), b.const(np.full(4, 3000.0)),
+              b.const(np.ones(4))]
+    b.output(b.bn(conv, 4, params=params))
+    result = bnfold.fold(b.model())
+    assert result.records[0].folded and "truth" in result.records[0].proof_engine
+
+
+def test_batch_that_ort_cannot_run_falls_back_region_by_region():
+    """A float32 fold (ORT) and a float64 fold (no ORT Conv kernel) in one model."""
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.node("Cast", [b.bn(b.conv(x, 3, 4), 4)], to=TensorProto.DOUBLE)
+    w = b.const(b.weights((5, 4, 3, 3)), dtype=np.float64)
+    y = b.node("Conv", [y, w], pads=[1, 1, 1, 1])
+    b.output(b.bn(y, 5, params=[b.const(v, dtype=np.float64) for v in
+                                 (np.ones(5), np.zeros(5), np.full(5, 0.5), np.full(5, 2.0))]),
+             dtype=np.float64)
+    result = bnfold.fold(b.model())
+    assert [(r.folded, r.proof_engine) for r in result.records] == [
+        (True, "onnxruntime"), (True, "onnx.reference")]
+
+
+def test_lazy_external_weights_are_read_for_the_proof(tmp_path):
+    model = conv_bn_chain()
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    result = bnfold.fold(path, lazy_external=True)
+    assert all(r.folded and r.proof_engine == "onnxruntime" for r in result.records)
+
+
+def test_fold_inside_loop_body_reading_outer_weights_is_proved():
+    """A Loop body reading the outer graph's weights and BN parameters."""
+    outer = Builder(seed=3)
+    w = outer.const(outer.weights((3, 3, 3, 3)))
+    params = outer.bn_params(3)
+    body = helper.make_graph(
+        [helper.make_node("Conv", ["v_in", w], ["c"], name="body_conv", pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c"] + params, ["v_out"], name="body_bn"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [None] * 4)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [None] * 4)])
+    x = outer.input("x", ["N", 3, 5, 5])
+    trips = outer.const(np.array(2), "n", dtype=np.int64)
+    y = outer.node("Loop", [trips, "", x], body=body)
+    outer.outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", 3, 5, 5]))
+    model = outer.model()
+    result = bnfold.fold(model)
+    rec = result.records[0]
+    assert rec.folded and rec.graph.endswith(".body") and rec.proof_engine == "onnxruntime"
+    assert max_error(model, result.model) < tolerance(model)
