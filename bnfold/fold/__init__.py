@@ -96,14 +96,13 @@ def _undo(record: FoldRecord, problem: str) -> FoldRecord:
 
 
 def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
-    names.update(t.name for t in graph.initializer)
-    names.update(t.values.name for t in graph.sparse_initializer)
-    names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        for _, sub in subgraphs(node):
-            _all_names(sub, names)
+    for _, g in walk_graphs(graph):
+        names.update(t.name for t in g.initializer)
+        names.update(t.values.name for t in g.sparse_initializer)
+        names.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
     return names
 
 
@@ -117,7 +116,8 @@ def _fold_model(model: onnx.ModelProto,
     infos = value_infos(model)
     per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
                  for key, graph in walk_graphs(model.graph)}
-    ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir)
+    ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir,
+                   list(model.opset_import))
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     return records, ctx.notes
@@ -127,8 +127,10 @@ class _Context:
     """What every graph's fold shares: versions, per-graph value infos, names in use, notes."""
 
     def __init__(self, ir_version: int, opset: int, per_graph: dict, names: set[str],
-                 base_dir: str | None = None) -> None:
+                 base_dir: str | None = None,
+                 opset_imports: list[onnx.OperatorSetIdProto] | None = None) -> None:
         self.ir_version, self.opset = ir_version, opset
+        self.opset_imports = opset_imports  # constant subgraphs are evaluated under these
         self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes))
         self.names = names
         self.base_dir = base_dir
@@ -138,7 +140,7 @@ class _Context:
         shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
                           shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
-                          base_dir=self.base_dir)
+                          base_dir=self.base_dir, opset_imports=self.opset_imports)
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:
