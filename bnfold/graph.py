@@ -74,7 +74,9 @@ class GraphIndex:
         self.dtypes = dtypes if dtypes is not None else {}
         self._producer: dict[str, onnx.NodeProto] = {}
         self._consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self._position: dict[int, int] = {}  # id(node) -> index: evaluation order
         for node in graph.node:
+            self._position[id(node)] = len(self._position)
             for out in node.output:
                 if out:
                     self._producer[out] = node
@@ -95,7 +97,6 @@ class GraphIndex:
             self.shapes.setdefault(t.name, list(t.dims))
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._problems: dict[str, str] = {}
-        self._position = {id(node): i for i, node in enumerate(graph.node)}
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         return self._producer.get(name)
