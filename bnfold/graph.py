@@ -59,10 +59,12 @@ class GraphIndex:
                  shapes: dict[str, list[int | None]] | None = None,
                  dtypes: dict[str, int] | None = None, outer: "GraphIndex | None" = None,
                  base_dir: str | None = None,
-                 opset_imports: Sequence[onnx.OperatorSetIdProto] | None = None) -> None:
+                 opset_imports: Sequence[onnx.OperatorSetIdProto] | None = None,
+                 mismatches: dict[str, str] | None = None) -> None:
         """``base_dir``: the folder external initializer data is read from (a lazy load).
         ``opset_imports``: the model's, for evaluating constant subgraphs (default: ai.onnx
-        at ``opset``)."""
+        at ``opset``). ``mismatches``: tensors whose declared shape or dtype contradicts
+        shape inference, with the numbers (``bnfold.shapes``)."""
         self.graph = graph
         self.base_dir = base_dir
         self.ir_version = ir_version
@@ -70,6 +72,7 @@ class GraphIndex:
         self.opset_imports = (list(opset_imports) if opset_imports is not None
                               else [onnx.helper.make_opsetid("", opset)])
         self.outer = outer
+        self.mismatches = mismatches if mismatches is not None else {}
         self.shapes = shapes if shapes is not None else {}
         self.dtypes = dtypes if dtypes is not None else {}
         self._producer: dict[str, onnx.NodeProto] = {}
@@ -130,6 +133,12 @@ class GraphIndex:
         if name in self.shapes:
             return self.shapes[name]
         return self.outer.shape(name) if self.outer else None
+
+    def declared_mismatch(self, name: str) -> str:
+        """Why ``name``'s declared shape or dtype is not trusted ("" when it agrees)."""
+        if name in self.mismatches:
+            return self.mismatches[name]
+        return self.outer.declared_mismatch(name) if self.outer else ""
 
     def rank(self, name: str) -> int | None:
         s = self.shape(name)
@@ -292,30 +301,8 @@ def walk_graphs(graph: onnx.GraphProto, key: GraphKey = ()) -> Iterator[tuple[Gr
 
 
 def value_infos(model: onnx.ModelProto) -> dict[GraphKey, ValueInfo]:
-    """Shapes and dtypes of the values of each graph, keyed by the graph's structural key.
+    """Inferred shapes and dtypes of the values of each graph, keyed by the graph's structural
+    key (see ``bnfold.shapes.infer``, which also reports declarations that contradict them)."""
+    from bnfold.shapes import infer
 
-    Per graph, because sibling subgraphs may reuse a name for different values. Shape
-    inference runs on a skeleton (no bulk tensor data), so a multi-GB model is not copied.
-    """
-    from bnfold.skeleton import skeleton
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=False,
-                                                     strict_mode=False)
-    except Exception:  # inference is best effort here: rules refuse when a rank is unknown
-        inferred = model
-    infos: dict[GraphKey, ValueInfo] = {}
-    for key, graph in walk_graphs(inferred.graph):
-        shapes: dict[str, list[int | None]] = {}
-        dtypes: dict[str, int] = {}
-        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-            tt = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type"):
-                continue
-            if tt.elem_type:
-                dtypes[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                                   for d in tt.shape.dim]
-        infos[key] = (shapes, dtypes)
-    return infos
+    return {key: (found.shapes, found.dtypes) for key, found in infer(model).items()}

@@ -12,8 +12,9 @@ from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
-from bnfold.graph import GraphIndex, subgraphs, value_infos, walk_graphs
+from bnfold.graph import GraphIndex, subgraphs, walk_graphs
 from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
+from bnfold.shapes import infer
 from bnfold.skeleton import skeleton
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -113,8 +114,8 @@ def _fold_model(model: onnx.ModelProto,
     ``base_dir``: where initializers still stored externally are read from.
     """
     opset = default_opset(model) or MIN_OPSET
-    infos = value_infos(model)
-    per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
+    infos = infer(model)  # shapes from strict inference, and declarations that contradict them
+    per_graph = {id(graph): (graph, infos.get(key, ({}, {}, {})))
                  for key, graph in walk_graphs(model.graph)}
     ctx = _Context(model.ir_version, opset, per_graph, _all_names(model.graph, set()), base_dir,
                    list(model.opset_import))
@@ -131,16 +132,17 @@ class _Context:
                  opset_imports: list[onnx.OperatorSetIdProto] | None = None) -> None:
         self.ir_version, self.opset = ir_version, opset
         self.opset_imports = opset_imports  # constant subgraphs are evaluated under these
-        self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes))
+        self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes, mismatches))
         self.names = names
         self.base_dir = base_dir
         self.notes: list[str] = []
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
-        shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
+        shapes, dtypes, mismatches = self.per_graph.get(id(graph), (graph, ({}, {}, {})))[1]
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
                           shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
-                          base_dir=self.base_dir, opset_imports=self.opset_imports)
+                          base_dir=self.base_dir, opset_imports=self.opset_imports,
+                          mismatches=mismatches)
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:

@@ -31,6 +31,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_NEIGHBOUR = "the neighbour's attributes make an exact fold impossible"
     OVERFLOW = "a folded weight or bias would overflow the weight dtype (e.g. float16 max 65504)"
     CHECK_FAILED = "the folded model failed onnx.checker or shape inference; BN kept"
+    SHAPE_MISMATCH = "declared shape or dtype disagrees with shape inference"
 
     @property
     def code(self) -> str:
