@@ -188,6 +188,10 @@ class GraphIndex:
         nodes, leaves = self._constant_subgraph(name)
         if nodes is None:
             return None
+        size = sum(v.size for v in leaves.values())
+        if size > _MAX_EVAL_ELEMENTS:
+            self._problems[name] = f"its constant inputs hold {size} values, too many to evaluate"
+            return None
         ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
         from bnfold.consteval import evaluate
 

@@ -107,8 +107,10 @@ def weight(g: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.nda
         return Refusal(Reason.WEIGHT_NOT_CONSTANT, f"{label(node)} has no {role}")
     value = g.const(node.input[index])
     if value is None:
-        return Refusal(Reason.WEIGHT_NOT_CONSTANT,
-                       f"{role} {node.input[index]!r} of {label(node)} is not a constant")
+        why = g.why_not_const(node.input[index])
+        return Refusal(Reason.WEIGHT_NOT_CONSTANT, f"{role} {node.input[index]!r} of "
+                                                    f"{label(node)} is not a constant"
+                                                    + (f": {why}" if why else ""))
     if onnx.helper.np_dtype_to_tensor_dtype(value.dtype) not in FLOAT_TYPES:
         return Refusal(Reason.UNSUPPORTED_DTYPE, f"{role} dtype {value.dtype}")
     if not np.isfinite(value).all():
