@@ -86,7 +86,8 @@ def test_walk_graphs_visits_itself_first_then_subgraphs_depth_first_in_node_orde
     inner = branch("inner")
     nodes = [helper.make_node("If", ["c"], ["a"], then_branch=branch("t", inner),
                               else_branch=branch("e")),
-             helper.make_node("If", ["c"], ["b"], then_branch=branch("t2"), else_branch=branch("e2"))]
+             helper.make_node("If", ["c"], ["b"], then_branch=branch("t2"),
+                              else_branch=branch("e2"))]
     graph = helper.make_graph(nodes, "main", [], [])
     names = [g.name for _, g in walk_graphs(graph)]
     assert names == ["main", "e", "t", "inner", "inner", "e2", "t2"]  # attributes by name
