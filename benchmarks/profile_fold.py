@@ -23,7 +23,7 @@ PHASES = [
     ("    onnx.load parse", "onnx/__init__.py", "load_model"),
     ("    onnx.checker on input file", "bnfold/model_io.py", "_check_graph"),
     ("    UTF-8 walk of every field (_check_text)", "bnfold/model_io.py", "_check_text"),
-    ("  value_infos (shape inference)", "bnfold/graph.py", "value_infos"),
+    ("  shape inference (shapes.infer)", "bnfold/shapes.py", "infer"),
     ("  rules (_fold_graph)", "bnfold/fold/__init__.py", "_fold_graph"),
     ("    cast_exact", "bnfold/fold/rewrite.py", "cast_exact"),
     ("    remove_orphans", "bnfold/fold/rewrite.py", "remove_orphans"),

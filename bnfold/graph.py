@@ -2,12 +2,13 @@
 
 Constants are found in initializers, ``Constant`` nodes, through ``Identity`` chains, in
 outer scopes (for subgraphs), and in small constant subgraphs (e.g. an exporter's computed
-zero bias), which are evaluated with ``onnx.reference``.
+zero bias), which ``bnfold.consteval`` evaluates under the model's opsets and confirms on
+ONNX Runtime. Every walk is iterative: a chain of thousands of nodes cannot overflow.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ _FOLDABLE_OPS = frozenset({
     "Cast", "CastLike", "Expand", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze",
     "Reshape", "ConstantOfShape", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal",
     "Transpose", "Flatten", "Range", "Tile", "Where", "Equal", "Less", "Greater", "Abs",
+    "ReduceSum", "ReduceMean",
 })
 _MAX_EVAL_ELEMENTS = 1 << 24
 _MAX_CACHED_BYTES = 1 << 16
@@ -36,11 +38,10 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
 def referenced_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name read anywhere inside ``graph`` (its nodes and nested subgraphs)."""
     names: set[str] = set()
-    for node in graph.node:
-        names.update(n for n in node.input if n)
-        for _, sub in subgraphs(node):
-            names |= referenced_names(sub)
-    names.update(o.name for o in graph.output)
+    for _, g in walk_graphs(graph):
+        for node in g.node:
+            names.update(n for n in node.input if n)
+        names.update(o.name for o in g.output)
     return names
 
 
@@ -58,18 +59,28 @@ class GraphIndex:
     def __init__(self, graph: onnx.GraphProto, *, ir_version: int, opset: int,
                  shapes: dict[str, list[int | None]] | None = None,
                  dtypes: dict[str, int] | None = None, outer: "GraphIndex | None" = None,
-                 base_dir: str | None = None) -> None:
-        """``base_dir``: the folder external initializer data is read from (a lazy load)."""
+                 base_dir: str | None = None,
+                 opset_imports: Sequence[onnx.OperatorSetIdProto] | None = None,
+                 mismatches: dict[str, str] | None = None) -> None:
+        """``base_dir``: the folder external initializer data is read from (a lazy load).
+        ``opset_imports``: the model's, for evaluating constant subgraphs (default: ai.onnx
+        at ``opset``). ``mismatches``: tensors whose declared shape or dtype contradicts
+        shape inference, with the numbers (``bnfold.shapes``)."""
         self.graph = graph
         self.base_dir = base_dir
         self.ir_version = ir_version
         self.opset = opset
+        self.opset_imports = (list(opset_imports) if opset_imports is not None
+                              else [onnx.helper.make_opsetid("", opset)])
         self.outer = outer
+        self.mismatches = mismatches if mismatches is not None else {}
         self.shapes = shapes if shapes is not None else {}
         self.dtypes = dtypes if dtypes is not None else {}
         self._producer: dict[str, onnx.NodeProto] = {}
         self._consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self._position: dict[int, int] = {}  # id(node) -> index: evaluation order
         for node in graph.node:
+            self._position[id(node)] = len(self._position)
             for out in node.output:
                 if out:
                     self._producer[out] = node
@@ -89,6 +100,7 @@ class GraphIndex:
             self.dtypes.setdefault(t.name, t.data_type)
             self.shapes.setdefault(t.name, list(t.dims))
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._problems: dict[str, str] = {}
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         return self._producer.get(name)
@@ -108,6 +120,7 @@ class GraphIndex:
     def forget(self, name: str) -> None:
         """Drop a cached constant after its tensor was rewritten."""
         self._const_cache.pop(name, None)
+        self._problems.pop(name, None)
 
     def is_graph_output(self, name: str) -> bool:
         return name in self.outputs
@@ -122,6 +135,12 @@ class GraphIndex:
             return self.shapes[name]
         return self.outer.shape(name) if self.outer else None
 
+    def declared_mismatch(self, name: str) -> str:
+        """Why ``name``'s declared shape or dtype is not trusted ("" when it agrees)."""
+        if name in self.mismatches:
+            return self.mismatches[name]
+        return self.outer.declared_mismatch(name) if self.outer else ""
+
     def rank(self, name: str) -> int | None:
         s = self.shape(name)
         return None if s is None else len(s)
@@ -134,26 +153,95 @@ class GraphIndex:
         """The tensor's value if it is a compile-time constant, else None.
 
         An initializer still stored externally is read from ``base_dir`` (one tensor at a time).
+        A computed constant is evaluated as one small subgraph under the model's opsets and
+        confirmed by ONNX Runtime; ``why_not_const`` says why a value was not accepted.
         """
         if name in self._const_cache:
             return self._const_cache[name]
-        self._const_cache[name] = None  # guards against cycles in malformed graphs
-        value = self._const_uncached(name)
-        if value is not None and value.nbytes > _MAX_CACHED_BYTES:
-            del self._const_cache[name]  # weights are read once per fold; don't hold copies
-        else:
-            self._const_cache[name] = value
+        value = self._resolve(name)
+        if value is None or value.nbytes <= _MAX_CACHED_BYTES:
+            self._const_cache[name] = value  # weights are read once per fold; don't hold copies
         return value
+
+    def why_not_const(self, name: str) -> str:
+        """Why evaluating ``name``'s constant subgraph failed ("" if it did not fail)."""
+        return self._problems.get(name, "")
 
     def const_source(self, name: str) -> str:
         """Follow Identity nodes back to the tensor that holds the value."""
         node = self.producer(name)
-        while node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
+        seen: set[str] = set()
+        while _is_identity(node) and name not in seen:
+            seen.add(name)
             name = node.input[0]
             node = self.producer(name)
         return name
 
-    def _const_uncached(self, name: str) -> np.ndarray | None:
+    def _resolve(self, name: str) -> np.ndarray | None:
+        source = self.const_source(name)
+        if source != name:
+            value = self.const(source)
+            if value is None and self.why_not_const(source):
+                self._problems[name] = self.why_not_const(source)
+            return value
+        if not self._computed(self.producer(name)):
+            return self._leaf(name)
+        nodes, leaves = self._constant_subgraph(name)
+        if nodes is None:
+            return None
+        size = sum(v.size for v in leaves.values())
+        if size > _MAX_EVAL_ELEMENTS:
+            self._problems[name] = f"its constant inputs hold {size} values, too many to evaluate"
+            return None
+        ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
+        from bnfold.consteval import evaluate
+
+        out = evaluate(ordered, leaves, name, opset_imports=self.opset_imports,
+                       ir_version=self.ir_version)
+        if out.value is None:
+            self._problems[name] = out.problem
+            return None
+        return out.value if out.value.size <= _MAX_EVAL_ELEMENTS else None
+
+    def _computed(self, node: onnx.NodeProto | None) -> bool:
+        """A pure op whose output is constant when its inputs are (evaluated as a subgraph)."""
+        return (node is not None and node.domain in ("", "ai.onnx") and len(node.output) == 1
+                and (node.op_type in _FOLDABLE_OPS or node.op_type == "Identity"))
+
+    def _constant_subgraph(self, name: str) -> tuple[dict[int, onnx.NodeProto] | None,
+                                                     dict[str, np.ndarray]]:
+        """The computing nodes behind ``name`` and the constant values they start from.
+
+        Iterative (an explicit stack), so a chain of thousands of nodes cannot overflow.
+        """
+        nodes: dict[int, onnx.NodeProto] = {}
+        leaves: dict[str, np.ndarray] = {}
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            tensor = stack.pop()
+            if not tensor or tensor in seen:
+                continue
+            seen.add(tensor)
+            node = self.producer(tensor)
+            if tensor != name and tensor in self._const_cache:
+                cached = self._const_cache[tensor]
+                if cached is None:
+                    return None, leaves
+                leaves[tensor] = cached
+            elif self._computed(node):
+                nodes[id(node)] = node
+                stack.extend(node.input)
+            else:
+                value = self._leaf(tensor)
+                if value is None:
+                    return None, leaves
+                leaves[tensor] = value
+        return nodes, leaves
+
+    def _leaf(self, name: str) -> np.ndarray | None:
+        """The value of a tensor that needs no evaluation: initializer, Constant, static
+        Shape, or a constant of an outer scope."""
         if name in self.initializers:
             if self.is_overridable_input(name):
                 return None
@@ -165,14 +253,10 @@ class GraphIndex:
             return self.outer.const(name) if self.outer else None
         if node.domain not in ("", "ai.onnx"):
             return None
-        if node.op_type == "Identity":
-            return self.const(node.input[0])
         if node.op_type == "Constant":
             return _constant_node_value(node)
         if node.op_type == "Shape":
             return self._static_shape(node)
-        if node.op_type in _FOLDABLE_OPS and len(node.output) == 1:
-            return self._evaluate(node)
         return None
 
     def _static_shape(self, node: onnx.NodeProto) -> np.ndarray | None:
@@ -183,25 +267,10 @@ class GraphIndex:
         start, end = attr(node, "start", 0), attr(node, "end", None)
         return dims[start:end] if end is not None else dims[start:]
 
-    def _evaluate(self, node: onnx.NodeProto) -> np.ndarray | None:
-        values = []
-        for name in node.input:
-            if not name:
-                values.append(None)
-                continue
-            v = self.const(name)
-            if v is None:
-                return None
-            values.append(v)
-        try:
-            from onnx.reference import ReferenceEvaluator
 
-            feeds = {n: v for n, v in zip(node.input, values) if n}
-            out = ReferenceEvaluator(node).run(None, feeds)[0]
-        except Exception:  # an op the reference cannot run here is simply not constant
-            return None
-        out = np.asarray(out)
-        return out if out.size <= _MAX_EVAL_ELEMENTS else None
+def _is_identity(node: onnx.NodeProto | None) -> bool:
+    return (node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx")
+            and len(node.input) == 1)
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -225,38 +294,20 @@ ValueInfo = tuple[dict[str, list[int | None]], dict[str, int]]  # shapes, dtypes
 
 def walk_graphs(graph: onnx.GraphProto, key: GraphKey = ()) -> Iterator[tuple[GraphKey,
                                                                            onnx.GraphProto]]:
-    """Every graph nested in ``graph`` (itself first), with its structural key."""
-    yield key, graph
-    for i, node in enumerate(graph.node):
-        for attr_name, sub in subgraphs(node):
-            yield from walk_graphs(sub, key + ((i, attr_name),))
+    """Every graph nested in ``graph`` (itself first, then depth first in node order), with
+    its structural key; iterative, so any nesting depth is fine."""
+    stack = [(key, graph)]
+    while stack:
+        key, graph = stack.pop()
+        yield key, graph
+        nested = [(key + ((i, attr_name),), sub) for i, node in enumerate(graph.node)
+                  for attr_name, sub in subgraphs(node)]
+        stack.extend(reversed(nested))
 
 
 def value_infos(model: onnx.ModelProto) -> dict[GraphKey, ValueInfo]:
-    """Shapes and dtypes of the values of each graph, keyed by the graph's structural key.
+    """Inferred shapes and dtypes of the values of each graph, keyed by the graph's structural
+    key (see ``bnfold.shapes.infer``, which also reports declarations that contradict them)."""
+    from bnfold.shapes import infer
 
-    Per graph, because sibling subgraphs may reuse a name for different values. Shape
-    inference runs on a skeleton (no bulk tensor data), so a multi-GB model is not copied.
-    """
-    from bnfold.skeleton import skeleton
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=False,
-                                                     strict_mode=False)
-    except Exception:  # inference is best effort here: rules refuse when a rank is unknown
-        inferred = model
-    infos: dict[GraphKey, ValueInfo] = {}
-    for key, graph in walk_graphs(inferred.graph):
-        shapes: dict[str, list[int | None]] = {}
-        dtypes: dict[str, int] = {}
-        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-            tt = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type"):
-                continue
-            if tt.elem_type:
-                dtypes[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                                   for d in tt.shape.dim]
-        infos[key] = (shapes, dtypes)
-    return infos
+    return {key: (found.shapes, found.dtypes) for key, found in infer(model).items()}

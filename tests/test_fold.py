@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
 from bnfold import Reason
-from modelgen import Builder, count_bn, max_error, tolerance
+from modelgen import Builder, count_bn, max_error, random_feeds, run, tolerance
 
 
 def folded_ok(model: onnx.ModelProto, expect_bn_after: int = 0, rel: float = 1e-4):
@@ -347,6 +347,22 @@ def test_float64_model_folds():
     b.output(b.bn(b.node("Gemm", [x, b.const(b.weights((3, 4)))]), 4))
     result = folded_ok(b.model(), rel=1e-12)
     assert result.model.graph.initializer[0].data_type == TensorProto.DOUBLE
+
+
+def test_bn_without_epsilon_uses_float32_1e_5_like_ort():
+    # the default is a float attribute: float32(1e-5) = 9.999999747378752e-06, not 1e-5;
+    # with variances near 1e-5 the difference shows in a float64 model
+    b = Builder(dtype=np.float64, seed=4)
+    x = b.input("x", ["N", 3])
+    y = b.node("Gemm", [x, b.const(b.weights((3, 4)))])
+    b.output(b.node("BatchNormalization", [y] + b.bn_params(4, tiny_var=True)))
+    model = b.model()
+    assert not model.graph.node[-1].attribute
+    result = bnfold.fold(model)
+    assert result.bn_after == 0
+    feeds = random_feeds(model, 8)
+    want, got = run(model, feeds)[0], run(result.model, feeds)[0]
+    assert np.max(np.abs(got - want) / np.abs(want)) <= 1e-12
 
 
 # --- what is kept ---------------------------------------------------------------------------

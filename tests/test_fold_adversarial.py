@@ -315,3 +315,19 @@ def test_bn_output_read_as_gemm_a_and_c_is_kept():
     assert count_bn(result.model) == 1
     assert result.records[0].reason is not None
     assert max_error(model, result.model) == 0.0
+
+
+@pytest.mark.parametrize("op, n", [("Identity", 1200), ("Add", 400)])
+def test_bn_param_behind_a_long_chain_folds_without_recursion_error(op, n):
+    b = Builder(seed=17)
+    y = b.conv(b.input("x", [2, 3, 4, 4]), 3, 3)
+    params = b.bn_params(3)
+    step = b.const(np.full(3, 0.001), "step")
+    for _ in range(n):
+        params[1] = b.node(op, [params[1]] if op == "Identity" else [params[1], step])
+    b.output(b.bn(y, 3, params=params))
+    model = b.model()
+    result = bnfold.fold(model)
+    assert result.bn_after == 0
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]  # the chain went with it
+    assert_exact(model, result)

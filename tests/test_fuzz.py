@@ -54,8 +54,11 @@ def bn_param_names(draw, s: State) -> list[str]:
     names = []
     for i, value in enumerate((gamma, beta, mean, var)):
         dtype = t1 if i < 2 else t2
-        how = draw(st.sampled_from(["init", "init", "constant", "identity"]))
-        if how == "constant":
+        how = draw(st.sampled_from(["init", "init", "constant", "identity", "squeeze",
+                                    "reduce"]))
+        if how in ("squeeze", "reduce"):
+            name = axes_subgraph(b, np.asarray(value, dtype=dtype), how)
+        elif how == "constant":
             name = b.name("bnconst")
             b.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
                 np.asarray(value, dtype=dtype), name + "_v")))
@@ -65,6 +68,38 @@ def bn_param_names(draw, s: State) -> list[str]:
                 name = b.node("Identity", [name])
         names.append(name)
     return names
+
+
+def axes_subgraph(b: Builder, value: np.ndarray, how: str) -> str:
+    """``value`` rebuilt by ops that read ``axes`` from an attribute before opset 13 and from
+    an input after; evaluated under the wrong opset, the result changes (squeeze) or breaks."""
+    def axes(op: str, x: str, ax: list[int], **attrs) -> str:
+        if b.opset >= 13:
+            return b.node(op, [x, b.const(np.array(ax), "axes", np.int64)], **attrs)
+        return b.node(op, [x], axes=ax, **attrs)
+
+    if how == "reduce":  # (c,) -> (1, c, 1) -> sum over axis 2 -> (1, c) -> (c,)
+        t = axes("Unsqueeze", b.const(value, "bnp", value.dtype), [0, 2])
+        return axes("Squeeze", axes("ReduceSum", t, [2], keepdims=0), [0])
+    # u (1,1,c) -> (1,c) -> (c,1) + (value - u0) (1,c) -> (c,c) -> row 0 = value (~1 ulp)
+    u = (value + 0.5).astype(value.dtype)
+    t = b.node("Transpose", [axes("Squeeze", b.const(u.reshape(1, 1, -1), "bnp", u.dtype), [0])])
+    t = b.node("Add", [t, b.const((value - u[0]).reshape(1, -1), "bnp", value.dtype)])
+    return b.node("Gather", [t, b.const(np.array(0), "row", np.int64)], axis=0)
+
+
+def lie_about_a_rank(draw, model: onnx.ModelProto) -> None:
+    """Declare one intermediate tensor with one dimension more than it has (all symbolic)."""
+    outputs = {o.name for o in model.graph.output}
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    known = [vi for vi in inferred if vi.name not in outputs and vi.type.tensor_type.HasField(
+        "shape") and vi.type.tensor_type.elem_type != onnx.TensorProto.INT64]
+    if not known:
+        return
+    vi = draw(st.sampled_from(known))
+    rank = len(vi.type.tensor_type.shape.dim) + 1
+    model.graph.value_info.append(helper.make_tensor_value_info(
+        vi.name, vi.type.tensor_type.elem_type, [f"lie{i}" for i in range(rank)]))
 
 
 def bn(draw, s: State) -> None:
@@ -198,6 +233,8 @@ def graphs(draw) -> onnx.ModelProto:
         if not out.type.tensor_type.HasField("shape"):
             for i in range(s.ranks[out.name]):
                 out.type.tensor_type.shape.dim.add().dim_param = f"{out.name}_d{i}"
+    if draw(st.integers(0, 3)) == 0:
+        lie_about_a_rank(draw, model)
     return with_ir3_inputs(model)
 
 

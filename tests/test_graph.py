@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.graph import GraphIndex, value_infos
+from bnfold.graph import GraphIndex, referenced_names, value_infos, walk_graphs
 from modelgen import Builder
 
 
@@ -55,3 +56,41 @@ def test_subgraph_reads_count_as_consumers_of_the_if_node():
     g = GraphIndex(graph, ir_version=8, opset=17)
     assert [n.name for n in g.consumers("t")] == ["if"]
     assert g.producer("t").name == "producer" and g.fanout("y") == 1
+
+
+def _param_chain(op: str, n: int) -> tuple[onnx.ModelProto, str, np.ndarray]:
+    """A vector passed through ``n`` Identity nodes or ``n`` Adds of 0.25; its expected value."""
+    b = Builder()
+    start = np.array([1.0, 2.0, 3.0])
+    t = b.const(start, "v")
+    step = b.const(np.full(3, 0.25), "step")
+    for _ in range(n):
+        t = b.node(op, [t] if op == "Identity" else [t, step])
+    b.output(b.node("Add", [b.input("x", [3]), t]))
+    expected = start + (0.25 * n if op == "Add" else 0.0)
+    return b.model(), t, expected
+
+
+@pytest.mark.parametrize("op, n", [("Identity", 1200), ("Add", 400)])
+def test_constant_behind_a_long_chain_is_found_without_recursion(op, n):
+    model, name, expected = _param_chain(op, n)
+    np.testing.assert_allclose(index(model).const(name), expected, rtol=1e-6)
+
+
+def test_walk_graphs_visits_itself_first_then_subgraphs_depth_first_in_node_order():
+    def branch(name: str, inner: onnx.GraphProto | None = None) -> onnx.GraphProto:
+        nodes = [helper.make_node("If", ["c"], [name], then_branch=inner, else_branch=inner)
+                 if inner else helper.make_node("Identity", ["x"], [name])]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, 1, None)])
+
+    inner = branch("inner")
+    nodes = [helper.make_node("If", ["c"], ["a"], then_branch=branch("t", inner),
+                              else_branch=branch("e")),
+             helper.make_node("If", ["c"], ["b"], then_branch=branch("t2"),
+                              else_branch=branch("e2"))]
+    graph = helper.make_graph(nodes, "main", [], [])
+    names = [g.name for _, g in walk_graphs(graph)]
+    assert names == ["main", "e", "t", "inner", "inner", "e2", "t2"]  # attributes by name
+    keys = [k for k, _ in walk_graphs(graph)]
+    assert keys[3] == ((0, "then_branch"), (0, "else_branch"))
+    assert referenced_names(graph) >= {"c", "x"}

@@ -18,8 +18,9 @@ from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
 from bnfold.fold.training import protected_names, training_graphs, training_refusal
-from bnfold.graph import GraphIndex, subgraphs, value_infos, walk_graphs
+from bnfold.graph import GraphIndex, subgraphs, walk_graphs
 from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
+from bnfold.shapes import infer
 from bnfold.skeleton import skeleton
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -155,14 +156,13 @@ def _undo(record: FoldRecord, problem: str, reason: Reason = Reason.CHECK_FAILED
 
 
 def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
-    names.update(t.name for t in graph.initializer)
-    names.update(t.values.name for t in graph.sparse_initializer)
-    names.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        for _, sub in subgraphs(node):
-            _all_names(sub, names)
+    for _, g in walk_graphs(graph):
+        names.update(t.name for t in g.initializer)
+        names.update(t.values.name for t in g.sparse_initializer)
+        names.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
     return names
 
 
@@ -175,13 +175,13 @@ def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
     (graph path, BN output) -> proof detail of BNs to keep because their proof failed.
     """
     opset = default_opset(model) or MIN_OPSET
-    infos = value_infos(model)
-    per_graph = {id(graph): (graph, infos.get(key, ({}, {})))
+    infos = infer(model)  # shapes from strict inference, and declarations that contradict them
+    per_graph = {id(graph): (graph, infos.get(key, ({}, {}, {})))
                  for key, graph in walk_graphs(model.graph)}
     names = _all_names(model.graph, set())
     for graph in training_graphs(model):
         _all_names(graph, names)  # a new initializer must not shadow a training graph's name
-    ctx = _Context(model.ir_version, opset, per_graph, names, base_dir)
+    ctx = _Context(model.ir_version, opset, per_graph, names, base_dir, list(model.opset_import))
     ctx.protected = protected_names(model)
     ctx.exclude = exclude or {}
     records: list[FoldRecord] = []
@@ -207,9 +207,11 @@ class _Context:
     """What every graph's fold shares: versions, per-graph value infos, names in use, notes."""
 
     def __init__(self, ir_version: int, opset: int, per_graph: dict, names: set[str],
-                 base_dir: str | None = None) -> None:
+                 base_dir: str | None = None,
+                 opset_imports: list[onnx.OperatorSetIdProto] | None = None) -> None:
         self.ir_version, self.opset = ir_version, opset
-        self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes))
+        self.opset_imports = opset_imports  # constant subgraphs are evaluated under these
+        self.per_graph = per_graph  # id(graph) -> (graph kept alive, (shapes, dtypes, mismatches))
         self.names = names
         self.base_dir = base_dir
         self.notes: list[str] = []
@@ -217,10 +219,11 @@ class _Context:
         self.exclude: dict[tuple[str, str], str] = {}
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
-        shapes, dtypes = self.per_graph.get(id(graph), (graph, ({}, {})))[1]
+        shapes, dtypes, mismatches = self.per_graph.get(id(graph), (graph, ({}, {}, {})))[1]
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
                           shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
-                          base_dir=self.base_dir)
+                          base_dir=self.base_dir, opset_imports=self.opset_imports,
+                          mismatches=mismatches)
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:

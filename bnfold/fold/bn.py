@@ -10,6 +10,8 @@ from bnfold.fold.math import fold_params
 from bnfold.fold.report import Reason
 from bnfold.graph import GraphIndex, attr
 
+# The schema's default, a float attribute: float32(1e-5), as ONNX Runtime applies it.
+DEFAULT_EPSILON = float(np.float32(1e-5))  # 9.999999747378752e-06, not the double 1e-5
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                          onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
@@ -61,13 +63,15 @@ def read_bn(g: GraphIndex, node: onnx.NodeProto) -> BnAffine | Refusal:
     params = []
     for role, name in zip(("scale", "bias", "mean", "var"), node.input[1:5]):
         value = g.const(name)
+        if value is None and g.why_not_const(name):
+            return Refusal(Reason.DYNAMIC_PARAMS, f"{role} {name!r}: {g.why_not_const(name)}")
         if value is None:
             return Refusal(Reason.DYNAMIC_PARAMS, f"{role} {name!r} is computed at run time or a "
                                                   "graph input")
         if value.dtype.kind not in "f" and str(value.dtype) != "bfloat16":
             return Refusal(Reason.UNSUPPORTED_DTYPE, f"{role} dtype {value.dtype}")
         params.append(np.asarray(value, dtype=np.float64))
-    eps = float(attr(node, "epsilon", 1e-5))
+    eps = float(attr(node, "epsilon", DEFAULT_EPSILON))
     shapes = {p.shape for p in params}
     if len(shapes) != 1 or params[0].ndim != 1:
         return Refusal(Reason.BAD_PARAM_SHAPE, f"parameter shapes {sorted(shapes)}")

@@ -37,6 +37,7 @@ class Reason(str, enum.Enum):
     CHECK_FAILED = "the folded model failed onnx.checker or shape inference; BN kept"
     PROOF_FAILED = ("the fold's local proof on ONNX Runtime failed: the folded region differs "
                     "from the original")
+    SHAPE_MISMATCH = "declared shape or dtype disagrees with shape inference"
 
     @property
     def code(self) -> str:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names
+from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names, subgraphs
 
 
 def _size(tensor: onnx.TensorProto) -> int:
@@ -126,28 +127,45 @@ def remove_orphans(graph: onnx.GraphProto, candidates: set[str], ir_version: int
 
     Only what a fold orphaned is removed; anything unused before the fold is kept. Below IR 4
     an initializer's graph-input entry goes with it; from IR 4 an initializer that is also a
-    graph input is an overridable input and stays.
+    graph input is an overridable input and stays. Reads are counted once and a work list
+    follows the dead chain, so a chain of thousands of nodes costs one pass.
     """
-    pending = set(candidates)
+    reads: Counter[str] = Counter(o.name for o in graph.output)
+    pure: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        reads.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            reads.update(referenced_names(sub) - set(node.input))
+        if node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx"):
+            pure.update((o, node) for o in node.output if o)
+    dead: set[str] = set()
+    pending = list(candidates)
     while pending:
-        reads = referenced_names(graph)
-        dead = {name for name in pending if name not in reads}
-        pending = set()
-        if not dead:
-            return
-        inputs = {i.name for i in graph.input}
-        drop = {t.name for t in graph.initializer
-                if t.name in dead and (ir_version < 4 or t.name not in inputs)}
-        _delete_named(graph.initializer, drop)  # in place: rebuilding would copy every tensor
-        if ir_version < 4:
-            _delete_named(graph.input, drop)
-        for i in range(len(graph.node) - 1, -1, -1):
-            node = graph.node[i]
-            if (node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx")
-                    and all(o in dead for o in node.output if o)):
-                pending.update(n for n in node.input if n)
-                del graph.node[i]
-        _delete_named(graph.value_info, dead)
+        name = pending.pop()
+        if name in dead or reads[name] > 0:
+            continue
+        dead.add(name)
+        node = pure.get(name)
+        if node is not None and all(reads[o] == 0 for o in node.output if o):
+            dead.update(o for o in node.output if o)
+            for n in node.input:
+                if n:
+                    reads[n] -= 1
+                    pending.append(n)
+    if not dead:
+        return
+    inputs = {i.name for i in graph.input}
+    drop = {t.name for t in graph.initializer
+            if t.name in dead and (ir_version < 4 or t.name not in inputs)}
+    _delete_named(graph.initializer, drop)  # in place: rebuilding would copy every tensor
+    if ir_version < 4:
+        _delete_named(graph.input, drop)
+    for i in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[i]
+        if (node.op_type in _PURE_OPS and node.domain in ("", "ai.onnx") and node.output
+                and all(o in dead for o in node.output if o)):
+            del graph.node[i]
+    _delete_named(graph.value_info, dead)
 
 
 def _delete_named(field, names: set[str]) -> None:  # noqa: ANN001 (a protobuf repeated field)

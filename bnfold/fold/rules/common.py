@@ -35,6 +35,17 @@ def exclusive(g: GraphIndex, tensor: str, reader: onnx.NodeProto) -> Refusal | N
     return None
 
 
+def declared_shapes_agree(g: GraphIndex, *nodes: onnx.NodeProto | None) -> Refusal | None:
+    """None unless a tensor that one of ``nodes`` reads or writes is declared with a shape or
+    dtype that shape inference contradicts: a fold must not rest on a model that lies."""
+    for node in nodes:
+        for name in (list(node.input) + list(node.output)) if node is not None else []:
+            problem = g.declared_mismatch(name) if name else ""
+            if problem:
+                return Refusal(Reason.SHAPE_MISMATCH, problem)
+    return None
+
+
 def per_channel(value: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
     """A constant that broadcasts along axis 1 only, as a float64 vector; else None."""
     if value.ndim > rank or rank < 2:
@@ -52,7 +63,7 @@ def trace_producer(g: GraphIndex, bn: BnAffine, ops: tuple[str, ...],
     if node is None or node.domain not in DEFAULT_DOMAINS:
         return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, specific=False)
     if node.op_type in ops:
-        refusal = exclusive(g, bn.x, bn.node)
+        refusal = declared_shapes_agree(g, bn.node, node) or exclusive(g, bn.x, bn.node)
         return refusal or Producer(node)
     if node.op_type != "Add" or len(node.input) != 2:
         return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, specific=False)
@@ -60,6 +71,9 @@ def trace_producer(g: GraphIndex, bn: BnAffine, ops: tuple[str, ...],
         inner = g.producer(node.input[1 - const_i])
         if inner is None or inner.op_type not in ops or inner.domain not in DEFAULT_DOMAINS:
             continue
+        refusal = declared_shapes_agree(g, bn.node, node, inner)
+        if refusal:
+            return refusal
         value = g.const(node.input[const_i])
         if value is None:
             return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, "Add operand is not a constant",
@@ -93,8 +107,10 @@ def weight(g: GraphIndex, node: onnx.NodeProto, index: int, role: str) -> np.nda
         return Refusal(Reason.WEIGHT_NOT_CONSTANT, f"{label(node)} has no {role}")
     value = g.const(node.input[index])
     if value is None:
-        return Refusal(Reason.WEIGHT_NOT_CONSTANT,
-                       f"{role} {node.input[index]!r} of {label(node)} is not a constant")
+        why = g.why_not_const(node.input[index])
+        return Refusal(Reason.WEIGHT_NOT_CONSTANT, f"{role} {node.input[index]!r} of "
+                                                    f"{label(node)} is not a constant"
+                                                    + (f": {why}" if why else ""))
     if onnx.helper.np_dtype_to_tensor_dtype(value.dtype) not in FLOAT_TYPES:
         return Refusal(Reason.UNSUPPORTED_DTYPE, f"{role} dtype {value.dtype}")
     if not np.isfinite(value).all():

@@ -12,7 +12,8 @@ from bnfold.fold import math as fm
 from bnfold.fold.bn import BnAffine, Refusal, label
 from bnfold.fold.report import Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
-from bnfold.fold.rules.common import DEFAULT_DOMAINS, c_vector, elem_type, gemm_c, weight
+from bnfold.fold.rules.common import (DEFAULT_DOMAINS, c_vector, declared_shapes_agree,
+                                      elem_type, gemm_c, weight)
 from bnfold.fold.rules.validate import conv_channels, linear_k, vector_of
 from bnfold.graph import GraphIndex, attr
 
@@ -27,6 +28,9 @@ def fold_forward(g: GraphIndex, bn: BnAffine, rw: Rewriter, notes: list[str]) ->
     node = readers[0]
     if node.op_type not in OPS or node.domain not in DEFAULT_DOMAINS:
         return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, specific=False)
+    refusal = declared_shapes_agree(g, bn.node, node)
+    if refusal:
+        return refusal
     if g.is_graph_output(bn.y):
         return Refusal(Reason.CONSUMER_NOT_EXCLUSIVE, f"{bn.y!r} is a graph output")
     if node.input[0] != bn.y or bn.y in node.input[1:]:

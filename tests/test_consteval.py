@@ -1,0 +1,102 @@
+"""Constant subgraphs: evaluated under the model's own opsets and confirmed by ONNX Runtime."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import bnfold
+import bnfold.consteval
+from bnfold.consteval import evaluate
+from bnfold.fold.report import Reason
+from modelgen import Builder, random_feeds, run
+
+
+def _opset12_scale(b: Builder, kind: str) -> str:
+    """A BN scale computed by ops that read ``axes`` from an attribute before opset 13."""
+    if kind == "squeeze":  # (1,1,3) -[axes=0]-> (1,3) -T-> (3,1) + (1,3) -> (3,3) -[row 0]-> (3,)
+        t = b.node("Squeeze", [b.const(np.array([[[0.9, 1.1, 1.3]]]), "g")], axes=[0])
+        t = b.node("Transpose", [t])
+        t = b.node("Add", [t, b.const(np.array([[0.0, 0.2, 0.4]]), "k")])
+        return b.node("Gather", [t, b.const(np.array(0), "i", np.int64)], axis=0)
+    if kind == "reducesum":  # (3,3) -[axes=0, keepdims]-> (1,3) -> (3,): column sums
+        t = b.node("ReduceSum", [b.const(np.arange(9).reshape(3, 3) / 10, "m")], axes=[0])
+        return b.node("Reshape", [t, b.const(np.array([3]), "s", np.int64)])
+    t = b.node("Unsqueeze", [b.const(np.array([0.9, 1.1, 1.3]), "g")], axes=[0])
+    return b.node("Reshape", [t, b.const(np.array([3]), "s", np.int64)])
+
+
+@pytest.mark.parametrize("kind", ["squeeze", "reducesum", "unsqueeze"])
+def test_opset12_axes_attribute_param_subgraph_folds_to_ort_numbers(kind):
+    b = Builder(opset=12, seed=1)
+    y = b.conv(b.input("x", [2, 3, 4, 4]), 3, 3)
+    params = b.bn_params(3)
+    params[0] = _opset12_scale(b, kind)
+    b.output(b.bn(y, 3, params=params))
+    model = b.model()
+    result = bnfold.fold(model)
+    assert result.bn_after == 0, [r.to_dict() for r in result.records]
+    feeds = random_feeds(model, 2)
+    want, got = run(model, feeds)[0], run(result.model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_uses_the_given_opset_not_the_newest():
+    node = helper.make_node("Squeeze", ["t"], ["o"], axes=[0])
+    t = np.zeros((1, 3, 1), np.float32)
+    old = evaluate([node], {"t": t}, "o", opset_imports=[helper.make_opsetid("", 12)],
+                   ir_version=7)
+    assert old.value.shape == (3, 1)
+
+
+def test_ai_onnx_spelled_domain_is_the_default_domain():
+    node = helper.make_node("Add", ["a", "b"], ["o"])
+    one = np.ones(2, np.float32)
+    out = evaluate([node], {"a": one, "b": one}, "o",
+                   opset_imports=[helper.make_opsetid("ai.onnx", 12)], ir_version=7)
+    assert out.value.tolist() == [2.0, 2.0]
+
+
+def test_disagreement_with_ort_keeps_the_bn_and_says_why(monkeypatch):
+    real = bnfold.consteval._run_ort
+    monkeypatch.setattr(bnfold.consteval, "_run_ort", lambda m: real(m) + np.float32(0.5))
+    b = Builder(seed=2)
+    y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
+    params = b.bn_params(3)
+    params[1] = b.node("Add", [params[1], b.const(np.full(3, 0.25))])
+    b.output(b.bn(y, 3, params=params))
+    [record] = bnfold.fold(b.model()).records
+    assert record.reason is Reason.DYNAMIC_PARAMS
+    assert "disagree" in record.detail and "values differ" in record.detail
+
+
+def test_subgraph_ort_cannot_run_keeps_the_bn_and_says_why():
+    # ORT's CPU provider has no bfloat16 Mul kernel; onnx.reference has
+    b = Builder(seed=3)
+    y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
+    params = b.bn_params(3)
+    half = b.const(np.full(3, 0.5), "h", ml_dtypes.bfloat16)
+    product = b.node("Mul", [half, half])
+    params[1] = b.node("Cast", [product], to=TensorProto.FLOAT)
+    b.output(b.bn(y, 3, params=params))
+    [record] = bnfold.fold(b.model()).records
+    assert record.reason is Reason.DYNAMIC_PARAMS
+    assert "ONNX Runtime cannot evaluate it" in record.detail
+
+
+def test_float_results_within_a_few_ulps_agree_larger_differences_do_not():
+    from bnfold.consteval import _disagreement
+
+    a = np.array([1.0, 2.0], np.float32)
+    assert _disagreement(a, np.nextafter(a, np.float32(3))) == ""
+    assert "values differ" in _disagreement(a, a * np.float32(1.001))
+    assert "shape" in _disagreement(a, a.reshape(2, 1))
+    assert _disagreement(np.array([np.nan]), np.array([np.nan])) == ""
+
+
+def test_evaluated_model_carries_the_ir_version():
+    node = helper.make_node("Neg", ["a"], ["o"])
+    out = evaluate([node], {"a": np.ones(2, np.float32)}, "o",
+                   opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    assert out.value.tolist() == [-1.0, -1.0]
