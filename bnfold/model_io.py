@@ -159,11 +159,16 @@ def _check_graph(model: onnx.ModelProto, shown: str) -> None:
 
 
 def check_model_proto(model: onnx.ModelProto, shown: str = "model") -> None:
-    """The checks ``load_model`` makes, for a model handed over in memory: opset range and
-    onnx.checker (on the data-free skeleton). Raises InputError."""
+    """The checks ``load_model`` makes, for a model handed over in memory: opset range, no
+    unread external data, and onnx.checker (on the data-free skeleton). Raises InputError."""
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise InputError(f"{shown}: not an ONNX model (no IR version or graph)")
     _check_opset(model, shown)
+    external = data_locations(model)
+    if external:  # reading it relative to the current directory would fold foreign weights
+        raise InputError(f"{shown}: its tensors refer to external data ({min(external)!r}) but the "
+                         "model was handed over in memory, with no folder to read it from; "
+                         "pass the model's path, or load it with its data")
     _check_graph(model, shown)
 
 
