@@ -127,6 +127,8 @@ def check_output_paths(src: str | os.PathLike[str], out: str | os.PathLike[str],
                               "writing there would destroy the input: choose another output")
     if external_data is not False and not in_place:
         data = folder / f"{out.name}.data"
+        if data.is_dir():
+            raise OutputError(f"{out}: its data file {data} is a directory")
         for kept in files:
             if same_file(data, kept):
                 raise OutputError(f"{out}: its data file {data} is a file the input model reads"
@@ -142,14 +144,15 @@ def _alias(path: Path, same: Path) -> str:
 
 def free_data_name(out: Path, folder: Path, kept: Iterable[Path]) -> str:
     """``<name>.data``, or ``<name>.1.data`` (...): the first name in ``folder`` that is none
-    of the files in ``kept`` (files still read, by the model being replaced or the inputs).
+    of the files in ``kept`` (files still read, by the model being replaced or the inputs)
+    and not a directory.
 
     Renaming new data over a file a model still reads would corrupt that model, even if the
     model file itself is replaced right after (the process may die in between).
     """
     kept = list(kept)
     name, i = f"{out.name}.data", 0
-    while any(same_file(folder / name, k) for k in kept):
+    while (folder / name).is_dir() or any(same_file(folder / name, k) for k in kept):
         i += 1
         name = f"{out.name}.{i}.data"
     return name

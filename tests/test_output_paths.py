@@ -115,12 +115,15 @@ def test_single_file_output_may_share_the_data_name(tmp_path):
 
 
 @pytest.mark.parametrize("case, words", [("missing", "does not exist"),
-                                         ("directory", "is a directory")])
+                                         ("directory", "is a directory"),
+                                         ("data directory", "its data file")])
 def test_destination_problems_are_refused(tmp_path, case, words):
     src = external_model_file(tmp_path)
-    out = tmp_path / ("no/o.onnx" if case == "missing" else "d")
+    out = tmp_path / {"missing": "no/o.onnx", "directory": "d", "data directory": "o.onnx"}[case]
     if case == "directory":
         out.mkdir()
+    if case == "data directory":
+        (tmp_path / "o.onnx.data").mkdir()
     with pytest.raises(OutputError, match=words):
         check_output_paths(src, out)
 
@@ -143,3 +146,5 @@ def test_free_data_name_skips_every_kept_file_however_spelled(tmp_path):
     os.link(kept, tmp_path / "o.onnx.1.data")
     assert free_data_name(tmp_path / "o.onnx", tmp_path, [kept]) == "o.onnx.2.data"
     assert free_data_name(tmp_path / "o.onnx", tmp_path, []) == "o.onnx.data"
+    (tmp_path / "p.onnx.data").mkdir()
+    assert free_data_name(tmp_path / "p.onnx", tmp_path, []) == "p.onnx.1.data"
