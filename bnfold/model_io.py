@@ -302,7 +302,6 @@ class StagedModel:
     path: Path
     out: Path
     data_location: str
-    committed: bool = False
 
     def commit(self) -> list[str]:
         """Move the staged files into place (data first: the model never points at missing
@@ -315,7 +314,6 @@ class StagedModel:
             _fsync_dir(folder)
         except OSError as exc:
             raise OutputError(f"{self.out}: cannot write: {exc.strerror or exc}") from None
-        self.committed = True
         return [str(self.out)] + ([str(folder / self.data_location)] if self.data_location else [])
 
 
