@@ -245,7 +245,7 @@ class GraphIndex:
         if name in self.initializers:
             if self.is_overridable_input(name):
                 return None
-            return numpy_helper.to_array(self.initializers[name], self.base_dir or "")
+            return tensor_value(self.initializers[name], self.base_dir)
         node = self.producer(name)
         if node is None:
             if name in self.inputs:
@@ -254,7 +254,7 @@ class GraphIndex:
         if node.domain not in ("", "ai.onnx"):
             return None
         if node.op_type == "Constant":
-            return _constant_node_value(node)
+            return _constant_node_value(node, self.base_dir)
         if node.op_type == "Shape":
             return self._static_shape(node)
         return None
@@ -273,10 +273,21 @@ def _is_identity(node: onnx.NodeProto | None) -> bool:
             and len(node.input) == 1)
 
 
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+def tensor_value(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray | None:
+    """The tensor's array; external data is read relative to ``base_dir`` (the model's
+    folder, where loading checked it), never the current directory: without a folder the
+    value is unknown (None)."""
+    if onnx.external_data_helper.uses_external_data(tensor):
+        if base_dir is None:
+            return None
+        return numpy_helper.to_array(tensor, base_dir)
+    return numpy_helper.to_array(tensor)
+
+
+def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return tensor_value(a.t, base_dir)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":

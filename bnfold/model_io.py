@@ -14,7 +14,9 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -26,11 +28,19 @@ from bnfold.data_file import (
     PACKED_4BIT,
     DataWriter,
     data_bytes,
-    external_info,
     external_length,
     is_repeated,
 )
 from bnfold.errors import InputError, OutputError
+from bnfold.interrupts import cleanup_on_termination
+from bnfold.output_paths import (  # check_output_paths, input_files: part of this API
+    check_destination,
+    check_output_paths,  # noqa: F401
+    data_locations,
+    free_data_name,
+    input_files,
+    same_file,
+)
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
@@ -153,11 +163,16 @@ def _check_graph(model: onnx.ModelProto, shown: str) -> None:
 
 
 def check_model_proto(model: onnx.ModelProto, shown: str = "model") -> None:
-    """The checks ``load_model`` makes, for a model handed over in memory: opset range and
-    onnx.checker (on the data-free skeleton). Raises InputError."""
+    """The checks ``load_model`` makes, for a model handed over in memory: opset range, no
+    unread external data, and onnx.checker (on the data-free skeleton). Raises InputError."""
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise InputError(f"{shown}: not an ONNX model (no IR version or graph)")
     _check_opset(model, shown)
+    external = data_locations(model)
+    if external:  # reading it relative to the current directory would fold foreign weights
+        raise InputError(f"{shown}: its tensors refer to external data ({min(external)!r}) but the "
+                         "model was handed over in memory, with no folder to read it from; "
+                         "pass the model's path, or load it with its data")
     _check_graph(model, shown)
 
 
@@ -255,37 +270,16 @@ def _write_with_external(model: onnx.ModelProto, model_path: str, data_path: str
     _write_file(model_path, skeleton.SerializeToString())
 
 
-def _referenced_locations(path: Path) -> set[str]:
-    """External data files the existing ONNX file at ``path`` reads (empty if unreadable)."""
-    try:
-        old = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable file being replaced references nothing we must keep
-        return set()
-    return {edh.ExternalDataInfo(t).location for t in _all_tensors(old)
-            if edh.uses_external_data(t)}
-
-
-def _data_location(out: Path, in_use: set[str]) -> str:
-    """``<name>.data``, or ``<name>.1.data`` (...) when that name is still read by the file
-    being replaced or by the model being saved (``in_use``, its source data in this folder).
-
-    Renaming the new data over a file the current model still reads would corrupt that model
-    if the process died before the model itself is replaced (e.g. ``--in-place``), and would
-    corrupt an input whose data is being copied from that file.
-    """
-    taken = in_use | (_referenced_locations(out) if out.is_file() else set())
-    name, i = out.name + ".data", 0
-    while name in taken:
-        i += 1
-        name = f"{out.name}.{i}.data"
-    return name
-
-
-def _source_locations(model: onnx.ModelProto, source_dir: Path | None, folder: Path) -> set[str]:
-    """External data files of ``model`` that live in ``folder`` (names relative to it)."""
-    if source_dir is None or source_dir.resolve() != folder.resolve():
-        return set()
-    return {external_info(t).location for t in _all_tensors(model) if edh.uses_external_data(t)}
+def _kept_files(model: onnx.ModelProto, out: Path, source: Path | None,
+                protect: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files a save must never replace: ``protect``, the data files ``model`` still copies
+    from (under ``source``), and those the file being replaced still reads until it is."""
+    kept = [Path(p) for p in protect]
+    if source is not None:
+        kept += [source / loc for loc in data_locations(model)]
+    if out.is_file():
+        kept += input_files(out)[1:]
+    return kept
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -301,34 +295,51 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _check_destination(out: Path, path: object, overwrite: bool) -> Path:
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: folder {str(folder)!r} does not exist")
-    if out.is_dir():
-        raise OutputError(f"{path}: is a directory")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists (pass overwrite / --force to replace it)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: folder {str(folder)!r} is not writable")
-    return folder
+@dataclass
+class StagedModel:
+    """A model written to a temporary folder beside its destination, not yet in place.
+
+    ``path`` is a complete model (its data file beside it) that can be loaded or verified
+    from disk; ``commit`` renames the data file, then the model file, into place.
+    """
+
+    path: Path
+    out: Path
+    data_location: str
+
+    def commit(self) -> list[str]:
+        """Move the staged files into place (data first: the model never points at missing
+        or foreign data); return the paths written."""
+        folder = self.out.parent if str(self.out.parent) else Path(".")
+        try:
+            if self.data_location:
+                os.replace(self.path.parent / self.data_location, folder / self.data_location)
+            os.replace(self.path, self.out)
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise OutputError(f"{self.out}: cannot write: {exc.strerror or exc}") from None
+        return [str(self.out)] + ([str(folder / self.data_location)] if self.data_location else [])
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
-               overwrite: bool = True, external_data: bool | None = None,
-               source_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """Write ``model`` atomically (temp files, fsync, rename); return the paths written.
+@contextmanager
+def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
+                overwrite: bool = True, external_data: bool | None = None,
+                source_dir: str | os.PathLike[str] | None = None,
+                protect: Iterable[str | os.PathLike[str]] = ()) -> Iterator[StagedModel]:
+    """Write ``model`` into a temporary folder beside ``path``; yield it for checks and
+    ``commit``; remove whatever was not committed on the way out.
 
-    external_data=None chooses external data only when the model is too big for one protobuf;
-    external_data=False on such a model raises OutputError. The data file is written beside
-    the model (see ``_data_location``) and renamed into place before the model file.
-    ``source_dir``: the folder that tensors still external (a lazy ``load_model``) are relative
-    to; they are copied chunk-wise into the new data file, or, for a single-file output, read
-    into ``model`` itself.
+    The options are ``save_model``'s. SIGTERM and SIGHUP, like Ctrl-C, remove the temporary
+    files before the process ends (see ``bnfold.interrupts``).
     """
     out = Path(path)
     source = Path(source_dir) if source_dir is not None else None
-    folder = _check_destination(out, path, overwrite)
+    folder = check_destination(out, overwrite)
+    kept = _kept_files(model, out, source, protect)
+    for file in kept:
+        if same_file(out, file):
+            raise OutputError(f"{path}: is {file}, a file the model being saved still reads; "
+                              "refusing to write over it")
     size = tensor_bytes(model)
     too_big = size + PROTO_HEADROOM > PROTOBUF_LIMIT
     if external_data is None:
@@ -339,23 +350,43 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                           "(--external-data)")
     if not external_data and source is not None and uses_external_data(model):
         load_external(model, source)
-    location = _data_location(out, _source_locations(model, source, folder)) if external_data else ""
-    try:
-        tmpdir = tempfile.mkdtemp(prefix=".bnfold-", dir=str(folder))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {str(folder)!r}: {exc.strerror or exc}") from None
-    try:
-        tmp_model = os.path.join(tmpdir, out.name)
-        if external_data:
-            tmp_data = os.path.join(tmpdir, location)
-            _write_with_external(model, tmp_model, tmp_data, location, source)
-            os.replace(tmp_data, folder / location)
-        else:
-            _write_file(tmp_model, model.SerializeToString())
-        os.replace(tmp_model, out)
-        _fsync_dir(folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return [str(out)] + ([str(folder / location)] if external_data else [])
+    location = free_data_name(out, folder, kept) if external_data else ""
+    with cleanup_on_termination():
+        try:
+            tmpdir = tempfile.mkdtemp(prefix=".bnfold-", dir=str(folder))
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write in {str(folder)!r}: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            tmp_model = os.path.join(tmpdir, out.name)
+            try:
+                if external_data:
+                    _write_with_external(model, tmp_model, os.path.join(tmpdir, location),
+                                         location, source)
+                else:
+                    _write_file(tmp_model, model.SerializeToString())
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            yield StagedModel(Path(tmp_model), out, location)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
+               overwrite: bool = True, external_data: bool | None = None,
+               source_dir: str | os.PathLike[str] | None = None,
+               protect: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+    """Write ``model`` atomically (temp files, fsync, rename); return the paths written.
+
+    external_data=None chooses external data only when the model is too big for one protobuf;
+    external_data=False on such a model raises OutputError. The data file is written beside
+    the model under a name no model still reads (``<name>.data``, else ``<name>.1.data``...)
+    and renamed into place before the model file.
+    ``source_dir``: the folder that tensors still external (a lazy ``load_model``) are relative
+    to; they are copied chunk-wise into the new data file, or, for a single-file output, read
+    into ``model`` itself. ``protect``: files that must never be replaced (the input's files,
+    see ``input_files``); the output itself being one of them is refused.
+    """
+    with stage_model(model, path, overwrite=overwrite, external_data=external_data,
+                     source_dir=source_dir, protect=protect) as staged:
+        return staged.commit()

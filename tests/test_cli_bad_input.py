@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -272,3 +273,162 @@ def test_a_bug_is_one_line_exit_3_saying_internal_error(tmp_path, monkeypatch):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnfold: internal error: AttributeError: simulated bug")
     assert "please report" in lines[0] and "not a valid ONNX model" not in lines[0]
+
+
+# --- outputs that would land on a file the input reads: refused before any fold work ---------
+
+def conv_bn_external(d: Path, location: str = "m.onnx.data") -> Path:
+    """m.onnx whose tensors (all folded away by a fold) live in ``location``."""
+    p = write(d / "m.onnx", external=True)
+    if location != "m.onnx.data":
+        (d / location).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(d / "m.onnx.data", d / location)
+        relocate(p, location)
+    return p
+
+
+def out_is_data(d: Path) -> tuple[Path, Path]:
+    return conv_bn_external(d), d / "m.onnx.data"
+
+
+def data_name_collision(d: Path) -> tuple[Path, Path]:
+    return conv_bn_external(d, "out.onnx.data"), d / "out.onnx"
+
+
+def out_in_data_subfolder(d: Path) -> tuple[Path, Path]:
+    return conv_bn_external(d, "sub/x.onnx.data"), d / "sub" / "x.onnx"
+
+
+def hard_link_to_input(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    os.link(p, d / "hl.onnx")
+    return p, d / "hl.onnx"
+
+
+def symlink_to_data(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    (d / "link.onnx").symlink_to(d / "m.onnx.data")
+    return p, d / "link.onnx"
+
+
+def hard_link_to_data(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    os.link(d / "m.onnx.data", d / "hd.onnx")
+    return p, d / "hd.onnx"
+
+
+def symlinked_folder(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    (d / "alias").symlink_to(d, target_is_directory=True)
+    return p, d / "alias" / "m.onnx.data"
+
+
+def dotdot_spelling(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    (d / "sub").mkdir()
+    return p, d / "sub" / ".." / "m.onnx.data"
+
+
+def data_name_is_the_input_model(d: Path) -> tuple[Path, Path]:
+    p = write(d / "w.onnx.data")  # a model file whose name is the output's data name
+    return p, d / "w.onnx"
+
+
+def constant_node_data(d: Path) -> tuple[Path, Path]:
+    """The input's only external data is a Constant node's tensor (BN scale)."""
+    from onnx import external_data_helper as edh
+    from onnx import helper, numpy_helper
+
+    b = Builder()
+    x = b.input("x", ["N", 8, 5, 5])
+    scale = numpy_helper.from_array(np.full(16, 1.5, np.float32), "scale")
+    (d / "c.bin").write_bytes(scale.raw_data)
+    edh.set_external_data(scale, "c.bin", offset=0, length=64)
+    scale.ClearField("raw_data")
+    scale.data_location = onnx.TensorProto.EXTERNAL
+    params = b.bn_params(16)
+    b.nodes.append(helper.make_node("Constant", [], ["s"], value=scale))
+    b.output(b.bn(b.conv(x, 8, 16), 16, params=["s"] + params[1:]))
+    (d / "m.onnx").write_bytes(b.model().SerializeToString())
+    return d / "m.onnx", d / "c.bin"
+
+
+def out_is_input_via_symlinked_folder(d: Path) -> tuple[Path, Path]:
+    p = conv_bn_external(d)
+    (d / "alias").symlink_to(d, target_is_directory=True)
+    return p, d / "alias" / "m.onnx"
+
+
+DESTROYING_OUTPUTS: dict[str, tuple[Callable[[Path], tuple[Path, Path]], str]] = {
+    "output is the input's data file": (out_is_data, "is external data the input model reads"),
+    "output's data name is the input's data": (data_name_collision, "its data file"),
+    "output in the input's data subfolder": (out_in_data_subfolder, "its data file"),
+    "hard link to the input": (hard_link_to_input, "is the input model"),
+    "symlink to the input's data": (symlink_to_data, "is external data the input model reads"),
+    "hard link to the input's data": (hard_link_to_data, "is external data the input model reads"),
+    "data reached through a symlinked folder": (symlinked_folder, "is external data"),
+    "data spelled with ../": (dotdot_spelling, "is external data"),
+    "output's data name is the input model": (data_name_is_the_input_model, "its data file"),
+    "Constant node's data file": (constant_node_data, "is external data"),
+    "input through a symlinked folder": (out_is_input_via_symlinked_folder, "is the input model"),
+}
+
+
+def fold_must_not_run(monkeypatch) -> None:
+    import bnfold
+
+    def no_fold(*args, **kwargs):
+        raise AssertionError("bnfold.fold ran before the output paths were checked")
+
+    monkeypatch.setattr(bnfold, "fold", no_fold)
+
+
+def hashes(d: Path) -> dict[str, str | None]:
+    import hashlib
+
+    return {k: (hashlib.sha256(v).hexdigest() if v is not None else None)
+            for k, v in snapshot(d).items()}
+
+
+@pytest.mark.parametrize("case", list(DESTROYING_OUTPUTS))
+def test_output_on_a_file_the_input_reads_is_refused_before_folding(tmp_path, monkeypatch, case):
+    make, words = DESTROYING_OUTPUTS[case]
+    model, out = make(tmp_path)
+    before = hashes(tmp_path)
+    fold_must_not_run(monkeypatch)
+    assert_clean_error(invoke(["fold", "-q", model, "-o", out]), words)
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["missing folder", "directory", "unwritable folder"])
+def test_bad_output_path_is_refused_before_folding(tmp_path, monkeypatch, case):
+    model = write(tmp_path / "m.onnx")
+    out = {"missing folder": tmp_path / "no" / "o.onnx", "directory": tmp_path / "d",
+           "unwritable folder": (Path("/proc") if os.geteuid() == 0 else tmp_path / "ro") / "o.onnx"
+           }[case]
+    if case == "directory":
+        out.mkdir()
+    if case == "unwritable folder" and os.geteuid() != 0:
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+    before = hashes(tmp_path)
+    fold_must_not_run(monkeypatch)
+    assert_clean_error(invoke(["fold", "-q", model, "-o", out]))
+    assert hashes(tmp_path) == before
+
+
+def test_in_place_never_gives_new_data_a_name_the_input_reads(tmp_path, monkeypatch):
+    """The input reads ./m.onnx.data; the model switch fails: the input must still be whole."""
+    model = conv_bn_external(tmp_path, "./m.onnx.data")
+    before = hashes(tmp_path)
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):
+        if Path(dst) == model:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", fail_on_model)
+    assert_clean_error(invoke(["fold", "-q", model, "--in-place", "--no-verify"]), "No space left")
+    now = hashes(tmp_path)
+    assert {k: v for k, v in now.items() if k in before} == before

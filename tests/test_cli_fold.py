@@ -169,3 +169,81 @@ def test_fold_table_and_json_show_each_folds_proof_error(model_path, tmp_path):
     res = invoke("fold", model_path, "-o", tmp_path / "o.onnx", "--json", "-q", "--no-verify")
     folded = [r for r in json.loads(res.stdout)["records"] if r["folded"]]
     assert folded and all(0 <= r["proof_max_abs"] <= r["proof_tol"] for r in folded)
+
+
+def test_in_place_verifies_the_staged_files_by_path_never_an_in_memory_copy(external_model,
+                                                                              monkeypatch):
+    """Over 2 GiB a model cannot be serialized in memory: --in-place must verify from disk."""
+    from pathlib import Path
+
+    import bnfold.verify
+    from modelgen import max_error, tolerance
+
+    from bnfold import model_io
+    from bnfold.model_io import load_model
+
+    model, path = external_model
+    real_verify, seen = bnfold.verify.verify, []
+
+    def verify_from_disk(original, folded, **kwargs):
+        seen.append(folded)
+        assert isinstance(folded, str) and Path(folded).is_file() and Path(folded) != path
+        return real_verify(original, folded, **kwargs)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("external data loaded into the proto")
+
+    monkeypatch.setattr(bnfold.verify, "verify", verify_from_disk)
+    monkeypatch.setattr(model_io, "load_external", no_loading)
+    res = invoke("fold", path, "--in-place", "-q")
+    assert res.exit_code == 0 and "PASS" in res.stdout, res.output
+    assert len(seen) == 1 and not Path(seen[0]).exists()  # the staged copy went into place
+    assert max_error(model, load_model(path)) <= tolerance(model)
+
+
+def test_in_place_keeps_the_input_when_verification_fails(external_model, monkeypatch):
+    import bnfold.verify
+
+    class Failed:
+        passed, folded = False, None
+
+        def summary(self) -> str:
+            return "verification: FAIL"
+
+    _, path = external_model
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: Failed())
+    res = invoke("fold", path, "--in-place")
+    assert res.exit_code == 1 and "left unchanged" in res.stderr
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+
+
+def test_constant_node_data_is_read_from_the_model_folder_not_the_cwd(tmp_path, monkeypatch):
+    """A weights.bin in the current directory must not be folded in place of the model's."""
+    import numpy as np
+    from onnx import external_data_helper as edh
+    from onnx import helper, numpy_helper
+
+    from modelgen import max_error, tolerance
+
+    from bnfold.model_io import load_model
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "cwd").mkdir()
+    b = Builder(seed=5)
+    x = b.input("x", ["N", 8, 5, 5])
+    scale = numpy_helper.from_array(np.linspace(0.5, 2.0, 16).astype(np.float32), "scale")
+    (tmp_path / "model" / "weights.bin").write_bytes(scale.raw_data)
+    (tmp_path / "cwd" / "weights.bin").write_bytes(np.full(16, 9.0, np.float32).tobytes())
+    edh.set_external_data(scale, "weights.bin", offset=0, length=64)
+    scale.ClearField("raw_data")
+    scale.data_location = onnx.TensorProto.EXTERNAL
+    b.nodes.append(helper.make_node("Constant", [], ["s"], value=scale))
+    b.output(b.bn(b.conv(x, 8, 16), 16, params=["s"] + b.bn_params(16)[1:]))
+    path = tmp_path / "model" / "m.onnx"
+    path.write_bytes(b.model().SerializeToString())
+    monkeypatch.chdir(tmp_path / "cwd")
+    res = invoke("fold", path, "-o", tmp_path / "out.onnx", "-q")
+    assert res.exit_code == 0 and "PASS" in res.stdout, res.output
+    original, folded = load_model(path), load_model(tmp_path / "out.onnx")
+    assert count_bn(folded) == 0 and max_error(original, folded) <= tolerance(original)

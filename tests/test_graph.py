@@ -94,3 +94,34 @@ def test_walk_graphs_visits_itself_first_then_subgraphs_depth_first_in_node_orde
     keys = [k for k, _ in walk_graphs(graph)]
     assert keys[3] == ((0, "then_branch"), (0, "else_branch"))
     assert referenced_names(graph) >= {"c", "x"}
+
+
+def external_constant(folder, values: np.ndarray) -> onnx.TensorProto:
+    """A tensor whose data lives in ``folder/weights.bin``, as a Constant node holds it."""
+    from onnx import external_data_helper as edh
+
+    (folder / "weights.bin").write_bytes(values.astype("<f4").tobytes())
+    t = numpy_helper.from_array(values.astype(np.float32), "scale")
+    edh.set_external_data(t, "weights.bin", offset=0, length=values.size * 4)
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    return t
+
+
+def test_constant_node_external_data_is_read_from_the_model_folder_not_the_cwd(tmp_path,
+                                                                               monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "cwd").mkdir()
+    want = np.array([1.0, 2.0, 3.0], np.float32)
+    t = external_constant(tmp_path / "model", want)
+    external_constant(tmp_path / "cwd", np.array([7.0, 8.0, 9.0], np.float32))  # the decoy
+    monkeypatch.chdir(tmp_path / "cwd")
+    b = Builder()
+    c = b.node("Constant", [], value=t)
+    b.output(b.node("Identity", [c]))
+    model = b.model()
+    g = GraphIndex(model.graph, ir_version=model.ir_version, opset=17,
+                   base_dir=str(tmp_path / "model"))
+    assert g.const(c).tolist() == want.tolist()
+    unplaced = GraphIndex(model.graph, ir_version=model.ir_version, opset=17)
+    assert unplaced.const(c) is None  # no folder known: unknown, never the cwd's file

@@ -425,3 +425,147 @@ def test_a_bnfold_error_inside_the_check_is_not_reported_as_an_invalid_model(tmp
     monkeypatch.setattr(onnx.checker, "check_model", broken)
     with pytest.raises(AttributeError, match="is_repeated"):
         load_model(path)
+
+
+def test_save_refuses_to_write_over_a_protected_file(tmp_path):
+    path = external_copy(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(OutputError, match="still reads"):
+        save_model(small_model(), tmp_path / "m.onnx.data", protect=[path, tmp_path / "m.onnx.data"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_save_refuses_to_write_over_the_data_it_copies_from(tmp_path):
+    """Defence in depth: even without ``protect``, the source data files are never outputs."""
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    lazy = load_model(path, load_external_data=False)
+    with pytest.raises(OutputError, match="still reads"):
+        save_model(lazy, tmp_path / "m.onnx.data", source_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_save_gives_the_data_file_a_name_no_protected_file_has(tmp_path):
+    """The input's data, folded away from the model being saved, is still the input's."""
+    src = tmp_path / "m.onnx"
+    save_model(small_model(), src, external_data=True)
+    os.link(tmp_path / "m.onnx.data", tmp_path / "out.onnx.data")
+    before = (tmp_path / "m.onnx.data").read_bytes()
+    written = save_model(small_model(opset=13), tmp_path / "out.onnx", external_data=True,
+                         protect=model_io.input_files(src))
+    assert written[1] == str(tmp_path / "out.onnx.1.data")
+    assert (tmp_path / "out.onnx.data").read_bytes() == before
+    assert os.path.samefile(tmp_path / "out.onnx.data", tmp_path / "m.onnx.data")
+
+
+@pytest.mark.parametrize("spelling", ["./m.onnx.data", "sub/../m.onnx.data"])
+def test_in_place_save_keeps_data_the_model_reads_under_another_spelling(tmp_path, monkeypatch,
+                                                                          spelling):
+    """The model being replaced reads ``./m.onnx.data``: the new data must not take that file
+    before the model is switched (here the switch fails, so the old model must still load)."""
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    rewrite_locations(path, spelling)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    real_replace = os.replace
+
+    def fail_on_model(src, dst):
+        if Path(dst) == path:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", fail_on_model)
+    with pytest.raises(OutputError, match="No space left"):
+        save_model(small_model(), path, external_data=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    assert max_error(two_conv_model(), load_model(path)) == 0.0
+
+
+def test_staged_model_is_complete_on_disk_and_nothing_is_in_place_before_commit(tmp_path):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    lazy = load_model(path, load_external_data=False)
+    out = tmp_path / "o.onnx"
+    with model_io.stage_model(lazy, out, external_data=True, source_dir=tmp_path) as staged:
+        assert staged.path.parent != tmp_path and not out.exists()
+        assert max_error(two_conv_model(), load_model(staged.path)) == 0.0
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx",
+                                                                              "m.onnx.data"]
+    with model_io.stage_model(lazy, out, external_data=True, source_dir=tmp_path) as staged:
+        assert staged.commit() == [str(out), str(tmp_path / "o.onnx.data")]
+    assert max_error(two_conv_model(), load_model(out)) == 0.0
+    assert not any(p.name.startswith(".bnfold-") for p in tmp_path.iterdir())
+
+
+SLOW_SAVE = """
+import sys, time
+from bnfold import data_file
+from bnfold.model_io import load_model, save_model
+
+path = sys.argv[1]
+copy = data_file.DataWriter._copy_external
+
+def slow_copy(self, src):
+    n = copy(self, src)
+    print("writing", flush=True)  # the temporary files exist now
+    time.sleep(30)
+    return n
+
+data_file.DataWriter._copy_external = slow_copy
+lazy = load_model(path, load_external_data=False)
+save_model(lazy, path, external_data=True, source_dir=sys.argv[2])
+print("saved", flush=True)
+"""
+
+
+def save_in_child(tmp_path: Path, signum: int):
+    """Save in place in a child process; send ``signum`` while its temporary files exist."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(path), str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        assert any(p.name.startswith(".bnfold-") for p in tmp_path.iterdir())
+        child.send_signal(signum)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, out, before
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_termination_signal_mid_save_removes_temp_files_and_keeps_the_original(tmp_path, name):
+    import signal
+
+    code, out, before = save_in_child(tmp_path, getattr(signal, name))
+    assert code == -getattr(signal, name) and "saved" not in out  # ended by the signal itself
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp folder left
+
+
+def test_save_restores_the_signal_handlers_it_found(tmp_path):
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    save_model(small_model(), tmp_path / "m.onnx", external_data=True)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_in_memory_model_with_unread_external_data_is_refused(tmp_path, monkeypatch):
+    import bnfold
+
+    path = external_copy(tmp_path)
+    lazy = onnx.load_model(str(path), load_external_data=False)
+    monkeypatch.chdir(tmp_path)  # its data is even right here: still not read from the cwd
+    with pytest.raises(InputError, match="external data"):
+        bnfold.fold(lazy)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -11,21 +10,14 @@ import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
-from bnfold.errors import BnfoldError, OutputError
-from bnfold.model_io import load_external, save_model, uses_external_data
+from bnfold.errors import BnfoldError
+from bnfold.model_io import check_output_paths, stage_model
 
 
 def default_output(path: Path) -> Path:
     """model.onnx -> model.folded.onnx, beside the input."""
     name = path.name[:-5] if path.name.endswith(".onnx") else path.name
     return path.with_name(f"{name}.folded.onnx")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -77,7 +69,8 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     direction) or why it stayed. The input is never overwritten unless --in-place.
     Then verifies the folded model against the original on ONNX Runtime (graph
     optimizations disabled) and exits 1 if they differ beyond tolerance; the folded
-    model is still written and the report says it failed.
+    model is still written and the report says it failed (with --in-place the staged
+    result is verified first, and MODEL is left unchanged when it fails).
 
     \b
     Examples:
@@ -98,22 +91,23 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
                "shapes": list(shapes) or None, "batch_sizes": list(batch_sizes) or None,
                "data": list(data) or None, "atol": atol, "rtol": rtol}
     out = model if in_place else (output or default_output(model))
-    if not in_place and _same_file(model, out):
-        raise OutputError(f"{out}: is the input model; pass --in-place to overwrite it")
+    inputs = check_output_paths(model, out, in_place=in_place, external_data=external_data)
     _say(f"loading and folding {model}", quiet)
     result = bnfold.fold(model, check=check, lazy_external=True)  # weights read as needed
     for note in result.warnings:
         _say(f"warning: {note}", quiet)
-    if external_data is None and uses_external_data(onnx_model_file_only(model)):
+    if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
         external_data = True
     report = None
-    if do_verify and in_place:  # the original file is about to be replaced: compare first
-        if result.external_base is not None:  # ORT gets the proto, so it needs the data in it
-            load_external(result.model, result.external_base)
-        report = _verify(model, result, result.model, out, report_dir, options, quiet)
-    written = save_model(result.model, out, overwrite=True, external_data=external_data,
-                         source_dir=result.external_base)
-    _say(f"wrote {', '.join(written)}", quiet)
+    with stage_model(result.model, out, overwrite=True, external_data=external_data,
+                     source_dir=result.external_base,
+                     protect=inputs[1:] if in_place else inputs) as staged:
+        if do_verify and in_place:  # verify the staged files before they replace the input
+            report = _verify(model, result, str(staged.path), out, report_dir, options, quiet)
+        if report is not None and not report.passed:
+            _say(f"verification failed: {model} left unchanged", quiet)
+        else:
+            _say(f"wrote {', '.join(staged.commit())}", quiet)
     if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
         report = _verify(model, result, str(out), out, report_dir, options, quiet)
     if as_json:
@@ -141,13 +135,6 @@ def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Pa
         report.write(report_dir)
         _say(f"wrote reports to {report_dir}", quiet)
     return report
-
-
-def onnx_model_file_only(path: Path):  # noqa: ANN201
-    """The model proto without its external data (cheap: only the .onnx file is read)."""
-    import onnx
-
-    return onnx.load_model(str(path), load_external_data=False)
 
 
 @click.command("inspect")

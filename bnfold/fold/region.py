@@ -182,7 +182,7 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
                     picked[id(node)] = node
                     continue
             picked[id(node)] = node
-            region.nodes.append(node)
+            region.nodes.append(_inline_constant(node, base_dir))
             stack.extend(node.input)
             for _, sub in subgraphs(node):
                 stack.extend(free_names(sub))
@@ -245,9 +245,27 @@ def _inline(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.TensorProto:
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)
     if edh.uses_external_data(copy):
-        edh.load_external_data_for_tensor(copy, base_dir or ".")
+        if base_dir is None:  # never the current directory: only the model's own folder
+            raise RegionError(f"{tensor.name!r} is stored externally and the model's folder is "
+                              "unknown")
+        edh.load_external_data_for_tensor(copy, base_dir)
         copy.data_location = onnx.TensorProto.DEFAULT
         del copy.external_data[:]
+    return copy
+
+
+def _inline_constant(node: onnx.NodeProto, base_dir: str | None) -> onnx.NodeProto:
+    """A Constant node whose tensor is stored externally, with the data read in (from the
+    model's folder): the proof model is loaded from bytes and has no folder of its own."""
+    if node.op_type != "Constant" or not any(
+            a.type == onnx.AttributeProto.TENSOR and edh.uses_external_data(a.t)
+            for a in node.attribute):
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for a in copy.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            a.t.CopyFrom(_inline(a.t, base_dir))
     return copy
 
 
