@@ -35,12 +35,15 @@ def _corrupt(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
     return bad
 
 
-def test_folded_model_passes_at_default_batch_sizes() -> None:
+def test_folded_model_passes_at_default_seeds_and_batch_sizes() -> None:
     m = _classifier()
     result = bnfold.fold(m)
-    rep = verify(m, result.model, fold_result=result)
+    rep = verify(m, result.model, fold_result=result, seed=4)
     assert rep.passed
-    assert [c.input_shapes["x"] for c in rep.cases] == ["1x2x6x6", "8x2x6x6"]
+    assert [c.source for c in rep.cases] == [f"random seed={s} batch={b}" for s in (4, 5, 6)
+                                             for b in (1, 8)]
+    assert [c.input_shapes["x"] for c in rep.cases] == ["1x2x6x6", "8x2x6x6"] * 3
+    assert rep.environment["seeds"] == "4, 5, 6"
     assert all(c.metrics.top1_agreement == 1.0 for c in rep.checks)
     assert [r["bn"] for r in rep.fold["records"]] == [r.bn for r in result.records]
 
@@ -58,7 +61,7 @@ def test_corrupted_fold_fails_and_names_the_bn() -> None:
 def test_fixed_batch_runs_once_and_batch_sizes_are_refused() -> None:
     m = _classifier(batch=2)
     rep = verify(m, bnfold.fold(m).model)
-    assert rep.passed and [c.input_shapes["x"] for c in rep.cases] == ["2x2x6x6"]
+    assert rep.passed and [c.input_shapes["x"] for c in rep.cases] == ["2x2x6x6"] * 3
     with pytest.raises(InputError, match="batch"):
         verify(m, m, batch_sizes=[4])
 
@@ -66,9 +69,9 @@ def test_fixed_batch_runs_once_and_batch_sizes_are_refused() -> None:
 def test_batch_sizes_and_shapes_are_honoured() -> None:
     m = _classifier()
     rep = verify(m, m, batch_sizes=[3])
-    assert [c.input_shapes["x"] for c in rep.cases] == ["3x2x6x6"]
+    assert [c.input_shapes["x"] for c in rep.cases] == ["3x2x6x6"] * 3
     rep = verify(m, m, shapes=["x:5x2x6x6"])
-    assert [c.input_shapes["x"] for c in rep.cases] == ["5x2x6x6"]
+    assert [c.input_shapes["x"] for c in rep.cases] == ["5x2x6x6"] * 3
     with pytest.raises(InputError, match="unknown input"):
         verify(m, m, shapes={"y": (1, 2, 6, 6)})
 
