@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from modelgen import Builder
+from modelgen import Builder, bn9, ort_crashes_on
 from onnx import numpy_helper
 
 import bnfold
@@ -256,45 +256,24 @@ def test_all_outputs_nondeterministic_is_an_explicit_unverified_pass() -> None:
 
 # --- ORT crashes and missing kernels -------------------------------------------------------
 
-def _bn9(empty_optional_outputs: bool) -> onnx.ModelProto:
-    """Opset-9 BN; with outputs ["y", "", "", "", ""] onnxruntime 1.32 segfaults running it."""
-    c = 3
-    inits = [numpy_helper.from_array(np.ones(c, np.float32), n) for n in ("s", "b", "m", "v")]
-    outs = ["y", "", "", "", ""] if empty_optional_outputs else ["y"]
-    g = onnx.helper.make_graph(
-        [onnx.helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs, name="bn")],
-        "bn9", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 4, 4])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 4, 4])], inits)
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 9)])
-    m.ir_version = 8
-    return m
-
-
 @pytest.fixture(scope="module")
 def crashing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model onnxruntime segfaults on (checked in a throwaway process first)."""
-    import subprocess
-    import sys
-
     path = tmp_path_factory.mktemp("crash") / "bn9.onnx"
-    onnx.save(_bn9(empty_optional_outputs=True), path)
-    probe = ("import sys, numpy as np, onnxruntime as ort; so = ort.SessionOptions(); "
-             "so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL; "
-             "s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider']); "
-             "s.run(None, {'x': np.ones((1, 3, 4, 4), np.float32)})")
-    if subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True).returncode >= 0:
+    onnx.save(bn9(empty_optional_outputs=True), path)
+    if not ort_crashes_on(path):
         pytest.skip("this onnxruntime no longer crashes on an opset-9 BN with empty output names")
     return path
 
 
 def test_ort_crash_on_the_original_is_a_one_line_input_error(crashing: Path) -> None:
     with pytest.raises(InputError, match=r"crashed \(SIGSEGV\).*original model") as exc:
-        verify(crashing, _bn9(empty_optional_outputs=False))
+        verify(crashing, bn9(empty_optional_outputs=False))
     assert str(crashing) in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_ort_crash_on_the_folded_model_fails_naming_it(crashing: Path) -> None:
-    rep = verify(_bn9(empty_optional_outputs=False), crashing)
+    rep = verify(bn9(empty_optional_outputs=False), crashing)
     assert not rep.passed and rep.crash is not None
     assert "SIGSEGV" in rep.crash and f"folded model {crashing}" in rep.crash
     assert rep.summary() == f"FAIL: {rep.crash}"
