@@ -151,7 +151,8 @@ def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], prov
                label_arr: np.ndarray | None, atol: float | None, rtol: float | None
                ) -> tuple[str, bool, dict] | None:
     """Run and judge every input set on one provider; returns the first failing case's provider,
-    whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash`` when ORT crashes on the folded model."""
+    whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
+    when ORT crashes on the folded model."""
     ra, rb = pair
     failure = None
     for source, chunks in sets:
