@@ -285,6 +285,7 @@ def test_float64_model_without_ort_kernels_is_verified_on_onnx_reference() -> No
     rep = verify(m, result.model, fold_result=result, batch_sizes=[2])
     assert rep.passed and {c.engine for c in rep.cases} == {"onnx.reference"}
     assert any("no kernel" in n and "onnx.reference" in n for n in rep.notes)
+    assert "run on onnx.reference" in rep.summary()
     assert {c.dtype for c in rep.checks} == {"float64"}
 
 

@@ -24,7 +24,7 @@ import onnx
 from bnfold.errors import BnfoldError, InputError
 
 CHILD = Path(__file__).with_name("ort_child.py")
-REFERENCE = "onnx.reference"
+REFERENCE = "onnx.reference"  # the engine name cases carry when ORT lacks a kernel
 _BOOT = ("import sys; sys.path[:] = [p for p in sys.path if p]; import runpy; "
          "runpy.run_path(sys.argv[1], run_name='__main__')")
 
