@@ -293,3 +293,14 @@ def test_engine_of_each_case_is_onnxruntime_when_it_has_the_kernels() -> None:
     m = _classifier()
     rep = verify(m, bnfold.fold(m).model, batch_sizes=[1])
     assert {c.engine for c in rep.cases} == {"onnxruntime CPUExecutionProvider"}
+
+
+def test_without_a_float64_truth_an_out_of_tolerance_output_stays_a_fail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnfold.verify import explain
+
+    monkeypatch.setattr(explain, "MAX_TRUTH_BYTES", 0)  # as for an original over 2 GiB
+    m = _cancelling()
+    rep = verify(m, bnfold.fold(m).model, batch_sizes=[1], seeds=[0])
+    assert not rep.passed and rep.checks[0].truth is None
+    assert any("no float64 copy" in n for n in rep.notes)

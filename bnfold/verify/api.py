@@ -128,7 +128,7 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
         report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
                         environment=_environment(providers, opt_level, seed_list),
                         fold=fold_result.to_dict() if fold_result is not None else None)
-        truth = explain.GroundTruth(proc, a.source)
+        truth = explain.GroundTruth(proc, a.source, a.proto)
         failure: tuple[str, bool, dict] | None = None
         for provider in providers:
             pair = _open_pair(proc, a, b, provider, opt_level, report)
@@ -140,6 +140,7 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
             failure = failure or failed
         report.notes += explain.notes(report, truth.reason)
         if failure is not None and localize_failures and report.crash is None:
+            proc.drop(*(f"{role}:{p}" for role in ("original", "folded") for p in providers))
             _localize(report, proc, a, b, failure, fold_result, opt_level, atol, rtol)
         return report
     finally:

@@ -173,6 +173,14 @@ class OrtProcess:
             raise InputError(f"onnxruntime failed on {label} with inputs {_shapes(feed)}: "
                              f"{exc}") from None
 
+    def drop(self, *keys: str) -> None:
+        """Free sessions no longer needed (a big model's weights stay in ORT's memory otherwise)."""
+        for key in keys:
+            self._loaded.pop(key, None)
+            if key in self._live and self._proc is not None:
+                self._live.discard(key)
+                self._call(key, "drop", key)
+
     def close(self) -> None:
         """Ask the child to quit, make sure it is gone, and remove the scratch folder."""
         proc = self._proc

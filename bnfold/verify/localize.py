@@ -169,8 +169,10 @@ def localize(original: ModelArg, folded: ModelArg, feed: Mapping[str, np.ndarray
     run_a = _exposed(orig, orig_base, names, "original", proc, provider, opt_level, reference)
     ref = run_a.run(feed, names)
     again = run_a.run(feed, names)
+    proc.drop("localize-original")  # one big model in memory at a time
     got = _exposed(fold, fold_base, names, "folded", proc, provider, opt_level,
                    reference).run(feed, names)
+    proc.drop("localize-folded")
     producers = _producers(fold.graph)
     for i, name in enumerate(names, start=1):
         a, b = ref[name], got[name]
