@@ -181,3 +181,48 @@ def test_tensors_that_differ_between_two_original_runs_are_skipped() -> None:
     found = loc.localize(m, bad, _feed(m), provider="cpu", opt_level="disabled",
                          records=result.records)
     assert found is not None and found.bn == result.records[1].bn
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("BNFOLD_BIG_TESTS"),
+                    reason="writes a 2.3 GB model; set BNFOLD_BIG_TESTS=1 to run")
+def test_failure_in_a_model_over_2_gib_is_localised(tmp_path: Path) -> None:
+    """x @ W (24000 x 24000 float32, 2.3 GB of external data) -> BN, against a wrong 'fold'
+    (an Add of the wrong bias). Serialising either model in memory raises EncodeError."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    k = 24000
+    w = np.memmap(tmp_path / "w.data", dtype=np.float32, mode="w+", shape=(k, k))
+    for i in range(0, k, 2000):
+        w[i:i + 2000] = np.random.default_rng(i).standard_normal((2000, k), np.float32) * 0.01
+    w.flush()
+    del w
+
+    def weight() -> onnx.TensorProto:
+        t = onnx.TensorProto(name="W", data_type=T.FLOAT, dims=[k, k],
+                             data_location=T.EXTERNAL)
+        for key, value in (("location", "w.data"), ("offset", "0"), ("length", str(k * k * 4))):
+            t.external_data.add(key=key, value=value)
+        return t
+
+    ones = np.ones(k, np.float32)
+    io = ([h.make_tensor_value_info("x", T.FLOAT, [1, k])],
+          [h.make_tensor_value_info("y", T.FLOAT, [1, k])])
+    matmul = h.make_node("MatMul", ["x", "W"], ["mm"], name="matmul")
+    graphs = {
+        "a.onnx": h.make_graph(
+            [matmul, h.make_node("BatchNormalization", ["mm", "s", "b", "m", "v"], ["y"],
+                                 name="bn")], "big", *io,
+            [weight()] + [numpy_helper.from_array(v, n) for v, n in
+                          ((2 * ones, "s"), (0 * ones, "b"), (0 * ones, "m"), (ones, "v"))]),
+        "b.onnx": h.make_graph([matmul, h.make_node("Add", ["mm", "bias"], ["y"], name="add")],
+                               "big", *io, [weight(), numpy_helper.from_array(ones / 2, "bias")]),
+    }
+    for name, g in graphs.items():
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9),
+                  tmp_path / name)
+    rep = verify(tmp_path / "a.onnx", tmp_path / "b.onnx", seeds=[0])
+    assert not rep.passed
+    assert rep.localization is not None and (rep.localization.tensor, rep.localization.bn) == (
+        "y", "bn")
