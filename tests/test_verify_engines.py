@@ -108,3 +108,11 @@ def test_child_imports_neither_bnfold_nor_onnx() -> None:
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bnfold', 'onnx')))")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stderr.strip().splitlines()[-1] == "[]"  # the child sends stdout to stderr
+
+
+def test_child_that_exits_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engines, "_BOOT", "import sys; sys.exit('no onnxruntime here')")
+    with engines.OrtProcess() as proc, pytest.raises(engines.Crashed) as exc:
+        proc.load("a", _relu().SerializeToString(), "the original model m.onnx", CPU, "disabled")
+    assert str(exc.value) == ("onnxruntime crashed (exit status 1: no onnxruntime here) on the "
+                              "original model m.onnx")

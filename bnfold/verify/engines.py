@@ -114,8 +114,10 @@ class OrtProcess:
             proc.stdin.flush()
             reply = pickle.load(proc.stdout)
         except (EOFError, BrokenPipeError, ConnectionResetError, pickle.UnpicklingError):
-            self._reap()
-            raise Crashed(label, _how(proc.returncode)) from None
+            said = self._reap()
+            how = _how(proc.returncode)
+            raise Crashed(label, how if proc.returncode is None or proc.returncode < 0 or not said
+                          else f"{how}: {said}") from None
         if reply[0] == "error":
             _, kind, text = reply
             if kind == "no_kernel":
@@ -123,8 +125,9 @@ class OrtProcess:
             raise RuntimeError(text)
         return reply[1]
 
-    def _reap(self) -> None:
-        """Forget a dead (or dying) child; the next call starts a fresh one."""
+    def _reap(self) -> str:
+        """Forget a dead (or dying) child; the next call starts a fresh one. Returns the last
+        line the child wrote to stderr (why it exited, when it says)."""
         proc, self._proc = self._proc, None
         if proc is not None:
             for stream in (proc.stdin, proc.stdout):
@@ -137,9 +140,14 @@ class OrtProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        last = ""
         if self._stderr is not None:
+            self._stderr.seek(0)
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+            last = lines[-1].strip()[:200] if lines else ""
             self._stderr.close()
             self._stderr = None
+        return last
 
     def load(self, key: str, source: str | bytes, label: str, chain: Sequence[str],
              opt_level: str) -> None:
