@@ -159,3 +159,30 @@ def tolerance(reference: onnx.ModelProto, rel: float = 1e-4) -> float:
     peak = max(float(np.max(np.abs(o.astype(np.float64)), initial=0.0))
                for o in run(reference, feeds))
     return rel * max(1.0, peak)
+
+
+def bn9(empty_optional_outputs: bool) -> onnx.ModelProto:
+    """Opset-9 BN on x (1, 3, 4, 4); with outputs ["y", "", "", "", ""] onnxruntime 1.32 segfaults
+    running it (a valid model: empty names mark absent optional outputs)."""
+    inits = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    outs = ["y", "", "", "", ""] if empty_optional_outputs else ["y"]
+    g = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs, name="bn")],
+        "bn9", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+    m.ir_version = 8
+    return m
+
+
+def ort_crashes_on(path: object) -> bool:
+    """Whether onnxruntime dies on a signal running the model at ``path`` on ones (in a child)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, numpy as np, onnxruntime as ort; so = ort.SessionOptions(); "
+             "so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL; "
+             "s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider']); "
+             "s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()})")
+    return subprocess.run([sys.executable, "-c", probe, str(path)],
+                          capture_output=True).returncode < 0

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from modelgen import Builder
+from modelgen import Builder, bn9, ort_crashes_on
 from onnx import numpy_helper
 
 import bnfold
@@ -52,7 +52,7 @@ def _run(*args: object) -> tuple[int, str, str]:
 def test_pass_exits_0_with_summary_on_stdout(models: dict[str, Path]) -> None:
     code, out, err = _run(models["original"], models["folded"])
     assert code == 0, err
-    assert out.startswith("PASS: 1 output(s) x 2 case(s)")
+    assert out.startswith("PASS: 1 output(s) x 6 case(s)")  # 3 seeds x batch 1 and 8
     assert "verifying" in err and "verifying" not in out
 
 
@@ -104,3 +104,30 @@ def test_bad_input_exits_2_with_one_line(models: dict[str, Path], tmp_path: Path
 def test_help_has_examples() -> None:
     r = CliRunner().invoke(main, ["verify", "--help"])
     assert r.exit_code == 0 and "Examples:" in r.output and "--labels" in r.output
+
+
+@pytest.fixture(scope="module")
+def bn9_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(runs.onnx, crashes.onnx): the same opset-9 BN; ORT segfaults on the second."""
+    d = tmp_path_factory.mktemp("bn9")
+    runs, crashes = d / "runs.onnx", d / "crashes.onnx"
+    onnx.save(bn9(empty_optional_outputs=False), runs)
+    onnx.save(bn9(empty_optional_outputs=True), crashes)
+    if not ort_crashes_on(crashes):
+        pytest.skip("this onnxruntime no longer crashes on an opset-9 BN with empty output names")
+    return runs, crashes
+
+
+def test_ort_crash_on_the_original_exits_2_with_one_line(bn9_pair: tuple[Path, Path]) -> None:
+    runs, crashes = bn9_pair
+    code, out, err = _run(crashes, runs, "-q")
+    assert code == 2 and out == ""
+    assert err.startswith("bnfold: error: onnxruntime crashed (SIGSEGV) on the original model")
+    assert str(crashes) in err and err.count("\n") == 1
+
+
+def test_ort_crash_on_the_folded_model_exits_1_naming_it(bn9_pair: tuple[Path, Path]) -> None:
+    runs, crashes = bn9_pair
+    code, out, _ = _run(runs, crashes, "-q")
+    assert code == 1
+    assert out.startswith(f"FAIL: onnxruntime crashed (SIGSEGV) on the folded model {crashes}")

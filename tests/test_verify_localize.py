@@ -1,13 +1,17 @@
 """Localisation: a deliberately corrupted fold is traced to the BN whose fold produced it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
+import pytest
 from modelgen import Builder
 from onnx import numpy_helper
 
 import bnfold
 from bnfold.verify import localize as loc
+from bnfold.verify import verify
 from bnfold.verify.inputs import random_feeds, graph_inputs
 
 
@@ -106,3 +110,119 @@ def test_expose_adds_outputs_without_touching_the_input_model() -> None:
     exposed = loc.expose(m, [m.graph.node[0].output[0]])
     assert len(exposed.graph.output) == len(m.graph.output) + 1
     assert len(m.graph.output) == 1
+
+
+def _save_external(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data",
+              size_threshold=0)
+    return path
+
+
+def _corrupted_pair_on_disk(tmp_path: Path) -> tuple[Path, Path, bnfold.FoldResult]:
+    m = _cnn()
+    result = bnfold.fold(m)
+    bad = _perturb_weight_of(result.model, result.records[1].target)
+    return (_save_external(m, tmp_path / "a.onnx"), _save_external(bad, tmp_path / "b.onnx"),
+            result)
+
+
+def test_models_on_disk_are_localised_without_loading_their_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serialising a whole model (weights in memory) fails over 2 GiB: ORT must load by path."""
+    a, b, result = _corrupted_pair_on_disk(tmp_path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("external data was loaded into memory")
+
+    from bnfold.verify.explain import GroundTruth
+
+    monkeypatch.setattr(GroundTruth, "run", lambda self, chunks: None)  # the truth needs weights
+    monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", refuse)
+    rep = verify(a, b, fold_result=result, batch_sizes=[2])
+    assert not rep.passed
+    assert rep.localization is not None and rep.localization.bn == result.records[1].bn
+
+
+def test_exposed_models_go_to_a_temp_folder_with_external_data_and_are_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    import bnfold.model_io
+
+    a, b, result = _corrupted_pair_on_disk(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    written: list[list[str]] = []
+    save = bnfold.model_io.save_model
+
+    def spy(*args: object, **kwargs: object) -> list[str]:
+        written.append(save(*args, **kwargs))  # type: ignore[arg-type]
+        return written[-1]
+
+    monkeypatch.setattr(bnfold.model_io, "save_model", spy)
+    rep = verify(a, b, fold_result=result, batch_sizes=[2])
+    assert rep.localization is not None
+    assert len(written) == 2 and all(len(paths) == 2 for paths in written)  # model + data file
+    assert all(Path(p).is_relative_to(scratch) for paths in written for p in paths)
+    assert list(scratch.iterdir()) == []
+
+
+def test_tensors_that_differ_between_two_original_runs_are_skipped() -> None:
+    """A random intermediate ahead of the broken fold must not be blamed instead of it."""
+    b = Builder(seed=4)
+    x = b.input("x", ["N", 2, 6, 6])
+    b.output(b.bn(b.conv(x, 2, 3), 3))  # folded exactly: the random node moves up one place
+    b.output(b.node("Relu", [b.node("RandomNormalLike", [x])]))
+    b.output(b.bn(b.conv(x, 2, 3), 3))
+    m = b.model()
+    result = bnfold.fold(m)
+    bad = _perturb_weight_of(result.model, result.records[1].target)
+    found = loc.localize(m, bad, _feed(m), provider="cpu", opt_level="disabled",
+                         records=result.records)
+    assert found is not None and found.bn == result.records[1].bn
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("BNFOLD_BIG_TESTS"),
+                    reason="writes a 2.3 GB model; set BNFOLD_BIG_TESTS=1 to run")
+def test_failure_in_a_model_over_2_gib_is_localised(tmp_path: Path) -> None:
+    """x @ W (24000 x 24000 float32, 2.3 GB of external data) -> BN, against a wrong 'fold'
+    (an Add of the wrong bias). Serialising either model in memory raises EncodeError."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    k = 24000
+    w = np.memmap(tmp_path / "w.data", dtype=np.float32, mode="w+", shape=(k, k))
+    for i in range(0, k, 2000):
+        w[i:i + 2000] = np.random.default_rng(i).standard_normal((2000, k), np.float32) * 0.01
+    w.flush()
+    del w
+
+    def weight() -> onnx.TensorProto:
+        t = onnx.TensorProto(name="W", data_type=T.FLOAT, dims=[k, k],
+                             data_location=T.EXTERNAL)
+        for key, value in (("location", "w.data"), ("offset", "0"), ("length", str(k * k * 4))):
+            t.external_data.add(key=key, value=value)
+        return t
+
+    ones = np.ones(k, np.float32)
+    io = ([h.make_tensor_value_info("x", T.FLOAT, [1, k])],
+          [h.make_tensor_value_info("y", T.FLOAT, [1, k])])
+    matmul = h.make_node("MatMul", ["x", "W"], ["mm"], name="matmul")
+    graphs = {
+        "a.onnx": h.make_graph(
+            [matmul, h.make_node("BatchNormalization", ["mm", "s", "b", "m", "v"], ["y"],
+                                 name="bn")], "big", *io,
+            [weight()] + [numpy_helper.from_array(v, n) for v, n in
+                          ((2 * ones, "s"), (0 * ones, "b"), (0 * ones, "m"), (ones, "v"))]),
+        "b.onnx": h.make_graph([matmul, h.make_node("Add", ["mm", "bias"], ["y"], name="add")],
+                               "big", *io, [weight(), numpy_helper.from_array(ones / 2, "bias")]),
+    }
+    for name, g in graphs.items():
+        onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9),
+                  tmp_path / name)
+    rep = verify(tmp_path / "a.onnx", tmp_path / "b.onnx", seeds=[0])
+    assert not rep.passed
+    assert rep.localization is not None and (rep.localization.tensor, rep.localization.bn) == (
+        "y", "bn")

@@ -1,6 +1,7 @@
 """Report renderings: JSON fields, Markdown tables, the self-contained HTML and writing all three."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,6 +13,7 @@ from bnfold.errors import OutputError
 from bnfold.verify.compare import compare
 from bnfold.verify.localize import Localization
 from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
+from bnfold.verify.truth import TruthCheck
 
 
 class _Tables(HTMLParser):
@@ -159,3 +161,42 @@ def test_fold_table_shows_each_folds_proof_error() -> None:
     assert [bn1[i] for i in cols] == ["4.8e-06", "0.0012", "onnxruntime"]
     assert [bn2[i] for i in cols] == ["-", "-", "-"]
     assert "| 4.8e-06 | 0.0012 | onnxruntime |" in rep.to_markdown()
+
+
+def test_check_closer_to_float64_truth_passes_and_is_shown_in_the_tables() -> None:
+    rep = _report(fail=True)
+    rep.localization = None
+    rep.checks = [dataclasses.replace(c, truth=TruthCheck("onnx.reference", 0.6, 0.1))
+                  if not c.passed else c for c in rep.checks]
+    rep.notes.append("output 'logits': closer to the float64 truth")
+    assert rep.passed and "closer to the float64 truth than the original" in rep.summary()
+    parser = _Tables()
+    parser.feed(rep.to_html())
+    assert parser.tables["output:logits"][1][-2:] == ["0.6 / 0.1", "pass (closer to float64 truth)"]
+    assert parser.tables["notes"][1] == ["output 'logits': closer to the float64 truth"]
+    assert json.loads(rep.to_json())["checks"][0]["truth"]["folded_closer"] is True
+
+
+def test_nondeterministic_checks_leave_the_verdict_and_all_of_them_is_unverified() -> None:
+    rep = _report(fail=True)
+    rep.checks = [dataclasses.replace(c, nondeterministic=True) if not c.passed else c
+                  for c in rep.checks]
+    assert rep.passed and not rep.unverified and rep.nondeterministic == ["logits"]
+    rep.checks = [dataclasses.replace(c, nondeterministic=True) for c in rep.checks]
+    assert rep.passed and rep.unverified and rep.summary().startswith("PASS (UNVERIFIED)")
+
+
+def test_crash_fails_the_report_whatever_the_checks() -> None:
+    rep = _report()
+    rep.crash = "onnxruntime crashed (SIGSEGV) on the folded model b.onnx"
+    assert not rep.passed and rep.summary() == f"FAIL: {rep.crash}"
+    assert "### Notes" in rep.to_markdown() and rep.to_dict()["crash"] == rep.crash
+
+
+def test_cases_table_names_the_engine() -> None:
+    rep = _report()
+    rep.cases[0] = dataclasses.replace(rep.cases[0], engine="onnx.reference")
+    parser = _Tables()
+    parser.feed(rep.to_html())
+    assert [row[-1] for row in parser.tables["cases"]] == ["engine", "onnx.reference",
+                                                          "onnxruntime"]

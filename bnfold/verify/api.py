@@ -1,7 +1,10 @@
 """``verify``: run the original and folded models on the same inputs and judge every output.
 
-Cases are (provider x input set); each output of each case is compared against per-dtype
-tolerances. On failure the first diverging intermediate tensor is found and blamed on a BN fold.
+Cases are (provider x input set: seeds x batch sizes, or the user's data); each output of each
+case is compared against per-dtype tolerances. An output out of tolerance is looked at again
+(``explain``): nondeterministic outputs are left out, and a fold at least as close to the float64
+truth as the original passes. A real failure is localised: the first diverging intermediate tensor
+is found and blamed on a BN fold.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 import onnx
 
 from bnfold.errors import InputError
-from bnfold.verify import compare, inputs, runner
+from bnfold.verify import compare, engines, explain, inputs, runner
 from bnfold.verify.localize import localize
 from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
 
@@ -27,7 +30,8 @@ MAX_HIST_ELEMENTS = 200_000  # per output, enough for a histogram without holdin
 
 @dataclass
 class _Model:
-    """A model argument: what ORT loads (path or proto), and a proto for signatures/localisation."""
+    """A model argument: what ORT loads (path or proto), and a proto (external data left on disk)
+    for signatures."""
 
     source: str | onnx.ModelProto
     label: str
@@ -42,14 +46,6 @@ class _Model:
         path = str(arg)
         return cls(path, path, load_model(path, load_external_data=False))
 
-    def full_proto(self) -> onnx.ModelProto:
-        """The proto with external data loaded (needed to re-serialise with extra outputs)."""
-        if isinstance(self.source, onnx.ModelProto):
-            return self.source
-        from bnfold.model_io import load_model
-
-        return load_model(self.source)
-
 
 def _parse_shapes(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None
                   ) -> dict[str, tuple[int, ...]]:
@@ -60,34 +56,138 @@ def _parse_shapes(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None
     return dict(inputs.parse_shape(s) for s in shapes)
 
 
-def _input_sets(specs: list[inputs.TensorSpec], *, seed: int, shapes: dict[str, tuple[int, ...]],
-                batch_sizes: Sequence[int] | None, data: Any) -> list[tuple[str, list[dict]]]:
-    """(source label, feed chunks) per input set: the user's .npz files, else seeded random data."""
-    if data is not None:
-        if isinstance(data, Mapping):
-            return [("arrays", inputs.split_batches(dict(data), specs))]
-        paths = [data] if isinstance(data, (str, Path)) else list(data)
-        return [(str(p), inputs.split_batches(inputs.load_npz(p, specs), specs)) for p in paths]
-    names = {s.name for s in specs}
-    unknown = sorted(set(shapes) - names)
-    if unknown:
-        raise InputError(f"--shape names unknown input(s) {unknown}; the inputs are {sorted(names)}")
-    dynamic = inputs.batch_is_dynamic(specs, shapes)
-    if batch_sizes and not dynamic:
-        raise InputError("--batch-size needs a symbolic batch dimension, but the model's batch "
-                         "size is fixed (or set by --shape)")
-    sizes: Sequence[int | None] = (list(batch_sizes or inputs.DEFAULT_BATCH_SIZES) if dynamic
-                                   else [None])
-    return [(f"random seed={seed}" + (f" batch={b}" if b is not None else ""),
-             [inputs.random_feeds(specs, b, shapes, seed)]) for b in sizes]
+def _original_crashed(exc: engines.Crashed) -> InputError:
+    return InputError(f"{exc}; the original model itself cannot run on onnxruntime here, so "
+                      "nothing can be verified (fold with --no-verify to skip verification)")
 
 
-def _run_chunks(session: Any, chunks: list[dict]) -> dict[str, np.ndarray]:
-    """Run every chunk and join outputs along the batch axis."""
-    results = [runner.run(session, c) for c in chunks]
-    if len(results) == 1:
-        return results[0]
-    return {k: np.concatenate([r[k] for r in results], axis=0) for k in results[0]}
+def _reference_pair(a: _Model, b: _Model, why: engines.NoKernel, whose: str,
+                    report: Report) -> tuple[engines.Runner, engines.Runner]:
+    note = (f"onnxruntime has no kernel for the {whose} model ({why}); both models ran on "
+            f"{engines.REFERENCE} instead")
+    if note not in report.notes:
+        report.notes.append(note)
+    return (engines.ReferenceModel(engines.full_model(a.source), a.label),
+            engines.ReferenceModel(engines.full_model(b.source), b.label))
+
+
+def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, opt_level: str,
+               report: Report) -> tuple[engines.Runner, engines.Runner] | None:
+    """Both models loaded for ``provider`` (onnx.reference for both when ORT lacks a kernel for
+    either); None, with ``report.crash`` set, when ORT crashed on the folded model."""
+    chain = runner.provider_chain(provider)
+    models = []
+    for m, role in ((a, "original"), (b, "folded")):
+        key, label = f"{role}:{provider}", f"the {role} model {m.label}"
+        try:
+            proc.load(key, engines.ort_source(m.source, proc, key), label, chain, opt_level)
+        except engines.NoKernel as exc:
+            return _reference_pair(a, b, exc, role, report)
+        except engines.Crashed as exc:
+            if role == "original":
+                raise _original_crashed(exc) from None
+            report.crash = f"{exc}, which the original survives"
+            return None
+        models.append(engines.OrtModel(proc, key, label, chain[0]))
+    return models[0], models[1]
+
+
+def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | None = None,
+           providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
+           seeds: Sequence[int] | None = None,
+           shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+           batch_sizes: Sequence[int] | None = None, data: Any = None,
+           labels: str | Path | np.ndarray | None = None, atol: float | None = None,
+           rtol: float | None = None, localize_failures: bool = True) -> Report:
+    """Compare ``folded`` against ``original`` and return the Report.
+
+    ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random,
+    one feed per seed (``seeds``, default ``seed``, ``seed + 1``, ``seed + 2``) and batch size
+    (``batch_sizes``, default 1 and 8 when the batch dim is symbolic). ``labels`` (with ``data``)
+    adds task accuracy of both models. ``atol``/``rtol`` override the per-dtype defaults.
+    ONNX Runtime runs in a child process (a crash there is reported, not fatal), or onnx.reference
+    where ORT has no kernel. Raises BnfoldError for inputs that cannot be compared at all, and
+    when ORT crashes on the original model.
+    """
+    seed_list = list(seeds) if seeds is not None else [seed + i for i in range(inputs.DEFAULT_SEEDS)]
+    proc = engines.OrtProcess().start()  # the child imports ORT while the inputs are prepared
+    try:
+        a, b = _Model.of(original), _Model.of(folded)
+        inputs.check_signatures(a.proto, b.proto)
+        runner.check_opt_level(opt_level)
+        for p in providers:
+            runner.provider_chain(p)
+        if labels is not None and data is None:
+            raise InputError("--labels needs --data: the labelled inputs to score")
+        sets = inputs.input_sets(inputs.graph_inputs(a.proto), seeds=seed_list,
+                                 shapes=_parse_shapes(shapes), batch_sizes=batch_sizes, data=data)
+        label_arr = (None if labels is None else
+                     np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray)
+                     else inputs.load_labels(labels))
+
+        report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
+                        environment=_environment(providers, opt_level, seed_list),
+                        fold=fold_result.to_dict() if fold_result is not None else None)
+        truth = explain.GroundTruth(proc, a.source, a.proto)
+        failure: tuple[str, bool, dict] | None = None
+        for provider in providers:
+            pair = _open_pair(proc, a, b, provider, opt_level, report)
+            if pair is None:
+                break
+            failed = _run_cases(report, pair, provider, sets, truth, label_arr, atol, rtol)
+            if report.crash is not None:
+                break
+            failure = failure or failed
+        report.notes += explain.notes(report, truth.reason)
+        if failure is not None and localize_failures and report.crash is None:
+            proc.drop(*(f"{role}:{p}" for role in ("original", "folded") for p in providers))
+            _localize(report, proc, a, b, failure, fold_result, opt_level, atol, rtol)
+        return report
+    finally:
+        proc.close()
+
+
+def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], provider: str,
+               sets: list[tuple[str, list[dict]]], truth: explain.GroundTruth,
+               label_arr: np.ndarray | None, atol: float | None, rtol: float | None
+               ) -> tuple[str, bool, dict] | None:
+    """Run and judge every input set on one provider; returns the first failing case's provider,
+    whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
+    when ORT crashes on the folded model."""
+    ra, rb = pair
+    failure = None
+    for source, chunks in sets:
+        name = f"{provider}: {source}"
+        report.cases.append(Case(name, provider, source, {
+            k: "x".join(map(str, v)) for k, v in _joined_shapes(chunks).items()}, ra.engine))
+        try:
+            ref = engines.run_chunks(ra, chunks)
+        except engines.Crashed as exc:
+            raise _original_crashed(exc) from None
+        try:
+            got = engines.run_chunks(rb, chunks)
+        except engines.Crashed as exc:
+            report.crash = f"{exc} on inputs from {source}, which the original survives"
+            return None
+        checks = [_check(name, out, ref[out], got[out], atol, rtol) for out in ref]
+        if not all(c.within_tolerance for c in checks):
+            try:
+                again = engines.run_chunks(ra, chunks)
+            except engines.Crashed as exc:
+                raise _original_crashed(exc) from None
+            checks = explain.mark_nondeterministic(checks, ref, again, atol, rtol)
+            if not all(c.within_tolerance or c.nondeterministic for c in checks):
+                checks = explain.add_truth(checks, ref, got, truth.run(chunks), truth.engine)
+        report.checks += checks
+        for c in checks:
+            if ref[c.output].shape == got[c.output].shape and not c.nondeterministic:
+                _keep_errors(report, c.output, compare.abs_errors(ref[c.output], got[c.output]))
+        if failure is None and any(not c.passed and not c.nondeterministic for c in checks):
+            failure = (provider, ra.engine == engines.REFERENCE, chunks[0])
+        if label_arr is not None and report.accuracy is None:
+            out = next(iter(ref))
+            report.accuracy = _accuracy(out, ref[out], got[out], label_arr)
+    return failure
 
 
 def _check(case: str, name: str, ref: np.ndarray, got: np.ndarray, atol: float | None,
@@ -104,7 +204,8 @@ def _check(case: str, name: str, ref: np.ndarray, got: np.ndarray, atol: float |
     return OutputCheck(case, name, compare.dtype_name(ref.dtype), shape, a_tol, r_tol, metrics)
 
 
-def _environment(providers: Sequence[str], opt_level: str, seed: int) -> dict[str, Any]:
+def _environment(providers: Sequence[str], opt_level: str, seeds: Sequence[int]
+                 ) -> dict[str, Any]:
     import onnxruntime as ort
 
     import bnfold
@@ -114,7 +215,8 @@ def _environment(providers: Sequence[str], opt_level: str, seed: int) -> dict[st
             "machine": f"{platform.system()} {platform.machine()}",
             "providers": ", ".join(providers),
             "available providers": ", ".join(ort.get_available_providers()),
-            "graph optimization level": opt_level, "seed": seed}
+            "graph optimization level": opt_level,
+            "seeds": ", ".join(map(str, seeds))}
 
 
 def _accuracy(name: str, ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> Accuracy:
@@ -124,60 +226,6 @@ def _accuracy(name: str, ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -
     p_ref, p_got = ref.argmax(axis=1), got.argmax(axis=1)
     return Accuracy(name, int(labels.shape[0]), float(np.mean(p_ref == labels)),
                     float(np.mean(p_got == labels)), float(np.mean(p_ref == p_got)))
-
-
-def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | None = None,
-           providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
-           shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
-           batch_sizes: Sequence[int] | None = None, data: Any = None,
-           labels: str | Path | np.ndarray | None = None, atol: float | None = None,
-           rtol: float | None = None, localize_failures: bool = True) -> Report:
-    """Compare ``folded`` against ``original`` on ONNX Runtime and return the Report.
-
-    ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random
-    (seeded) at each of ``batch_sizes`` (default 1 and 8 when the batch dim is symbolic).
-    ``labels`` (with ``data``) adds task accuracy of both models. ``atol``/``rtol`` override the
-    per-dtype defaults. Raises BnfoldError for inputs that cannot be compared at all.
-    """
-    a, b = _Model.of(original), _Model.of(folded)
-    inputs.check_signatures(a.proto, b.proto)
-    runner.check_opt_level(opt_level)
-    for p in providers:
-        runner.provider_chain(p)
-    if labels is not None and data is None:
-        raise InputError("--labels needs --data: the labelled inputs to score")
-    specs = inputs.graph_inputs(a.proto)
-    sets = _input_sets(specs, seed=seed, shapes=_parse_shapes(shapes), batch_sizes=batch_sizes,
-                       data=data)
-    label_arr = (None if labels is None else
-                 np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray)
-                 else inputs.load_labels(labels))
-
-    report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
-                    environment=_environment(providers, opt_level, seed),
-                    fold=fold_result.to_dict() if fold_result is not None else None)
-    first_failure: tuple[str, dict] | None = None
-    for provider in providers:
-        sess_a = runner.make_session(a.source, provider, opt_level)
-        sess_b = runner.make_session(b.source, provider, opt_level)
-        for source, chunks in sets:
-            name = f"{provider}: {source}"
-            report.cases.append(Case(name, provider, source, {
-                k: "x".join(map(str, v)) for k, v in _joined_shapes(chunks).items()}))
-            ref, got = _run_chunks(sess_a, chunks), _run_chunks(sess_b, chunks)
-            for out in ref:
-                check = _check(name, out, ref[out], got[out], atol, rtol)
-                report.checks.append(check)
-                if ref[out].shape == got[out].shape:
-                    _keep_errors(report, out, compare.abs_errors(ref[out], got[out]))
-                if not check.passed and first_failure is None:
-                    first_failure = (provider, chunks[0])
-            if label_arr is not None and report.accuracy is None:
-                out = next(iter(ref))
-                report.accuracy = _accuracy(out, ref[out], got[out], label_arr)
-    if first_failure is not None and localize_failures:
-        _localize(report, a, b, first_failure, fold_result, opt_level, atol, rtol)
-    return report
 
 
 def _joined_shapes(chunks: list[dict]) -> dict[str, tuple[int, ...]]:
@@ -195,13 +243,18 @@ def _keep_errors(report: Report, name: str, err: np.ndarray) -> None:
     report.errors[name] = joined[:MAX_HIST_ELEMENTS]
 
 
-def _localize(report: Report, a: _Model, b: _Model, failure: tuple[str, dict],
-              fold_result: FoldResult | None, opt_level: str, atol: float | None,
-              rtol: float | None) -> None:
-    provider, feed = failure
+def _localize(report: Report, proc: engines.OrtProcess, a: _Model, b: _Model,
+              failure: tuple[str, bool, dict], fold_result: FoldResult | None,
+              opt_level: str, atol: float | None, rtol: float | None) -> None:
+    provider, reference, feed = failure
     records = fold_result.records if fold_result is not None else None
-    report.localization = localize(a.full_proto(), b.full_proto(), feed, provider=provider,
-                                   opt_level=opt_level, records=records, atol=atol, rtol=rtol)
+    try:
+        report.localization = localize(a.source, b.source, feed, provider=provider,
+                                       opt_level=opt_level, records=records, atol=atol, rtol=rtol,
+                                       proc=proc, reference=reference)
+    except engines.Crashed as exc:
+        report.localization_note = f"not localised: {exc}"
+        return
     if report.localization is None:
         report.localization_note = ("no intermediate tensor shared by both models diverges beyond "
                                     "tolerance; the difference appears only at the outputs")

@@ -17,6 +17,8 @@ import onnx
 from bnfold.errors import InputError
 
 DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_SEEDS = 3
+"""Random feeds per batch size by default: seeds ``seed, seed + 1, seed + 2``."""
 DEFAULT_DIM = 16
 """Size used for a symbolic non-batch dimension the user did not fix with ``--shape``."""
 
@@ -215,3 +217,26 @@ def split_batches(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     if total % step and len(fixed) == 1:
         raise InputError(f"{total} samples cannot be split into the model's fixed batch of {step}")
     return [{k: v[i:i + step] for k, v in feed.items()} for i in range(0, total, step)]
+
+
+def input_sets(specs: list[TensorSpec], *, seeds: Sequence[int],
+               shapes: Mapping[str, tuple[int, ...]], batch_sizes: Sequence[int] | None,
+               data: Any) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
+    """(source label, feed chunks) per input set: the user's .npz files (or arrays), else one
+    seeded random feed per seed x batch size (batch sizes only when the batch dim is symbolic)."""
+    if data is not None:
+        if isinstance(data, Mapping):
+            return [("arrays", split_batches(dict(data), specs))]
+        paths = [data] if isinstance(data, (str, Path)) else list(data)
+        return [(str(p), split_batches(load_npz(p, specs), specs)) for p in paths]
+    names = {s.name for s in specs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise InputError(f"--shape names unknown input(s) {unknown}; the inputs are {sorted(names)}")
+    dynamic = batch_is_dynamic(specs, shapes)
+    if batch_sizes and not dynamic:
+        raise InputError("--batch-size needs a symbolic batch dimension, but the model's batch "
+                         "size is fixed (or set by --shape)")
+    sizes: Sequence[int | None] = list(batch_sizes or DEFAULT_BATCH_SIZES) if dynamic else [None]
+    return [(f"random seed={seed}" + (f" batch={b}" if b is not None else ""),
+             [random_feeds(specs, b, shapes, seed)]) for seed in seeds for b in sizes]

@@ -2,20 +2,28 @@
 
 Intermediate tensors present in both main graphs (the fold keeps every BN's output name) are exposed
 as extra outputs, both models run on the failing feed, and the first tensor in the folded model's
-topological order that is outside tolerance is blamed on the fold whose node produced it.
+topological order that is outside tolerance is blamed on the fold whose node produced it. Tensors
+that differ between two runs of the original (downstream of a random op) are skipped.
+
+Models given by path are read without their external data; the exposed copy is written with
+external data into a temporary folder (the data copied chunk-wise) and ORT loads it by path, so
+models of any size work (a serialised proto is limited to 2 GiB).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 import onnx
 
-from bnfold.verify import compare, runner
+from bnfold.verify import compare, engines, runner
 
 if TYPE_CHECKING:
     from bnfold.fold.report import FoldRecord
+
+ModelArg = Union[str, Path, onnx.ModelProto]
 
 
 @dataclass(frozen=True)
@@ -105,19 +113,71 @@ def blame(tensor: str, original: onnx.ModelProto, folded: onnx.ModelProto,
                         "diverge, and no BN fold touched that node")
 
 
-def localize(original: onnx.ModelProto, folded: onnx.ModelProto, feed: Mapping[str, np.ndarray],
-             *, provider: str, opt_level: str, records: Sequence[FoldRecord] | None = None,
-             atol: float | None = None, rtol: float | None = None) -> Localization | None:
-    """Run both models with shared intermediates exposed; None when no shared tensor diverges."""
-    skip = _bf16_tensors(original) | _bf16_tensors(folded)
-    names = [n for n in shared_tensors(original, folded) if n not in skip]
+def _graph_of(model: ModelArg) -> tuple[onnx.ModelProto, Path | None]:
+    """The proto (external data left on disk) and the folder its data files are relative to."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    from bnfold.model_io import load_model
+
+    return load_model(model, load_external_data=False, check=False), Path(model).parent
+
+
+def _exposed(model: onnx.ModelProto, base: Path | None, names: Sequence[str], role: str,
+             proc: engines.OrtProcess, provider: str, opt_level: str,
+             reference: bool) -> engines.Runner:
+    """``model`` with ``names`` as extra outputs, loaded on ORT (by path when it has external
+    data) or on onnx.reference."""
+    exposed = expose(model, names)
+    label = f"the {role} model with intermediate tensors exposed"
+    if reference:
+        if base is not None:
+            from bnfold.model_io import load_external
+
+            load_external(exposed, base)
+        return engines.ReferenceModel(exposed, label)
+    key = f"localize-{role}"
+    source = engines.ort_source(exposed, proc, key, source_dir=base)
+    proc.load(key, source, label, runner.provider_chain(provider), opt_level)
+    return engines.OrtModel(proc, key, label, provider)
+
+
+def _moved(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two runs of the original disagree (bit for bit: any random op shows)."""
+    return a.shape != b.shape or compare.abs_errors(a, b).max(initial=0.0) > 0.0
+
+
+def localize(original: ModelArg, folded: ModelArg, feed: Mapping[str, np.ndarray], *,
+             provider: str, opt_level: str, records: Sequence[FoldRecord] | None = None,
+             atol: float | None = None, rtol: float | None = None,
+             proc: engines.OrtProcess | None = None, reference: bool = False
+             ) -> Localization | None:
+    """Run both models with shared intermediates exposed; None when no shared tensor diverges.
+
+    ``proc``: the ORT child to use (a new one when None); ``reference``: run on onnx.reference
+    (as the failing case did, when ORT had no kernel). Raises ``engines.Crashed`` when ORT dies.
+    """
+    if proc is None:
+        with engines.OrtProcess() as own:
+            return localize(original, folded, feed, provider=provider, opt_level=opt_level,
+                            records=records, atol=atol, rtol=rtol, proc=own, reference=reference)
+    orig, orig_base = _graph_of(original)
+    fold, fold_base = _graph_of(folded)
+    skip = _bf16_tensors(orig) | _bf16_tensors(fold)
+    names = [n for n in shared_tensors(orig, fold) if n not in skip]
     if not names:
         return None
-    ref = runner.run(runner.make_session(expose(original, names), provider, opt_level), feed, names)
-    got = runner.run(runner.make_session(expose(folded, names), provider, opt_level), feed, names)
-    producers = _producers(folded.graph)
+    run_a = _exposed(orig, orig_base, names, "original", proc, provider, opt_level, reference)
+    ref = run_a.run(feed, names)
+    again = run_a.run(feed, names)
+    proc.drop("localize-original")  # one big model in memory at a time
+    got = _exposed(fold, fold_base, names, "folded", proc, provider, opt_level,
+                   reference).run(feed, names)
+    proc.drop("localize-folded")
+    producers = _producers(fold.graph)
     for i, name in enumerate(names, start=1):
         a, b = ref[name], got[name]
+        if _moved(a, again[name]):
+            continue
         if a.shape != b.shape:
             max_abs, peak_rel = float("inf"), float("inf")
         else:
@@ -126,7 +186,7 @@ def localize(original: onnx.ModelProto, folded: onnx.ModelProto, feed: Mapping[s
             if m.mismatched == 0:
                 continue
             max_abs, peak_rel = m.max_abs, m.peak_rel
-        bn, direction, why = blame(name, original, folded, records)
+        bn, direction, why = blame(name, orig, fold, records)
         node = producers[name]
         return Localization(tensor=name, node=node.name, op_type=node.op_type, bn=bn,
                             direction=direction, max_abs=max_abs, peak_rel=peak_rel, checked=i,

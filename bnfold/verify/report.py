@@ -15,21 +15,29 @@ import numpy as np
 from bnfold.errors import OutputError
 from bnfold.verify.compare import TOLERANCES, Metrics
 from bnfold.verify.localize import Localization
+from bnfold.verify.engines import REFERENCE
+from bnfold.verify.truth import TruthCheck
 
 
 @dataclass(frozen=True)
 class Case:
-    """One run of both models: provider, where the inputs came from, their shapes."""
+    """One run of both models: provider, where the inputs came from, their shapes, what ran them."""
 
     name: str
     provider: str
     source: str                   # "random seed=0" or the .npz path
     input_shapes: dict[str, str]  # input name -> "1x3x8x8"
+    engine: str = "onnxruntime"   # "onnxruntime CPUExecutionProvider", or "onnx.reference"
 
 
 @dataclass(frozen=True)
 class OutputCheck:
-    """One output of one case, compared against its tolerance."""
+    """One output of one case, compared against its tolerance.
+
+    Out of tolerance, it still passes when ``truth`` shows the folded model at least as close to
+    the original's float64 ground truth as the original itself (the difference is the original's
+    rounding). A ``nondeterministic`` output (two runs of the original differ) judges nothing.
+    """
 
     case: str
     output: str
@@ -38,15 +46,34 @@ class OutputCheck:
     atol: float
     rtol: float
     metrics: Metrics
+    nondeterministic: bool = False
+    truth: TruthCheck | None = None
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.metrics.mismatched == 0
 
     @property
     def passed(self) -> bool:
-        return self.metrics.mismatched == 0
+        """Counts toward the verdict and passes it; a nondeterministic output never does."""
+        if self.nondeterministic:
+            return False
+        return self.within_tolerance or (self.truth is not None and self.truth.folded_closer)
+
+    @property
+    def status(self) -> str:
+        if self.nondeterministic:
+            return "nondeterministic"
+        if self.within_tolerance:
+            return "pass"
+        return "pass (closer to float64 truth)" if self.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = self.metrics.to_dict()
+        d["truth"] = self.truth.to_dict() if self.truth is not None else None
         d["passed"] = self.passed
+        d["status"] = self.status
         return d
 
 
@@ -76,18 +103,38 @@ class Report:
     environment: dict[str, Any] = field(default_factory=dict)
     user_tolerance: tuple[float | None, float | None] = (None, None)
     errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # output -> |diff|
+    crash: str | None = None       # "onnxruntime crashed (SIGSEGV) on the folded model ..."
+    notes: list[str] = field(default_factory=list)  # engines used, truth verdicts, exclusions
+
+    @property
+    def judged(self) -> list[OutputCheck]:
+        """The checks the verdict rests on: all but the nondeterministic ones."""
+        return [c for c in self.checks if not c.nondeterministic]
+
+    @property
+    def nondeterministic(self) -> list[str]:
+        """Outputs that differed between two runs of the original on the same feed."""
+        return list(dict.fromkeys(c.output for c in self.checks if c.nondeterministic))
+
+    @property
+    def unverified(self) -> bool:
+        """Nothing could be compared: every output of every case is nondeterministic."""
+        return bool(self.checks) and not self.judged
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        """No crash, something was run, and every judged check passes. When every output is
+        nondeterministic this is a PASS that ``unverified`` and the summary flag: the end-to-end
+        run cannot see the folds, so the verdict rests on the folds' own (local) proofs."""
+        return self.crash is None and bool(self.checks) and all(c.passed for c in self.judged)
 
     @property
     def outputs(self) -> list[str]:
         return list(dict.fromkeys(c.output for c in self.checks))
 
     def worst(self) -> OutputCheck | None:
-        """The failing check with the largest max_abs, or the largest max_abs overall if none fail."""
-        return max(self.checks, key=lambda c: (not c.passed, c.metrics.max_abs), default=None)
+        """The failing judged check with the largest max_abs, else the largest max_abs judged."""
+        return max(self.judged, key=lambda c: (not c.passed, c.metrics.max_abs), default=None)
 
     def tolerances(self) -> dict[str, dict[str, float]]:
         """The (atol, rtol) in force per dtype, defaults overridden by the user's values."""
@@ -96,16 +143,36 @@ class Report:
                 for k, v in TOLERANCES.items()}
 
     def summary(self) -> str:
-        """One line for the CLI: verdict, scope, worst error, and the blamed BN when it failed."""
-        n_out, n_case = len(self.outputs), len(self.cases)
+        """One line for the CLI: verdict, scope, worst error, what it was judged on, and the
+        blamed BN when it failed."""
+        if self.crash is not None:
+            return f"FAIL: {self.crash}"
+        nondet = ", ".join(map(repr, self.nondeterministic))
+        if self.unverified:
+            return (f"PASS (UNVERIFIED): no output could be compared end to end, every output is "
+                    f"nondeterministic ({nondet}); the folds rest on their local proofs")
         w = self.worst()
         worst = "" if w is None else (
             f"; worst {w.output!r}: max_abs {w.metrics.max_abs:.3g} = "
             f"{w.metrics.peak_rel:.2g} x peak (allowed: {w.atol:g} + {w.rtol:g} x peak)")
+        tail = worst + (f"; nondeterministic (two runs of the original differ), not compared: "
+                        f"{nondet}" if nondet else "")
+        if any(c.engine == REFERENCE for c in self.cases):
+            tail += f"; run on {REFERENCE} (onnxruntime has no kernel for the model)"
+        scope = f"{len(self.outputs) - len(self.nondeterministic)} output(s) x {len(self.cases)} case(s)"
+        closer = [c.truth for c in self.judged if c.passed and not c.within_tolerance and c.truth]
+        if self.passed and not closer:
+            return f"PASS: {scope} within tolerance{tail}"
         if self.passed:
-            return f"PASS: {n_out} output(s) x {n_case} case(s) within tolerance{worst}"
-        failed = len([c for c in self.checks if not c.passed])
-        line = f"FAIL: {failed} of {len(self.checks)} output check(s) out of tolerance{worst}"
+            t = max(closer, key=lambda t: t.folded_error)
+            return (f"PASS: {scope}; {len(closer)} check(s) out of tolerance but the folded model "
+                    f"is closer to the float64 truth than the original (max abs error "
+                    f"{t.folded_error:.3g} vs {t.original_error:.3g}){tail}")
+        failed = len([c for c in self.judged if not c.passed])
+        truth = "" if w is None or w.truth is None else (
+            f" (float64 truth: folded error {w.truth.folded_error:.3g} > original's "
+            f"{w.truth.original_error:.3g})")
+        line = f"FAIL: {failed} of {len(self.judged)} output check(s) out of tolerance{truth}{tail}"
         loc = self.localization
         if loc is not None:
             blamed = f"BN {loc.bn!r} ({loc.direction} fold)" if loc.bn else "no BN fold"
@@ -124,6 +191,10 @@ class Report:
                               "(max over the output); integer/bool outputs exact",
             "cases": [asdict(c) for c in self.cases],
             "checks": [c.to_dict() for c in self.checks],
+            "crash": self.crash,
+            "unverified": self.unverified,
+            "nondeterministic_outputs": self.nondeterministic,
+            "notes": self.notes,
             "localization": self.localization.to_dict() if self.localization else None,
             "localization_note": self.localization_note,
             "accuracy": asdict(self.accuracy) if self.accuracy else None,

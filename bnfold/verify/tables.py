@@ -29,8 +29,10 @@ def environment(report: Report) -> Table:
 
 def cases(report: Report) -> Table:
     rows = [(c.name, c.provider, c.source,
-             ", ".join(f"{k}: {v}" for k, v in c.input_shapes.items())) for c in report.cases]
-    return Table("Cases", ("case", "provider", "inputs from", "input shapes"), rows, "cases")
+             ", ".join(f"{k}: {v}" for k, v in c.input_shapes.items()), c.engine)
+            for c in report.cases]
+    return Table("Cases", ("case", "provider", "inputs from", "input shapes", "engine"), rows,
+                 "cases")
 
 
 def tolerances(report: Report) -> Table:
@@ -43,7 +45,8 @@ def tolerances(report: Report) -> Table:
 def output_tables(report: Report) -> list[Table]:
     """One table per model output, a row per case."""
     headers = ("case", "dtype", "shape", "max abs", "max rel", "rel to peak", "mean abs",
-               "cosine", "top-1 agree", "atol", "rtol", "mismatched", "result")
+               "cosine", "top-1 agree", "atol", "rtol", "mismatched",
+               "float64 truth error (original / folded)", "result")
     tables = []
     for out in report.outputs:
         rows = []
@@ -53,7 +56,8 @@ def output_tables(report: Report) -> list[Table]:
                          _g(m.mean_abs), f"{m.cosine:.9f}",
                          "-" if m.top1_agreement is None else f"{m.top1_agreement:.2%}",
                          f"{c.atol:g}", f"{c.rtol:g}", f"{m.mismatched}/{m.size}",
-                         "pass" if c.passed else "FAIL"))
+                         "-" if c.truth is None else
+                         f"{c.truth.original_error:.3g} / {c.truth.folded_error:.3g}", c.status))
         tables.append(Table(f"Output {out}", headers, rows, f"output:{out}"))
     return tables
 
@@ -94,8 +98,15 @@ def fold(report: Report) -> Table | None:
                   "proof tolerance", "proof engine", "reason kept", "detail"), rows, "fold")
 
 
+def notes(report: Report) -> Table | None:
+    """What the verdict rests on beyond the tolerance rule: engines, truth, exclusions, crashes."""
+    rows = [(n,) for n in ([report.crash] if report.crash else []) + report.notes]
+    return Table("Notes", ("note",), rows, "notes") if rows else None
+
+
 def all_tables(report: Report) -> list[Table]:
     """Every table in report order (absent sections skipped)."""
-    found = [environment(report), cases(report), tolerances(report), *output_tables(report),
+    found = [notes(report), environment(report), cases(report), tolerances(report),
+             *output_tables(report),
              localization(report), accuracy(report), fold(report)]
     return [t for t in found if t is not None]
