@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,8 +241,8 @@ def checker_errors(model: onnx.ModelProto) -> str | None:
     """The full checker's complaint (None when clean)."""
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:  # checker and inference errors alike
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    except Exception as exc:  # checker and inference errors alike; node names left out
+        return re.sub(r"\(op_type:[^)]*\)", "(node)", f"{type(exc).__name__}: {exc}")[:400]
     return None
 
 
