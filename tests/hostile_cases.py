@@ -258,7 +258,8 @@ def _training_info(draw, model: onnx.ModelProto) -> None:
 
 # --- external data and random ops -------------------------------------------------------------
 
-LAYOUTS = ["one_file", "subfolder", "per_tensor", "constants_too", "shared_file"]
+LAYOUTS = ["one_file", "subfolder", "per_tensor", "constants_too", "shared_file",
+           "named_like_output"]
 
 
 @st.composite

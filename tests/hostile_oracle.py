@@ -272,7 +272,8 @@ def save_layout(model: onnx.ModelProto, folder: Path, layout: str) -> Path:
     m.CopyFrom(model)
     path = folder / "model.onnx"
     location = {"one_file": "weights.bin", "subfolder": "data/weights.bin",
-                "constants_too": "weights.bin", "shared_file": "shared.bin"}.get(layout)
+                "constants_too": "weights.bin", "shared_file": "shared.bin",
+                "named_like_output": "out.onnx.data"}.get(layout)
     if layout == "subfolder":
         (folder / "data").mkdir()
     convert_model_to_external_data(m, all_tensors_to_one_file=layout != "per_tensor",

@@ -21,6 +21,7 @@ from unittest import mock
 
 import hostile_cases as hc
 import numpy as np
+import pytest
 from modelgen import Builder
 import onnx
 from hostile import Case
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 import bnfold
 from bnfold.errors import BnfoldError
 
-EXAMPLES = int(os.environ.get("BNFOLD_HOSTILE_EXAMPLES", 6))
+EXAMPLES = int(os.environ.get("BNFOLD_HOSTILE_EXAMPLES", 12))  # per class
 campaign = settings(max_examples=EXAMPLES)
 
 
@@ -141,6 +142,44 @@ def test_training_info_bindings_never_dangle(case):
 @given(hc.external_cases())
 def test_external_data_layouts_fold_by_path_without_touching_inputs(case):
     check_trust(case)
+
+
+@campaign
+@given(hc.external_cases(), st.sampled_from(["data_file", "out.onnx", "data/out.onnx"]),
+       st.booleans())
+def test_cli_fold_never_writes_over_an_input_file(case, target, decoy):
+    """``bnfold fold -o`` naming a data file, or writing beside/over the input's data, from a
+    working directory that holds a decoy data file of the same name: no input byte changes
+    and the decoy is never read (the folded model must still be right)."""
+    from click.testing import CliRunner
+
+    from bnfold.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cwd:
+        folder = Path(tmp)
+        path = save_layout(case.model, folder, case.layout)
+        before = snapshot(folder)
+        data = sorted(p for p in before if p.endswith((".bin", ".data")))
+        out = folder / (data[0] if target == "data_file" and data else target)
+        if decoy:
+            for name in before:
+                if name != "model.onnx":
+                    (Path(cwd) / name).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(cwd) / name).write_bytes(os.urandom((folder / name).stat().st_size))
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            code = CliRunner().invoke(main, ["fold", str(path), "-o", str(out), "-q",
+                                             "--no-verify"]).exit_code
+        finally:
+            os.chdir(old)
+        after = snapshot(folder)
+        changed = [p for p in before if after.get(p) != before[p]]
+        assert not changed, f"exit {code}; input files changed: {changed}"
+        if code == 0 and out.exists():
+            folded = onnx.load_model(str(out))
+            verdict = judge(case, folded)
+            assert not verdict.wrong, f"folded model off by {verdict.error:.3g}"
 
 
 @campaign
@@ -397,3 +436,59 @@ def test_gemm_output_declared_float16_does_not_round_the_folded_weights():
     model = b.model()
     model.graph.value_info.append(helper.make_tensor_value_info(y, TensorProto.FLOAT16, [2, 1]))
     assert_right(Case(model))
+
+
+def external_model(tmp_path: Path, layout: str) -> tuple[Case, Path]:
+    case = Case(conv_bn(13, lambda b, c: b.bn_params(c)).model(), layout=layout)
+    (tmp_path / "in").mkdir()
+    return case, save_layout(case.model, tmp_path / "in", layout)
+
+
+def cli_fold(args: list[str], cwd: Path | None = None) -> int:
+    from click.testing import CliRunner
+
+    from bnfold.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd or old)
+    try:
+        return CliRunner().invoke(main, ["fold", *args, "-q", "--no-verify"]).exit_code
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("layout, target", [("one_file", "weights.bin"),
+                                            ("named_like_output", "out.onnx")])
+def test_cli_output_never_overwrites_the_input_data_file(tmp_path, layout, target):
+    """Class 8: ``-o weights.bin`` (the input's data file), and ``-o out.onnx`` whose data file
+    out.onnx.data is the one the input reads, overwrote the input's weights (exit 0)."""
+    case, path = external_model(tmp_path, layout)
+    before = snapshot(path.parent)
+    code = cli_fold([str(path), "-o", str(path.parent / target)])
+    changed = [p for p, h in snapshot(path.parent).items() if before.get(p, h) != h]
+    assert not changed, f"exit {code}; input files changed: {changed}"
+
+
+def test_constant_node_external_data_is_read_beside_the_model_not_the_cwd(tmp_path):
+    """Class 9: Constant-node tensors stored externally; ``bnfold fold`` (lazy external data)
+    run from a directory holding a decoy weights.bin must not read the decoy."""
+    from onnx import helper
+
+    model = conv_bn(13, lambda b, c: b.bn_params(c)).model()
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    nodes = consts + list(model.graph.node)  # every tensor in a Constant node, stored externally
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    case = Case(model, layout="constants_too")
+    (tmp_path / "in").mkdir()
+    path = save_layout(model, tmp_path / "in", "constants_too")
+    decoy = tmp_path / "cwd"
+    decoy.mkdir()
+    (decoy / "weights.bin").write_bytes(os.urandom((path.parent / "weights.bin").stat().st_size))
+    out = tmp_path / "out" / "folded.onnx"
+    out.parent.mkdir()
+    code = cli_fold([str(path), "-o", str(out)], cwd=decoy)
+    assert code in (0, 2), code
+    if code == 0:
+        verdict = judge(case, onnx.load_model(str(out)))
+        assert not verdict.wrong, f"folded model off by {verdict.error:.3g}"
