@@ -1,6 +1,6 @@
 """bnfold: fold BatchNormalization away in ONNX models, prove equivalence, measure the gain.
 
-Public API: ``fold``, ``inspect``, ``verify``, ``benchmark``, ``export`` and the
+Public API: ``fold``, ``inspect``, ``verify``, ``benchmark``, ``export``, ``recalibrate`` and the
 ``reference`` module. Heavy dependencies (onnxruntime, torch) load only when used.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "benchmark": ("bnfold.bench", "benchmark"),
     "export": ("bnfold.export", "export"),
     "reference": ("bnfold.reference", None),
+    "recalibrate": ("bnfold.recalibration", "recalibrate"),
 }
 
 
@@ -30,6 +31,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
 
 
-__all__ = ["fold", "inspect", "verify", "benchmark", "export", "reference",
+__all__ = ["fold", "inspect", "verify", "benchmark", "export", "reference", "recalibrate",
            "FoldResult", "FoldRecord", "Reason", "BnfoldError", "InputError", "OutputError",
            "__version__"]

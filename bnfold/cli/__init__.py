@@ -74,6 +74,9 @@ def _register() -> None:
     from bnfold.cli.export import export_cmd
 
     main.add_command(export_cmd)
+    from bnfold.cli.recalibrate import recalibrate_cmd
+
+    main.add_command(recalibrate_cmd)
 
 
 _register()
