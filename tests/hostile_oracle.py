@@ -56,9 +56,9 @@ class Engine:
                                              providers=["CPUExecutionProvider"])
             self.names = [o.name for o in self.sess.get_outputs()]
         else:
-            from onnx.reference import ReferenceEvaluator
+            from bnfold.onnx_reference import evaluator
 
-            self.sess = ReferenceEvaluator(model)
+            self.sess = evaluator(model)
             self.names = list(self.sess.output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,12 +237,15 @@ def count_all_bn(model: onnx.ModelProto) -> int:
     return nodes(model.graph.node) + sum(nodes(f.node) for f in model.functions)
 
 
-def checker_errors(model: onnx.ModelProto) -> str | None:
-    """The full checker's complaint (None when clean)."""
+def checker_errors(model: onnx.ModelProto) -> frozenset[str] | None:
+    """The full checker's complaints, one per line with node names left out (None when clean):
+    a fold may remove an error of the input, never add one."""
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:  # checker and inference errors alike; node names left out
-        return re.sub(r"\(op_type:[^)]*\)", "(node)", f"{type(exc).__name__}: {exc}")[:400]
+    except Exception as exc:  # checker and inference errors alike
+        text = re.sub(r"\(op_type:[^)]*\)", "(node)", f"{type(exc).__name__}: {exc}")
+        text = text.replace("Inference error(s): ", "\n")
+        return frozenset(line.strip() for line in text.splitlines() if line.strip())
     return None
 
 

@@ -72,7 +72,8 @@ def check_trust(case: Case) -> None:
         f"bn_before={result.bn_before}, the model has {count_all_bn(model)} BNs"
     assert all(r.folded or r.reason is not None for r in result.records)
     before, after = checker_errors(model), checker_errors(result.model)
-    assert after is None or after == before, f"new checker error: {after} (input: {before})"
+    assert after is None or (before is not None and after <= before), \
+        f"new checker error: {sorted(after - (before or frozenset()))} (input: {before})"
     assert not dangling_bindings(result.model), dangling_bindings(result.model)
     try:
         verdict = judge(case, result.model)
@@ -178,7 +179,10 @@ def test_cli_fold_never_writes_over_an_input_file(case, target, decoy):
         assert not changed, f"exit {code}; input files changed: {changed}"
         if code == 0 and out.exists():
             folded = onnx.load_model(str(out))
-            verdict = judge(case, folded)
+            try:
+                verdict = judge(case, folded)
+            except Unrunnable:  # the generated original itself does not run: nothing to judge
+                return
             assert not verdict.wrong, f"folded model off by {verdict.error:.3g}"
 
 

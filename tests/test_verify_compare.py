@@ -110,3 +110,10 @@ def test_shape_mismatch_is_an_error() -> None:
 def test_abs_errors_flattens_and_zeroes_matching_specials() -> None:
     err = compare.abs_errors(np.array([[1.0, np.nan]]), np.array([[1.5, np.nan]]))
     assert err.tolist() == [0.5, 0.0]
+
+
+def test_scalar_outputs_compare_like_any_other() -> None:
+    """A 0-d output (e.g. a ReduceSum to a scalar) once crashed the error histogram."""
+    ref, cand = np.array(1.0, np.float32), np.array(1.5, np.float32)
+    assert compare.abs_errors(ref, cand).tolist() == [0.5]
+    assert compare.compare(ref, cand, 1e-5, 1e-4).max_abs == 0.5

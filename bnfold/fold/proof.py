@@ -208,10 +208,10 @@ def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
                    pairs: list[tuple[np.ndarray, np.ndarray]]) -> Proof:
     """A fold at least as close to the float64 truth as the original is no fold error."""
     try:
-        from onnx.reference import ReferenceEvaluator
+        from bnfold.onnx_reference import evaluator
 
         wide = _to_float64(o_model)
-        ev = ReferenceEvaluator(wide)
+        ev = evaluator(wide)
         names = [o.name for o in wide.graph.output]
         truth = [t for f in feeds for t in ev.run(names, {k: np.asarray(v, np.float64)
                                                           for k, v in f.items()})]
@@ -305,9 +305,9 @@ def _run_ort(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
 
 def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
                    feeds: list[dict]) -> list[tuple[dict, dict]]:
-    from onnx.reference import ReferenceEvaluator
+    from bnfold.onnx_reference import evaluator
 
-    evs = [ReferenceEvaluator(m) for m in (o_model, f_model)]
+    evs = [evaluator(m) for m in (o_model, f_model)]
     names = [o.name for o in o_model.graph.output]
     return [tuple(dict(zip(names, (np.asarray(x) for x in ev.run(names, f)))) for ev in evs)
             for f in feeds]

@@ -70,7 +70,7 @@ def _finite_diff(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndar
     c = cand.astype(np.float64)
     same_special = (np.isnan(r) & np.isnan(c)) | (np.isinf(r) & (r == c))
     with np.errstate(invalid="ignore"):
-        diff = np.abs(c - r)
+        diff = np.array(np.abs(c - r), dtype=np.float64, ndmin=0)  # 0-d stays an array
     diff[same_special] = 0.0
     diff[np.isnan(diff)] = np.inf
     return r, c, diff

@@ -221,12 +221,12 @@ class ReferenceModel:
     engine = REFERENCE
 
     def __init__(self, model: onnx.ModelProto, label: str) -> None:
-        from onnx.reference import ReferenceEvaluator
+        from bnfold.onnx_reference import evaluator
 
         self.label = label
         self.outputs = [o.name for o in model.graph.output]
         try:
-            self._ev = ReferenceEvaluator(model)
+            self._ev = evaluator(model)
         except Exception as exc:  # noqa: BLE001 - any failure means this engine cannot run it
             raise InputError(f"{REFERENCE} cannot load {label}: {_first(exc)}") from None
 

@@ -1,0 +1,53 @@
+"""onnx.reference's evaluator with the fixes bnfold needs to trust it as a second engine.
+
+onnx.reference (checked with onnx 1.16-1.23) runs every BatchNormalization of opset 9 to 13 in
+training mode: the schema's default ``momentum`` is filled in, and its implementation takes a
+momentum as the sign of training, so an inference BN normalises with the batch's statistics.
+Here a BN runs in training mode only when it asks for it (``training_mode=1``, or extra
+outputs in opsets before 14); otherwise it is the inference affine map, as ONNX Runtime
+computes it.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import onnx
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return onnx.defs.onnx_opset_version()
+
+
+def _batch_norm(version: int) -> type:
+    """A BatchNormalization implementation for ``version`` that honours inference mode."""
+    from onnx.reference.ops import load_op
+    from onnx.reference.ops.op_batch_normalization import _batchnorm_test_mode
+
+    base = load_op("", "BatchNormalization", version)
+    accepted = set(inspect.signature(base._run).parameters)
+
+    class BatchNormalization(base):  # type: ignore[misc, valid-type]
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, **attrs):  # noqa: ANN001, ANN003, ANN202
+            extra = sum(1 for o in self.onnx_node.output[1:] if o)
+            if attrs.get("training_mode") or extra or attrs.get("spatial", 1) == 0:
+                return super()._run(x, scale, bias, mean, var,
+                                    **{k: v for k, v in attrs.items() if k in accepted})
+            eps = attrs.get("epsilon")
+            return (_batchnorm_test_mode(x, scale, bias, mean, var,
+                                         epsilon=1e-5 if eps is None else eps),)
+
+    return BatchNormalization
+
+
+def evaluator(model: onnx.ModelProto, **kwargs: Any) -> Any:
+    """``onnx.reference.ReferenceEvaluator`` for ``model`` with inference-mode BatchNormalization."""
+    from onnx.reference import ReferenceEvaluator
+
+    fixed = [_batch_norm(default_opset(model))]
+    return ReferenceEvaluator(model, new_ops=fixed + list(kwargs.pop("new_ops", [])), **kwargs)
