@@ -9,7 +9,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
 from bnfold.fold import bn as fold_bn
-from bnfold import graph as graph_mod
 from bnfold.fold import proof
 from bnfold.fold.report import Reason
 from modelgen import Builder, count_bn, max_error, tolerance

@@ -5,7 +5,6 @@ them with INVALID_NEIGHBOUR instead of raising a numpy error or folding a broken
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 from hypothesis import given

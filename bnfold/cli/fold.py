@@ -56,7 +56,8 @@ def _say(msg: str, quiet: bool) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json, report.md and report.html of the verification here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("-v", "--verbose", is_flag=True, help="One line per BN even on a terminal (reasons are never cut; on a terminal they wrap).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="One line per BN even on a terminal (reasons are never cut; they wrap).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
              check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
@@ -140,7 +141,8 @@ def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Pa
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON on stdout.")
-@click.option("-v", "--verbose", is_flag=True, help="One line per BN even on a terminal (reasons are never cut; on a terminal they wrap).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="One line per BN even on a terminal (reasons are never cut; they wrap).")
 def inspect_cmd(model: Path, as_json: bool, verbose: bool) -> None:
     """Show what `bnfold fold` would do to each BN, without writing anything.
 

@@ -69,7 +69,8 @@ def _stat_initializers(model: onnx.ModelProto, bns: list[onnx.NodeProto]) -> Non
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     inputs = {i.name for i in graph.input}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
+    constants = {n.output[0]: n for n in graph.node
+                 if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in set(node.input) | (set().union(*(referenced_names(g) for _, g in subgraphs(node)))
@@ -168,6 +169,7 @@ def _session(path: str, overrides: dict[str, np.ndarray]) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False  # return activation memory after each batch
     values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in overrides.items()}
     for name, value in values.items():
         so.add_initializer(name, value)
@@ -220,6 +222,7 @@ def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
             group = [b for b in bns if levels[id(b)] == level]
             estimators = {id(b): Estimator(mode, convention, *old[id(b)], momentum=momentum)
                           for b in group}
+            session = None  # free the previous pass's session (weights, arena) first
             session = _session(path, overrides)
             wanted = sorted({b.input[0] for b in group})
             batches = samples = 0
