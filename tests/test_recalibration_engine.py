@@ -184,3 +184,17 @@ def test_bn_inside_a_subgraph_is_reported_as_skipped() -> None:
     skipped = [r for r in result.records if r.skipped]
     assert len(skipped) == 2 and "subgraph" in skipped[0].skipped
     assert len(result.recalibrated) == 3
+
+
+def test_bn_inside_a_model_local_function_is_reported_as_skipped() -> None:
+    model = chain_model()
+    body = [helper.make_node("BatchNormalization", ["X", "G", "B", "M", "V"], ["Y"], name="fbn")]
+    model.functions.append(helper.make_function("local", "Norm", ["X", "G", "B", "M", "V"], ["Y"],
+                                                body, [helper.make_opsetid("", 17)]))
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.graph.node.append(helper.make_node("Norm", ["y3", "bn3_g", "bn3_b", "bn3_m", "bn3_v"],
+                                             ["z"], domain="local", name="call"))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3, 5, 5]))
+    result = bnfold.recalibrate(model, data())
+    skipped = [r for r in result.records if r.skipped]
+    assert [r.graph for r in skipped] == ["function:local.Norm"] and len(result.recalibrated) == 3

@@ -63,6 +63,19 @@ def _nested_bns(graph: onnx.GraphProto, path: str) -> list[BnRecalibration]:
     return found
 
 
+def _function_bns(model: onnx.ModelProto) -> list[BnRecalibration]:
+    """BNs in model-local functions: reported, not recalibrated (one body serves every call)."""
+    found = []
+    for f in model.functions:
+        where = f"function:{f.domain}.{f.name}"
+        body = onnx.helper.make_graph(list(f.node), f.name, [], [])
+        found += [BnRecalibration.skipped_bn(_label(n), where, "inside a model-local function: "
+                                             "one body serves every call site")
+                  for n in body.node if _is_bn(n)]
+        found += _nested_bns(body, where)
+    return found
+
+
 def _stat_initializers(model: onnx.ModelProto, bns: list[onnx.NodeProto]) -> None:
     """Make every BN's mean and variance an initializer of its own (Constant nodes become
     initializers; a tensor shared with another reader is copied), or refuse."""
@@ -197,12 +210,12 @@ def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
     """
     proto = _load(model)
     bns = [n for n in proto.graph.node if _is_bn(n)]
-    nested = _nested_bns(proto.graph, "main")
+    nested = _nested_bns(proto.graph, "main") + _function_bns(proto)
     if not bns and not nested:
         raise InputError("the model has no BatchNormalization nodes: nothing to recalibrate")
     if not bns:
-        raise InputError("every BatchNormalization is inside a subgraph (If/Loop/Scan); bnfold "
-                         "recalibrates BNs of the main graph")
+        raise InputError("every BatchNormalization is inside a subgraph (If/Loop/Scan) or a "
+                         "model-local function; bnfold recalibrates BNs of the main graph")
     _stat_initializers(proto, bns)
     specs = graph_inputs(proto)
     levels = _levels(proto.graph, bns)
