@@ -195,6 +195,29 @@ def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
     assert len(made) == 2
 
 
+def test_batched_proof_feeds_large_weights_instead_of_serializing_them(monkeypatch):
+    """A model's weights are not copied into the proof models' bytes: ORT parses a few KB and
+    reads the weights from numpy (two 256 KB convolutions here)."""
+    b = Builder()
+    y = b.input("x", ["N", 128, 4, 4])
+    for _ in range(2):
+        y = b.bn(b.conv(y, 128, 128, k=2, pads=0), 128)
+    b.output(y)
+    model = b.model()
+    sizes = []
+
+    class Measuring(ort.InferenceSession):
+        def __init__(self, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            sizes.append(len(source) if isinstance(source, bytes) else -1)
+            super().__init__(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Measuring)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 2 and all(r.proof_engine == "onnxruntime" for r in result.records)
+    assert len(sizes) == 2 and max(sizes) < 64 << 10, sizes
+    assert max_error(model, result.model) <= tolerance(model)
+
+
 def test_float64_conv_without_ort_kernel_is_proved_on_onnx_reference():
     b = Builder(dtype=np.float64)
     x = b.input("x", ["N", 3, 5, 5])

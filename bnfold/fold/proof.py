@@ -29,6 +29,8 @@ Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
 _BATCH_BYTES = 512 << 20  # tensor bytes per batched proof model (protobuf caps a model at 2 GiB)
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_FED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+_FED_BYTES = 64 << 10  # initializers larger than this are fed to the batched proof, not parsed
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,12 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto) -> list[Proof]:
     """Run the chunk as one batched pair of models; per region where the batch fails."""
     try:
-        o_model = _model([g.original for g in chunk], model)
-        f_model = _model([g.folded for g in chunk], model)
-        feeds = [_feeds(o_model, seed) for seed in SEEDS]
-        outs = _run_ort(o_model, f_model, feeds)
+        o_weights: dict[str, np.ndarray] = {}
+        f_weights: dict[str, np.ndarray] = {}
+        o_model = _model([g.original for g in chunk], model, o_weights)
+        f_model = _model([g.folded for g in chunk], model, f_weights)
+        feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
+        outs = _run_ort(o_model, f_model, feeds, (o_weights, f_weights))
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model) for g in chunk]
     proofs = []
@@ -230,8 +234,14 @@ def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
                  f"{err_o:.3g}")
 
 
-def _model(regions: list[Region], source: onnx.ModelProto) -> onnx.ModelProto:
-    """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_."""
+def _model(regions: list[Region], source: onnx.ModelProto,
+           weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
+
+    With ``weights`` (a dict to fill), large float initializers become graph inputs and their
+    values go into ``weights`` to be fed: the model is then a few KB to serialize and for ORT
+    to parse, instead of two copies of every weight.
+    """
     model = onnx.ModelProto(ir_version=source.ir_version)
     graph = model.graph
     graph.name = "bnfold_proof"
@@ -247,6 +257,12 @@ def _model(regions: list[Region], source: onnx.ModelProto) -> onnx.ModelProto:
                 copy.name = f"r{i}_{copy.name}"
             _rename(copy, rename)
         for t in region.initializers:
+            if (weights is not None and t.data_type in _FED
+                    and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
+                weights[rename[t.name]] = numpy_helper.to_array(t)
+                inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
+                                                            list(t.dims)))
+                continue
             copy = graph.initializer.add()
             copy.CopyFrom(t)
             copy.name = rename[t.name]
@@ -276,9 +292,11 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
                 out.name = rename[out.name]
 
 
-def _feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
+def _feeds(model: onnx.ModelProto, seed: int,
+           skip: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random activations for the graph inputs (not initializers, not fed weights)."""
     rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
+    inits = {t.name for t in model.graph.initializer} | set(skip or ())
     feeds = {}
     for vi in model.graph.input:
         if vi.name in inits:
@@ -290,8 +308,10 @@ def _feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _run_ort(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
-             feeds: list[dict]) -> list[tuple[dict, dict]]:
+def _run_ort(o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
+             weights: tuple[dict, dict] = ({}, {})) -> list[tuple[dict, dict]]:
+    """Both models on ORT (CPU, no graph optimizations) on each feed; ``weights`` are each
+    model's initializers given as inputs (see ``_model``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -300,7 +320,8 @@ def _run_ort(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
     sessions = [ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 for m in (o_model, f_model)]
     names = [o.name for o in o_model.graph.output]
-    return [tuple(dict(zip(names, s.run(names, f))) for s in sessions) for f in feeds]
+    return [tuple(dict(zip(names, s.run(names, {**f, **w}))) for s, w in zip(sessions, weights))
+            for f in feeds]
 
 
 def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
