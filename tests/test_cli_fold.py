@@ -247,3 +247,25 @@ def test_constant_node_data_is_read_from_the_model_folder_not_the_cwd(tmp_path, 
     assert res.exit_code == 0 and "PASS" in res.stdout, res.output
     original, folded = load_model(path), load_model(tmp_path / "out.onnx")
     assert count_bn(folded) == 0 and max_error(original, folded) <= tolerance(original)
+
+
+def test_fold_verifies_at_a_size_the_original_runs_and_says_which(tmp_path):
+    from modelgen import sized_model
+
+    src = tmp_path / "det.onnx"
+    onnx.save(sized_model(2048), src)  # runs at 32x32, not at 16x16
+    res = invoke("fold", src, "-o", tmp_path / "o.onnx")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[-1].startswith("PASS")
+    assert "symbolic dims of input 'x' set to 32" in res.stdout
+
+
+def test_fold_refuses_a_model_no_size_fits_before_writing_and_names_shape(tmp_path):
+    from modelgen import sized_model
+
+    src, out = tmp_path / "det.onnx", tmp_path / "o.onnx"
+    onnx.save(sized_model(2062), src)  # no size of the ladder fits
+    res = invoke("fold", src, "-o", out)
+    assert res.exit_code == 2
+    assert "--shape x:1x1xHxW" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
