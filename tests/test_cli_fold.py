@@ -269,3 +269,42 @@ def test_fold_refuses_a_model_no_size_fits_before_writing_and_names_shape(tmp_pa
     assert res.exit_code == 2
     assert "--shape x:1x1xHxW" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture()
+def no_bn_path(tmp_path):
+    b = Builder()
+    b.output(b.node("Relu", [b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4)]))
+    path = tmp_path / "plain.onnx"
+    onnx.save(b.model(), path)
+    return path
+
+
+def test_no_bn_says_nothing_to_fold_and_writes_no_copy(no_bn_path):
+    res = invoke("fold", no_bn_path)
+    assert res.exit_code == 0, res.output
+    assert "no BatchNormalization nodes: nothing to fold" in res.stdout
+    assert "nothing written" in res.stderr
+    assert sorted(p.name for p in no_bn_path.parent.iterdir()) == ["plain.onnx"]
+
+
+def test_no_bn_with_explicit_output_writes_the_copy(no_bn_path, tmp_path):
+    res = invoke("fold", no_bn_path, "-o", tmp_path / "copy.onnx")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "copy.onnx").exists()
+    assert "nothing to fold" in res.stdout
+
+
+def test_no_bn_in_place_leaves_the_input_file_alone(no_bn_path):
+    before = no_bn_path.stat()
+    res = invoke("fold", no_bn_path, "--in-place")
+    assert res.exit_code == 0, res.output
+    after = no_bn_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_no_progress_lines_when_stderr_is_not_a_terminal(model_path, tmp_path):
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx")
+    assert res.exit_code == 0, res.output
+    assert "folding BN" not in res.stderr and "verifying case" not in res.stderr
+    assert "\r" not in res.stderr

@@ -314,3 +314,10 @@ def test_symbolic_dims_get_the_first_size_the_original_runs() -> None:
     assert report.passed, report.summary()
     assert {c.input_shapes["x"] for c in report.cases} == {"1x1x64x64"}
     assert "set to 64" in report.summary() and "set to 64" in report.input_size
+
+
+def test_progress_callback_hears_every_case() -> None:
+    m = _classifier()
+    heard: list[str] = []
+    verify(m, bnfold.fold(m).model, progress=heard.append)
+    assert heard == [f"verifying case {k} of 6" for k in range(1, 7)]
