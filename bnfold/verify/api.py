@@ -18,7 +18,7 @@ import onnx
 
 from bnfold.errors import InputError
 from bnfold.verify import compare, engines, explain, inputs, runner
-from bnfold.verify.localize import localize
+from bnfold.verify.localize import localize, not_a_fold
 from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
 from bnfold.verify.sizes import SizeChoice, choose_size
 
@@ -311,6 +311,11 @@ def _localize(report: Report, proc: engines.OrtProcess, a: _Model, b: _Model,
               opt_level: str, atol: float | None, rtol: float | None) -> None:
     provider, reference, feed = failure
     records = fold_result.records if fold_result is not None else None
+    unrelated = None if fold_result is not None else not_a_fold(a.proto, b.proto)
+    if unrelated is not None:
+        report.localization_note = (f"the two models are not a fold of each other ({unrelated}): "
+                                    "verification compares them, but no fold is blamed")
+        return
     try:
         report.localization = localize(a.source, b.source, feed, provider=provider,
                                        opt_level=opt_level, records=records, atol=atol, rtol=rtol,
