@@ -186,3 +186,14 @@ def ort_crashes_on(path: object) -> bool:
              "s.run(None, {i.name: np.ones(i.shape, np.float32) for i in s.get_inputs()})")
     return subprocess.run([sys.executable, "-c", probe, str(path)],
                           capture_output=True).returncode < 0
+
+
+def sized_model(block: int) -> onnx.ModelProto:
+    """Conv -> BN -> Reshape(0, -1, block) on an N x 1 x H x W input: runs only for the sizes
+    where 2*H*W is a multiple of ``block`` (2048: H = W = 32, 64, ...; 8192: 64, 128, ...),
+    like a detection model that needs multiples of 32."""
+    b = Builder()
+    x = b.input("x", ["N", 1, "H", "W"])
+    y = b.bn(b.conv(x, 1, 2), 2)
+    b.output(b.node("Reshape", [y, b.const(np.array([0, -1, block]), "shape", np.int64)]))
+    return b.model()

@@ -247,3 +247,64 @@ def test_constant_node_data_is_read_from_the_model_folder_not_the_cwd(tmp_path, 
     assert res.exit_code == 0 and "PASS" in res.stdout, res.output
     original, folded = load_model(path), load_model(tmp_path / "out.onnx")
     assert count_bn(folded) == 0 and max_error(original, folded) <= tolerance(original)
+
+
+def test_fold_verifies_at_a_size_the_original_runs_and_says_which(tmp_path):
+    from modelgen import sized_model
+
+    src = tmp_path / "det.onnx"
+    onnx.save(sized_model(2048), src)  # runs at 32x32, not at 16x16
+    res = invoke("fold", src, "-o", tmp_path / "o.onnx")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[-1].startswith("PASS")
+    assert "symbolic dims of input 'x' set to 32" in res.stdout
+
+
+def test_fold_refuses_a_model_no_size_fits_before_writing_and_names_shape(tmp_path):
+    from modelgen import sized_model
+
+    src, out = tmp_path / "det.onnx", tmp_path / "o.onnx"
+    onnx.save(sized_model(2062), src)  # no size of the ladder fits
+    res = invoke("fold", src, "-o", out)
+    assert res.exit_code == 2
+    assert "--shape x:1x1xHxW" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.fixture()
+def no_bn_path(tmp_path):
+    b = Builder()
+    b.output(b.node("Relu", [b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4)]))
+    path = tmp_path / "plain.onnx"
+    onnx.save(b.model(), path)
+    return path
+
+
+def test_no_bn_says_nothing_to_fold_and_writes_no_copy(no_bn_path):
+    res = invoke("fold", no_bn_path)
+    assert res.exit_code == 0, res.output
+    assert "no BatchNormalization nodes: nothing to fold" in res.stdout
+    assert "nothing written" in res.stderr
+    assert sorted(p.name for p in no_bn_path.parent.iterdir()) == ["plain.onnx"]
+
+
+def test_no_bn_with_explicit_output_writes_the_copy(no_bn_path, tmp_path):
+    res = invoke("fold", no_bn_path, "-o", tmp_path / "copy.onnx")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "copy.onnx").exists()
+    assert "nothing to fold" in res.stdout
+
+
+def test_no_bn_in_place_leaves_the_input_file_alone(no_bn_path):
+    before = no_bn_path.stat()
+    res = invoke("fold", no_bn_path, "--in-place")
+    assert res.exit_code == 0, res.output
+    after = no_bn_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_no_progress_lines_when_stderr_is_not_a_terminal(model_path, tmp_path):
+    res = invoke("fold", model_path, "-o", tmp_path / "o.onnx")
+    assert res.exit_code == 0, res.output
+    assert "folding BN" not in res.stderr and "verifying case" not in res.stderr
+    assert "\r" not in res.stderr

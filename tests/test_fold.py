@@ -625,3 +625,13 @@ def test_a_bnfold_error_in_the_folded_model_check_is_not_a_checker_complaint(mon
     monkeypatch.setattr(onnx.checker, "check_model", broken)
     with pytest.raises(AttributeError, match="simulated bug"):
         problem(skeleton(b.model()))
+
+
+def test_progress_callback_hears_each_bn_once_and_the_proofs():
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    b.output(b.bn(b.conv(b.node("Relu", [b.bn(b.conv(x, 3, 4), 4)]), 4, 2), 2))
+    heard: list[str] = []
+    result = bnfold.fold(b.model(), progress=heard.append)
+    assert result.bn_after == 0
+    assert heard == ["folding BN 1 of 2", "folding BN 2 of 2", "proving 2 fold(s) on ONNX Runtime"]

@@ -304,3 +304,20 @@ def test_without_a_float64_truth_an_out_of_tolerance_output_stays_a_fail(
     rep = verify(m, bnfold.fold(m).model, batch_sizes=[1], seeds=[0])
     assert not rep.passed and rep.checks[0].truth is None
     assert any("no float64 copy" in n for n in rep.notes)
+
+
+def test_symbolic_dims_get_the_first_size_the_original_runs() -> None:
+    from modelgen import sized_model
+
+    m = sized_model(8192)  # runs at 64x64, not at 32x32
+    report = verify(m, bnfold.fold(m).model, batch_sizes=[1])
+    assert report.passed, report.summary()
+    assert {c.input_shapes["x"] for c in report.cases} == {"1x1x64x64"}
+    assert "set to 64" in report.summary() and "set to 64" in report.input_size
+
+
+def test_progress_callback_hears_every_case() -> None:
+    m = _classifier()
+    heard: list[str] = []
+    verify(m, bnfold.fold(m).model, progress=heard.append)
+    assert heard == [f"verifying case {k} of 6" for k in range(1, 7)]

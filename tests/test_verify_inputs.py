@@ -135,3 +135,18 @@ def test_split_batches_fixed_and_dynamic() -> None:
     assert np.array_equal(np.concatenate([c["x"] for c in dyn]), feed["x"])
     with pytest.raises(InputError, match="fixed batch"):
         inputs.split_batches(feed, [inputs.TensorSpec("x", np.dtype(np.int64), (3, 1))])
+
+
+def test_sized_inputs_are_those_with_symbolic_non_batch_dims() -> None:
+    specs = [inputs.TensorSpec("img", np.dtype(np.float32), ("N", 3, "H", "W")),
+             inputs.TensorSpec("ids", np.dtype(np.int64), ("N", 4)),
+             inputs.TensorSpec("seq", np.dtype(np.float32), (1, "T"))]
+    assert inputs.sized_inputs(specs, None) == ["img", "seq"]
+    assert inputs.sized_inputs(specs, {"img": (1, 3, 8, 8)}) == ["seq"]
+
+
+def test_random_feeds_use_the_chosen_size_for_symbolic_dims() -> None:
+    spec = inputs.TensorSpec("x", np.dtype(np.float32), ("N", 3, "H", "W"))
+    assert inputs.random_feeds([spec], 1, None, 0, size=64)["x"].shape == (1, 3, 64, 64)
+    assert inputs.input_sets([spec], seeds=[0], shapes={}, batch_sizes=[2], data=None,
+                             size=96)[0][1][0]["x"].shape == (2, 3, 96, 96)

@@ -226,3 +226,45 @@ def test_failure_in_a_model_over_2_gib_is_localised(tmp_path: Path) -> None:
     assert not rep.passed
     assert rep.localization is not None and (rep.localization.tensor, rep.localization.bn) == (
         "y", "bn")
+
+
+def _output_named_y(m: onnx.ModelProto) -> onnx.ModelProto:
+    out = m.graph.output[0].name
+    for node in m.graph.node:
+        node.output[:] = ["y" if o == out else o for o in node.output]
+    m.graph.output[0].name = "y"
+    return m
+
+
+def _unrelated() -> onnx.ModelProto:
+    """Same input and output as ``_cnn`` (x -> y), different layers: a depthwise-separable net."""
+    b = Builder(seed=4)
+    x = b.input("x", ["N", 2, 6, 6])
+    y = b.node("Relu", [b.bn(b.conv(x, 2, 4), 4)])
+    y = b.node("Relu", [b.bn(b.conv(y, 4, 4, group=4), 4)])
+    y = b.node("Relu", [b.bn(b.conv(y, 4, 4, k=1, pads=0), 4)])
+    b.output(b.bn(b.conv(y, 4, 3, k=1, pads=0), 3))
+    return _output_named_y(b.model())
+
+
+def test_a_fold_is_recognised_as_a_fold_of_its_original() -> None:
+    m = _cnn()
+    assert loc.not_a_fold(m, bnfold.fold(m).model) is None
+
+
+def test_models_with_other_layers_are_not_a_fold_of_each_other() -> None:
+    assert "Conv 3 vs 4" in loc.not_a_fold(_cnn(), _unrelated())
+
+
+def test_models_with_renamed_layers_are_not_a_fold_of_each_other() -> None:
+    m, other = _cnn(), _cnn()
+    other.graph.node[0].name = "elsewhere"
+    assert "not in the folded model" in loc.not_a_fold(m, other)
+
+
+def test_verifying_unrelated_models_blames_no_fold() -> None:
+    report = verify(_output_named_y(_cnn()), _unrelated())
+    assert not report.passed
+    assert report.localization is None
+    assert "not a fold of each other" in report.localization_note
+    assert "no fold is blamed" in report.localization_note

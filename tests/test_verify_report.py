@@ -111,7 +111,7 @@ def test_markdown_has_a_table_per_output_and_the_fold_table() -> None:
                     "### Accuracy on labelled data", "### BatchNormalization folds"):
         assert heading in md
     assert "| cpu: b8 | float32 | 2x2 |" in md
-    assert "`b.onnx`\n\n### Environment" in md  # headings need a blank line before them
+    assert "`b.onnx`\n\n### Output logits" in md  # headings need a blank line before them
 
 
 def test_html_is_self_contained_with_its_tables() -> None:
@@ -200,3 +200,33 @@ def test_cases_table_names_the_engine() -> None:
     parser.feed(rep.to_html())
     assert [row[-1] for row in parser.tables["cases"]] == ["engine", "onnx.reference",
                                                           "onnxruntime"]
+
+
+def test_markdown_puts_verdict_outputs_fold_table_cases_then_environment() -> None:
+    md = _report(fail=True).to_markdown()
+    order = [md.index(h) for h in ("## bnfold verify: FAILED", "### Output logits",
+                                   "### BatchNormalization folds", "### Cases", "### Environment")]
+    assert order == sorted(order)
+
+
+def test_html_puts_verdict_outputs_fold_table_cases_then_environment() -> None:
+    page = _report(fail=True).to_html()
+    order = [page.index(s) for s in ('class="verdict', 'data-table="output:logits"',
+                                     'data-table="fold"', 'data-table="cases"',
+                                     'data-table="environment"')]
+    assert order == sorted(order)
+
+
+def test_report_of_two_files_says_where_the_fold_table_is() -> None:
+    rep = _report()
+    rep.fold = None
+    assert "bnfold fold --report" in rep.to_markdown()
+    parser = _Tables()
+    parser.feed(rep.to_html())
+    assert "bnfold fold --report" in parser.tables["fold-note"][1][0]
+
+
+def test_notes_say_how_symbolic_input_dims_were_sized() -> None:
+    rep = _report()
+    rep.input_size = "symbolic dims of input 'x' set to 32 (given)"
+    assert "set to 32" in rep.summary() and "set to 32" in rep.to_markdown()

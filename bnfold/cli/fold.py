@@ -8,6 +8,7 @@ import click
 
 import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
+from bnfold.cli.progress import StatusLine, status_line
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError
@@ -58,7 +59,8 @@ def _say(msg: str, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True,
               help="One line per BN even on a terminal (reasons are never cut; they wrap).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress or messages on stderr (progress shows only on a terminal).")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
              check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
              seed: int, shapes: tuple[str, ...], batch_sizes: tuple[int, ...],
@@ -93,10 +95,57 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
                "data": list(data) or None, "atol": atol, "rtol": rtol}
     out = model if in_place else (output or default_output(model))
     inputs = check_output_paths(model, out, in_place=in_place, external_data=external_data)
-    _say(f"loading and folding {model}", quiet)
-    result = bnfold.fold(model, check=check, lazy_external=True)  # weights read as needed
-    for note in result.warnings:
-        _say(f"warning: {note}", quiet)
+    status = status_line(quiet)
+    proc = None
+    try:
+        if do_verify:
+            from bnfold.verify.api import probe_size
+            from bnfold.verify.engines import OrtProcess
+
+            proc = OrtProcess().start()
+            # the sizes the original runs are found before any work (a model no size fits is refused)
+            options["size"] = probe_size(model, proc, **{k: options[k] for k in (
+                "shapes", "providers", "opt_level", "seed", "data")})
+            options["proc"], options["progress"] = proc, status
+        _say(f"loading and folding {model}", quiet)
+        result = bnfold.fold(model, check=check, lazy_external=True, progress=status)
+        _clear(status)
+        for note in result.warnings:
+            _say(f"warning: {note}", quiet)
+        written = output is not None or result.bn_before > 0  # no BN: a copy only when asked
+        if not written:
+            _say(f"nothing written: {model} left unchanged" if in_place else
+                 "nothing written (give -o OUT to write a copy anyway)", quiet)
+        report = (_write_and_verify(model, out, result, inputs, in_place, external_data,
+                                    do_verify, report_dir, options, quiet)
+                  if written else None)
+    finally:
+        _clear(status)
+        if proc is not None:
+            proc.close()
+    if as_json:
+        payload = {"input": str(model), "output": str(out) if written else None,
+                   **result.to_dict()}
+        if report is not None:
+            payload["verification"] = json.loads(report.to_json())
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(fold_table(result, width=None if verbose else terminal_width()))
+        if report is not None:
+            click.echo(report.summary())
+    if report is not None and not report.passed:
+        click.get_current_context().exit(EXIT_VERIFY_FAILED)
+
+
+def _clear(status: StatusLine | None) -> None:
+    if status is not None:
+        status.clear()
+
+
+def _write_and_verify(model: Path, out: Path, result: "bnfold.FoldResult", inputs: list,
+                      in_place: bool, external_data: bool | None, do_verify: bool,
+                      report_dir: Path | None, options: dict, quiet: bool):  # noqa: ANN202
+    """Write the result atomically (with --in-place only after it verified) and verify it."""
     if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
         external_data = True
     report = None
@@ -111,17 +160,7 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
             _say(f"wrote {', '.join(staged.commit())}", quiet)
     if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
         report = _verify(model, result, str(out), out, report_dir, options, quiet)
-    if as_json:
-        payload = {"input": str(model), "output": str(out), **result.to_dict()}
-        if report is not None:
-            payload["verification"] = json.loads(report.to_json())
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        click.echo(fold_table(result, width=None if verbose else terminal_width()))
-        if report is not None:
-            click.echo(report.summary())
-    if report is not None and not report.passed:
-        click.get_current_context().exit(EXIT_VERIFY_FAILED)
+    return report
 
 
 def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Path,
@@ -131,6 +170,7 @@ def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Pa
 
     _say("verifying on ONNX Runtime", quiet)
     report = verify(original, folded, fold_result=result, **options)
+    _clear(options.get("progress"))
     report.folded = str(out)
     if report_dir is not None:
         report.write(report_dir)

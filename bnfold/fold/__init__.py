@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
@@ -29,7 +30,8 @@ __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 
 
 def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
-         lazy_external: bool = False, prove: bool = True) -> FoldResult:
+         lazy_external: bool = False, prove: bool = True,
+         progress: Callable[[str], None] | None = None) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
     ``model`` is a path (loaded with its external data) or a ModelProto (copied first unless
@@ -46,6 +48,9 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     fold needs it, so a multi-GB model is not held in memory. Folded weights become inline;
     the others still reference the model's folder, given as ``result.external_base``: save
     with ``save_model(result.model, out, source_dir=result.external_base)``.
+
+    ``progress`` (e.g. a CLI's status line) gets a short message as each BN is first looked at
+    ("folding BN 3 of 53") and before the proofs run.
     """
     base = _external_base(model) if lazy_external else None
     proto = _as_model(model, copy=copy, lazy=base is not None)
@@ -57,7 +62,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     excluded: dict[tuple[str, str], str] = {}
     original: tuple[onnx.ModelProto, str | None] | None = None
     while True:
-        records, notes = _fold_model(proto, base, excluded)
+        records, notes = _fold_model(proto, base, excluded, progress)
         if before is not None and any(r.folded for r in records):
             problem = check_folded(before, proto)
             if problem:
@@ -69,6 +74,8 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         if not prove or not any(r.folded for r in records):
             return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
         original = original or _original(model, backup)
+        if progress is not None:
+            progress(f"proving {sum(r.folded for r in records)} fold(s) on ONNX Runtime")
         proofs = prove_folds(original[0], proto, records, original_base=original[1],
                              folded_base=base)
         records = [_with_proof(r, proofs.get((r.graph, r.bn_output))) for r in records]
@@ -168,11 +175,13 @@ def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
 
 def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
                 exclude: dict[tuple[str, str], str] | None = None,
+                progress: Callable[[str], None] | None = None,
                 ) -> tuple[list[FoldRecord], list[str]]:
     """Fold in place; return one record per BN (in graph order) and numeric notes.
 
     ``base_dir``: where initializers still stored externally are read from. ``exclude``:
     (graph path, BN output) -> proof detail of BNs to keep because their proof failed.
+    ``progress``: told "folding BN k of n" as each BN is first looked at.
     """
     opset = default_opset(model) or MIN_OPSET
     infos = infer(model)  # shapes from strict inference, and declarations that contradict them
@@ -184,6 +193,7 @@ def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
     ctx = _Context(model.ir_version, opset, per_graph, names, base_dir, list(model.opset_import))
     ctx.protected = protected_names(model)
     ctx.exclude = exclude or {}
+    ctx.seen = _Seen(progress, _count_bns(model))
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     _fold_functions(model, ctx, records)
@@ -199,6 +209,7 @@ def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldR
         sub = _Context(ctx.ir_version, function_opset(f, ctx.opset), {}, ctx.names,
                        ctx.base_dir)
         sub.notes, sub.protected, sub.exclude = ctx.notes, ctx.protected, ctx.exclude
+        sub.seen = ctx.seen
         _fold_graph(body, function_path(f), sub, None, records)
         write_back(f, body)
 
@@ -217,6 +228,7 @@ class _Context:
         self.notes: list[str] = []
         self.protected: set[str] = set()  # tensors training_info binds or reads
         self.exclude: dict[tuple[str, str], str] = {}
+        self.seen = _Seen(None, 0)
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes, mismatches = self.per_graph.get(id(graph), (graph, ({}, {}, {})))[1]
@@ -224,6 +236,24 @@ class _Context:
                           shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
                           base_dir=self.base_dir, opset_imports=self.opset_imports,
                           mismatches=mismatches)
+
+
+class _Seen:
+    """Counts BNs as they are first looked at and tells ``progress`` ("folding BN k of n")."""
+
+    def __init__(self, progress: Callable[[str], None] | None, total: int) -> None:
+        self.progress, self.total, self.ids = progress, total, set()
+
+    def __call__(self, node: onnx.NodeProto) -> None:
+        if self.progress is not None and id(node) not in self.ids:
+            self.ids.add(id(node))
+            self.progress(f"folding BN {len(self.ids)} of {max(self.total, len(self.ids))}")
+
+
+def _count_bns(model: onnx.ModelProto) -> int:
+    graphs = [g for _, g in walk_graphs(model.graph)]
+    graphs += [g for f in model.functions for _, g in walk_graphs(as_graph(f))]
+    return sum(1 for g in graphs for n in g.node if _is_bn(n))
 
 
 def _is_bn(node: onnx.NodeProto) -> bool:
@@ -243,6 +273,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
         g = ctx.index(graph, outer)
         touched: set[int] = set()
         for node in [n for n in graph.node if _is_bn(n)]:
+            ctx.seen(node)
             around = _neighbourhood(g, node)
             if around & touched:
                 changed = True  # a fold this pass changed its neighbours: look again next pass

@@ -11,15 +11,16 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import onnx
 
 from bnfold.errors import InputError
 from bnfold.verify import compare, engines, explain, inputs, runner
-from bnfold.verify.localize import localize
+from bnfold.verify.localize import localize, not_a_fold
 from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
+from bnfold.verify.sizes import SizeChoice, choose_size
 
 if TYPE_CHECKING:
     from bnfold.fold.report import FoldResult
@@ -80,7 +81,8 @@ def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, op
     for m, role in ((a, "original"), (b, "folded")):
         key, label = f"{role}:{provider}", f"the {role} model {m.label}"
         try:
-            proc.load(key, engines.ort_source(m.source, proc, key), label, chain, opt_level)
+            if not proc.has(key):  # the size probe may have loaded the original already
+                proc.load(key, engines.ort_source(m.source, proc, key), label, chain, opt_level)
         except engines.NoKernel as exc:
             return _reference_pair(a, b, exc, role, report)
         except engines.Crashed as exc:
@@ -98,7 +100,9 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
            shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
            batch_sizes: Sequence[int] | None = None, data: Any = None,
            labels: str | Path | np.ndarray | None = None, atol: float | None = None,
-           rtol: float | None = None, localize_failures: bool = True) -> Report:
+           rtol: float | None = None, localize_failures: bool = True,
+           size: SizeChoice | int | None = None, proc: engines.OrtProcess | None = None,
+           progress: Callable[[str], None] | None = None) -> Report:
     """Compare ``folded`` against ``original`` and return the Report.
 
     ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random,
@@ -108,9 +112,17 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
     ONNX Runtime runs in a child process (a crash there is reported, not fatal), or onnx.reference
     where ORT has no kernel. Raises BnfoldError for inputs that cannot be compared at all, and
     when ORT crashes on the original model.
+
+    Symbolic non-batch input dims get ``size`` (from ``probe_size``, or an int), else the first
+    size of ``inputs.SIZE_LADDER`` the original runs (``sizes.choose_size``). ``proc``: an ORT
+    child to use (left open; by default one is started and closed here). ``progress`` gets a
+    short message per case ("verifying case 2 of 6").
     """
     seed_list = list(seeds) if seeds is not None else [seed + i for i in range(inputs.DEFAULT_SEEDS)]
-    proc = engines.OrtProcess().start()  # the child imports ORT while the inputs are prepared
+    own = proc is None
+    if proc is None:
+        proc = engines.OrtProcess()
+    proc.start()  # the child imports ORT while the inputs are prepared
     try:
         a, b = _Model.of(original), _Model.of(folded)
         inputs.check_signatures(a.proto, b.proto)
@@ -119,22 +131,27 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
             runner.provider_chain(p)
         if labels is not None and data is None:
             raise InputError("--labels needs --data: the labelled inputs to score")
+        shape_map = _parse_shapes(shapes)
+        choice = _size_choice(size, proc, a, shape_map, providers, opt_level, seed_list[0], data)
         sets = inputs.input_sets(inputs.graph_inputs(a.proto), seeds=seed_list,
-                                 shapes=_parse_shapes(shapes), batch_sizes=batch_sizes, data=data)
+                                 shapes=shape_map, batch_sizes=batch_sizes, data=data,
+                                 **({"size": choice.size} if choice is not None else {}))
         label_arr = (None if labels is None else
                      np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray)
                      else inputs.load_labels(labels))
 
         report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
                         environment=_environment(providers, opt_level, seed_list),
-                        fold=fold_result.to_dict() if fold_result is not None else None)
+                        fold=fold_result.to_dict() if fold_result is not None else None,
+                        input_size=choice.note() if choice is not None else "")
         truth = explain.GroundTruth(proc, a.source, a.proto)
         failure: tuple[str, bool, dict] | None = None
         for provider in providers:
             pair = _open_pair(proc, a, b, provider, opt_level, report)
             if pair is None:
                 break
-            failed = _run_cases(report, pair, provider, sets, truth, label_arr, atol, rtol)
+            failed = _run_cases(report, pair, provider, sets, truth, label_arr, atol, rtol,
+                                _counter(progress, len(sets) * len(providers)))
             if report.crash is not None:
                 break
             failure = failure or failed
@@ -144,19 +161,65 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
             _localize(report, proc, a, b, failure, fold_result, opt_level, atol, rtol)
         return report
     finally:
-        proc.close()
+        if own:
+            proc.close()
+
+
+def _counter(progress: Callable[[str], None] | None, total: int) -> Callable[[], None]:
+    """Says "verifying case k of total" through ``progress`` on each call."""
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(f"verifying case {done[0]} of {total}")
+    return tick
+
+
+def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: _Model,
+                 shapes: Mapping[str, Sequence[int]], providers: Sequence[str], opt_level: str,
+                 seed: int, data: Any) -> SizeChoice | None:
+    """The size for symbolic non-batch dims: given, or probed on the original (whose session
+    is kept for the first provider's cases); None when nothing is symbolic or data is given."""
+    if data is not None:
+        return None
+    if isinstance(size, SizeChoice):
+        return size
+    open_inputs = inputs.sized_inputs(inputs.graph_inputs(a.proto), shapes)
+    if size is not None:
+        return SizeChoice(int(size), tuple(open_inputs)) if open_inputs else None
+    return choose_size(proc, a.source, a.proto, a.label, shapes=shapes, provider=providers[0],
+                       opt_level=opt_level, seed=seed, key=f"original:{providers[0]}")
+
+
+def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
+               shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+               providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
+               data: Any = None) -> SizeChoice | None:
+    """Choose the size for the original's symbolic input dims before any work is done (``bnfold
+    fold`` calls this before folding, then passes the choice to ``verify``): InputError naming
+    ``--shape`` when the original runs none of the sizes tried. The probe's session is dropped
+    (ORT's copy of the weights is not held through the fold); ``proc`` stays running."""
+    if data is not None:
+        return None
+    a = _Model.of(original)
+    choice = choose_size(proc, a.source, a.proto, a.label, shapes=_parse_shapes(shapes),
+                         provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
+    proc.drop("probe")
+    return choice
 
 
 def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], provider: str,
                sets: list[tuple[str, list[dict]]], truth: explain.GroundTruth,
-               label_arr: np.ndarray | None, atol: float | None, rtol: float | None
-               ) -> tuple[str, bool, dict] | None:
+               label_arr: np.ndarray | None, atol: float | None, rtol: float | None,
+               tick: Callable[[], None] = lambda: None) -> tuple[str, bool, dict] | None:
     """Run and judge every input set on one provider; returns the first failing case's provider,
     whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
     when ORT crashes on the folded model."""
     ra, rb = pair
     failure = None
     for source, chunks in sets:
+        tick()
         name = f"{provider}: {source}"
         report.cases.append(Case(name, provider, source, {
             k: "x".join(map(str, v)) for k, v in _joined_shapes(chunks).items()}, ra.engine))
@@ -248,6 +311,11 @@ def _localize(report: Report, proc: engines.OrtProcess, a: _Model, b: _Model,
               opt_level: str, atol: float | None, rtol: float | None) -> None:
     provider, reference, feed = failure
     records = fold_result.records if fold_result is not None else None
+    unrelated = None if fold_result is not None else not_a_fold(a.proto, b.proto)
+    if unrelated is not None:
+        report.localization_note = (f"the two models are not a fold of each other ({unrelated}): "
+                                    "verification compares them, but no fold is blamed")
+        return
     try:
         report.localization = localize(a.source, b.source, feed, provider=provider,
                                        opt_level=opt_level, records=records, atol=atol, rtol=rtol,

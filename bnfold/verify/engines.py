@@ -181,6 +181,10 @@ class OrtProcess:
             raise InputError(f"onnxruntime failed on {label} with inputs {_shapes(feed)}: "
                              f"{exc}") from None
 
+    def has(self, key: str) -> bool:
+        """Whether session ``key`` was loaded (it is reloaded on use if the child restarted)."""
+        return key in self._loaded
+
     def drop(self, *keys: str) -> None:
         """Free sessions no longer needed (a big model's weights stay in ORT's memory otherwise)."""
         for key in keys:

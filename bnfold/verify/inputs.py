@@ -19,8 +19,11 @@ from bnfold.errors import InputError
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEEDS = 3
 """Random feeds per batch size by default: seeds ``seed, seed + 1, seed + 2``."""
-DEFAULT_DIM = 16
-"""Size used for a symbolic non-batch dimension the user did not fix with ``--shape``."""
+SIZE_LADDER = (32, 64, 224, 96, 128, 160, 256, 320, 640)
+"""Sizes tried, in order, for symbolic non-batch dims (``bnfold.verify.sizes``): small first, then
+multiples of 32, which detection/FPN models (five stride-2 stages, then upsampling) need."""
+DEFAULT_DIM = SIZE_LADDER[0]
+"""Size of a symbolic non-batch dimension when no size was probed (``size`` not given)."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,10 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def resolve_shape(spec: TensorSpec, batch: int | None,
-                  shapes: Mapping[str, Sequence[int]] | None) -> tuple[int, ...]:
+                  shapes: Mapping[str, Sequence[int]] | None,
+                  size: int = DEFAULT_DIM) -> tuple[int, ...]:
     """Concrete shape for one input: the user's ``--shape`` if given, else fixed dims, ``batch``
-    for a symbolic leading dim, and DEFAULT_DIM for other symbolic dims."""
+    for a symbolic leading dim, and ``size`` for other symbolic dims."""
     if shapes and spec.name in shapes:
         user = tuple(int(d) for d in shapes[spec.name])
         if spec.shape is not None:
@@ -125,8 +129,16 @@ def resolve_shape(spec: TensorSpec, batch: int | None,
         elif i == 0 and batch is not None:
             dims.append(batch)
         else:
-            dims.append(DEFAULT_DIM if not isinstance(d, int) else 1)
+            dims.append(size if not isinstance(d, int) else 1)
     return tuple(dims)
+
+
+def sized_inputs(specs: Iterable[TensorSpec],
+                 shapes: Mapping[str, Sequence[int]] | None) -> list[str]:
+    """Inputs not fixed by ``--shape`` that have a symbolic dim besides the leading batch dim:
+    the ones whose size must be chosen (``bnfold.verify.sizes``)."""
+    return [s.name for s in specs if s.shape and not (shapes and s.name in shapes)
+            and any(not isinstance(d, int) for d in s.shape[1:])]
 
 
 def batch_is_dynamic(specs: Iterable[TensorSpec], shapes: Mapping[str, Sequence[int]] | None) -> bool:
@@ -145,10 +157,12 @@ def random_array(shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generat
 
 
 def random_feeds(specs: Sequence[TensorSpec], batch: int | None,
-                 shapes: Mapping[str, Sequence[int]] | None, seed: int) -> dict[str, np.ndarray]:
-    """One seeded feed for all inputs at the given batch size."""
+                 shapes: Mapping[str, Sequence[int]] | None, seed: int,
+                 size: int = DEFAULT_DIM) -> dict[str, np.ndarray]:
+    """One seeded feed for all inputs at the given batch size (``size`` for other symbolic dims)."""
     rng = np.random.default_rng(seed)
-    return {s.name: random_array(resolve_shape(s, batch, shapes), s.dtype, rng) for s in specs}
+    return {s.name: random_array(resolve_shape(s, batch, shapes, size), s.dtype, rng)
+            for s in specs}
 
 
 def load_npz(path: str | Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
@@ -221,9 +235,10 @@ def split_batches(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
 
 def input_sets(specs: list[TensorSpec], *, seeds: Sequence[int],
                shapes: Mapping[str, tuple[int, ...]], batch_sizes: Sequence[int] | None,
-               data: Any) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
+               data: Any, size: int = DEFAULT_DIM) -> list[tuple[str, list[dict[str, np.ndarray]]]]:
     """(source label, feed chunks) per input set: the user's .npz files (or arrays), else one
-    seeded random feed per seed x batch size (batch sizes only when the batch dim is symbolic)."""
+    seeded random feed per seed x batch size (batch sizes only when the batch dim is symbolic;
+    ``size`` for the other symbolic dims)."""
     if data is not None:
         if isinstance(data, Mapping):
             return [("arrays", split_batches(dict(data), specs))]
@@ -239,4 +254,4 @@ def input_sets(specs: list[TensorSpec], *, seeds: Sequence[int],
                          "size is fixed (or set by --shape)")
     sizes: Sequence[int | None] = list(batch_sizes or DEFAULT_BATCH_SIZES) if dynamic else [None]
     return [(f"random seed={seed}" + (f" batch={b}" if b is not None else ""),
-             [random_feeds(specs, b, shapes, seed)]) for seed in seeds for b in sizes]
+             [random_feeds(specs, b, shapes, seed, size)]) for seed in seeds for b in sizes]

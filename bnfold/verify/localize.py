@@ -11,6 +11,7 @@ models of any size work (a serialised proto is limited to 2 GiB).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
@@ -42,6 +43,41 @@ class Localization:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(name, kind) of the main graph's Conv/ConvTranspose/Gemm/MatMul nodes; Gemm and MatMul
+    are one kind (a MatMul -> BN fold turns the MatMul into a Gemm)."""
+    return [(n.name, "Gemm/MatMul" if n.op_type in ("Gemm", "MatMul") else n.op_type)
+            for n in model.graph.node if n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx")]
+
+
+def not_a_fold(original: onnx.ModelProto, folded: onnx.ModelProto) -> str | None:
+    """Why ``folded`` cannot be a BN fold of ``original``, or None when it may be one.
+
+    A fold removes BNs (and merged bias Adds) and rewrites weights; it keeps every Conv,
+    ConvTranspose, Gemm and MatMul node, by name, only turning a MatMul into a Gemm, and never
+    adds a BN. Two unrelated models with the same inputs and outputs differ there.
+    """
+    la, lb = _layers(original), _layers(folded)
+    ca, cb = Counter(k for _, k in la), Counter(k for _, k in lb)
+    if ca != cb:
+        diff = ", ".join(f"{k} {ca[k]} vs {cb[k]}" for k in sorted(ca.keys() | cb.keys())
+                         if ca[k] != cb[k])
+        return f"their layers differ in number: {diff}"
+    names_a, names_b = Counter(n for n, _ in la), Counter(n for n, _ in lb)
+    if all(n for n, _ in la + lb) and names_a != names_b:
+        only = sorted((names_a - names_b).keys())
+        return (f"{len(only)} layer name(s) of the original are not in the folded model, e.g. "
+                f"{only[0]!r}")
+    bn_a, bn_b = (sum(n.op_type == "BatchNormalization" for n in m.graph.node)
+                  for m in (original, folded))
+    if bn_b > bn_a:
+        return f"the folded model has more BatchNormalization nodes ({bn_b}) than the original ({bn_a})"
+    return None
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

@@ -105,6 +105,7 @@ class Report:
     errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # output -> |diff|
     crash: str | None = None       # "onnxruntime crashed (SIGSEGV) on the folded model ..."
     notes: list[str] = field(default_factory=list)  # engines used, truth verdicts, exclusions
+    input_size: str = ""  # how symbolic input dims were sized ("... set to 32 (...)"), if any
 
     @property
     def judged(self) -> list[OutputCheck]:
@@ -159,6 +160,8 @@ class Report:
                         f"{nondet}" if nondet else "")
         if any(c.engine == REFERENCE for c in self.cases):
             tail += f"; run on {REFERENCE} (onnxruntime has no kernel for the model)"
+        if self.input_size:
+            tail += f"; {self.input_size}"
         scope = f"{len(self.outputs) - len(self.nondeterministic)} output(s) x {len(self.cases)} case(s)"
         closer = [c.truth for c in self.judged if c.passed and not c.within_tolerance and c.truth]
         if self.passed and not closer:
@@ -195,6 +198,7 @@ class Report:
             "unverified": self.unverified,
             "nondeterministic_outputs": self.nondeterministic,
             "notes": self.notes,
+            "input_size": self.input_size,
             "localization": self.localization.to_dict() if self.localization else None,
             "localization_note": self.localization_note,
             "accuracy": asdict(self.accuracy) if self.accuracy else None,

@@ -54,8 +54,9 @@ def render_html(report: Report) -> str:
         f"<p>original: <code>{esc(report.original)}</code><br>"
         f"folded: <code>{esc(report.folded)}</code></p>",
         note,
-        *(table_html(t) for t in tables.all_tables(report)),
+        *(table_html(t) for t in tables.results(report)),
         plot,
+        *(table_html(t) for t in tables.context(report)),
         "</body></html>\n",
     ]
     return "\n".join(parts)

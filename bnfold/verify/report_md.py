@@ -22,7 +22,8 @@ def table_markdown(t: tables.Table) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    """The whole report: verdict line, models compared, then every table."""
+    """The whole report: verdict line, models compared, then every table (results first,
+    environment last)."""
     verdict = "PASSED" if report.passed else "FAILED"
     head = [f"## bnfold verify: {verdict}", "", report.summary(), "",
             f"- original: `{report.original}`", f"- folded: `{report.folded}`", ""]

@@ -98,15 +98,42 @@ def fold(report: Report) -> Table | None:
                   "proof tolerance", "proof engine", "reason kept", "detail"), rows, "fold")
 
 
+NO_FOLD_TABLE = ("This report compares two given models, so it has no per-BN fold table: that "
+                 "table is in reports written by `bnfold fold --report`. "
+                 "`bnfold inspect ORIGINAL` shows what a fold of the original would do.")
+
+
+def fold_note(report: Report) -> Table | None:
+    """Where the fold table is, when the report verifies two files rather than a fold."""
+    if report.fold is not None:
+        return None
+    return Table("BatchNormalization folds", ("note",), [(NO_FOLD_TABLE,)], "fold-note")
+
+
 def notes(report: Report) -> Table | None:
-    """What the verdict rests on beyond the tolerance rule: engines, truth, exclusions, crashes."""
-    rows = [(n,) for n in ([report.crash] if report.crash else []) + report.notes]
+    """What the verdict rests on beyond the tolerance rule: engines, truth, exclusions, crashes,
+    and how symbolic input dims were sized."""
+    found = ([report.crash] if report.crash else []) + report.notes
+    rows = [(n,) for n in found + ([report.input_size] if report.input_size else [])]
     return Table("Notes", ("note",), rows, "notes") if rows else None
 
 
-def all_tables(report: Report) -> list[Table]:
-    """Every table in report order (absent sections skipped)."""
-    found = [notes(report), environment(report), cases(report), tolerances(report),
-             *output_tables(report),
-             localization(report), accuracy(report), fold(report)]
+def results(report: Report) -> list[Table]:
+    """What the verdict rests on, first: notes, each output's checks, tolerances, the
+    localisation of a failure and accuracy (absent sections skipped)."""
+    found = [notes(report), *output_tables(report), tolerances(report), localization(report),
+             accuracy(report)]
     return [t for t in found if t is not None]
+
+
+def context(report: Report) -> list[Table]:
+    """What was folded and run, after the results: fold table (or where to find it), cases,
+    environment."""
+    found = [fold(report) or fold_note(report), cases(report), environment(report)]
+    return [t for t in found if t is not None]
+
+
+def all_tables(report: Report) -> list[Table]:
+    """Every table in report order: verdict-related results, then fold table, cases,
+    environment."""
+    return results(report) + context(report)
