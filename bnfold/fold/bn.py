@@ -90,3 +90,15 @@ def read_bn(g: GraphIndex, node: onnx.NodeProto) -> BnAffine | Refusal:
     if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
         return Refusal(Reason.NON_FINITE_PARAMS, "scale or shift overflows float64")
     return BnAffine(node=node, x=node.input[0], y=node.output[0], scale=scale, shift=shift)
+
+
+def fold_reach(g: GraphIndex, bn: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The nodes a fold of ``bn`` may read or rewrite: the BN, its consumers, its producer, and
+    (when that producer is a bias Add) the Add's own producers."""
+    nodes = [bn] + list(g.consumers(bn.output[0]))
+    producer = g.producer(bn.input[0]) if bn.input else None
+    if producer is not None:
+        nodes.append(producer)
+        if producer.op_type == "Add":
+            nodes += [p for p in map(g.producer, producer.input) if p is not None]
+    return nodes

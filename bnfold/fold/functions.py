@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from bnfold.fold.bn import Refusal, label
+from bnfold.fold.bn import Refusal, fold_reach, label
 from bnfold.fold.report import Reason
 from bnfold.graph import _FOLDABLE_OPS, GraphIndex
 
@@ -56,12 +56,7 @@ def reference_refusal(g: GraphIndex, bn: onnx.NodeProto) -> Refusal | None:
     Looked at: the BN, its producer (and an Add's other producer), its consumers, and every
     node their constant inputs are computed from.
     """
-    nodes = [bn] + list(g.consumers(bn.output[0]))
-    producer = g.producer(bn.input[0]) if bn.input else None
-    if producer is not None:
-        nodes.append(producer)
-        if producer.op_type == "Add":
-            nodes += [p for p in map(g.producer, producer.input) if p is not None]
+    nodes = fold_reach(g, bn)
     todo, seen = list(nodes), set()
     while todo:
         node = todo.pop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.fold.bn import Refusal
+from bnfold.fold.bn import Refusal, fold_reach
 from bnfold.fold.report import Reason
 from bnfold.graph import _FOLDABLE_OPS, GraphIndex, referenced_names
 
@@ -43,12 +43,7 @@ def training_refusal(g: GraphIndex, bn: onnx.NodeProto, protected: set[str]) -> 
     """
     if not protected:
         return None
-    nodes = [bn] + list(g.consumers(bn.output[0]))
-    producer = g.producer(bn.input[0]) if bn.input else None
-    if producer is not None:
-        nodes.append(producer)
-        if producer.op_type == "Add":
-            nodes += [p for p in map(g.producer, producer.input) if p is not None]
+    nodes = fold_reach(g, bn)
     hit = sorted(_upstream({n for node in nodes for n in node.input if n}, g) & protected)
     if hit:
         return Refusal(Reason.TRAINING_BINDING,
