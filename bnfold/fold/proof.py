@@ -15,6 +15,8 @@ kernel for its dtype. Folds whose proof fails are undone by the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import onnx
@@ -70,9 +72,12 @@ def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[Fold
     for g in groups:
         if g.error:
             proofs.update({k: Proof(False, detail=f"not proven: {g.error}") for k in g.keys})
-    for chunk in _chunks(ready):
-        for g, proof in zip(chunk, _run_chunk(chunk, original)):
-            proofs.update({k: proof for k in g.keys})
+    from bnfold.verify.engines import OrtProcess
+
+    with OrtProcess() as proc:  # ORT in a child: a segfault on a region is not bnfold's death
+        for chunk in _chunks(ready):
+            for g, proof in zip(chunk, _run_chunk(chunk, original, proc)):
+                proofs.update({k: proof for k in g.keys})
     return proofs
 
 
@@ -147,7 +152,7 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
     return [c for c in chunks if c]
 
 
-def _run_chunk(chunk: list[_Group], model: onnx.ModelProto) -> list[Proof]:
+def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
     """Run the chunk as one batched pair of models; per region where the batch fails."""
     try:
         o_weights: dict[str, np.ndarray] = {}
@@ -155,28 +160,29 @@ def _run_chunk(chunk: list[_Group], model: onnx.ModelProto) -> list[Proof]:
         o_model = _model([g.original for g in chunk], model, o_weights)
         f_model = _model([g.folded for g in chunk], model, f_weights)
         feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
-        outs = _run_ort(o_model, f_model, feeds, (o_weights, f_weights))
+        outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
-        return [_run_alone(g, model) for g in chunk]
+        return [_run_alone(g, model, proc) for g in chunk]
     proofs = []
     for i, g in enumerate(chunk):
         names = [f"r{i}_{o}" for o, _ in g.original.outputs]
         pairs = [(o[n], f[n]) for o, f in outs for n in names]
         proof = _judge(pairs, "onnxruntime")
         if not proof.passed:
-            proof = _run_alone(g, model)
+            proof = _run_alone(g, model, proc)
         proofs.append(proof)
     return proofs
 
 
-def _run_alone(g: _Group, model: onnx.ModelProto) -> Proof:
+def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
     try:
         o_model, f_model = _model([g.original], model), _model([g.folded], model)
         feeds = [_feeds(o_model, seed) for seed in SEEDS]
     except Exception as exc:  # noqa: BLE001 - an unbuildable region is an unproven fold
         return Proof(False, detail=f"not proven: the proof model cannot be built: {exc}")
     errors = []
-    for engine, run in (("onnxruntime", _run_ort), ("onnx.reference", _run_reference)):
+    for engine, run in (("onnxruntime", partial(_run_ort, proc)),
+                        ("onnx.reference", _run_reference)):
         try:
             outs = run(o_model, f_model, feeds)
         except Exception as exc:  # noqa: BLE001 - try the next engine, then report both
@@ -308,20 +314,20 @@ def _feeds(model: onnx.ModelProto, seed: int,
     return feeds
 
 
-def _run_ort(o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
+def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
              weights: tuple[dict, dict] = ({}, {})) -> list[tuple[dict, dict]]:
-    """Both models on ORT (CPU, no graph optimizations) on each feed; ``weights`` are each
-    model's initializers given as inputs (see ``_model``)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sessions = [ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-                for m in (o_model, f_model)]
+    """Both models on ORT (CPU, no graph optimizations) in the child process ``proc``, on each
+    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), sent to
+    the child once per model."""
+    keys = ("proof-original", "proof-folded")
+    for key, m, w in zip(keys, (o_model, f_model), weights):
+        proc.load(key, m.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
+                  "disabled", fixed=w)
     names = [o.name for o in o_model.graph.output]
-    return [tuple(dict(zip(names, s.run(names, {**f, **w}))) for s, w in zip(sessions, weights))
-            for f in feeds]
+    try:
+        return [tuple(proc.run(key, f, names) for key in keys) for f in feeds]
+    finally:
+        proc.drop(*keys)
 
 
 def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,

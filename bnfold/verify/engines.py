@@ -150,18 +150,20 @@ class OrtProcess:
         return last
 
     def load(self, key: str, source: str | bytes, label: str, chain: Sequence[str],
-             opt_level: str) -> None:
+             opt_level: str, fixed: Mapping[str, np.ndarray] | None = None) -> None:
         """Create the session ``key``; InputError when ORT refuses the model, NoKernel when it
-        lacks a kernel, Crashed when the child dies, BnfoldError when the provider is not used."""
-        self._loaded[key] = (source, list(chain), opt_level, label)
+        lacks a kernel, Crashed when the child dies, BnfoldError when the provider is not used.
+
+        ``fixed``: inputs fed to every run of this session (sent to the child once)."""
+        self._loaded[key] = (source, list(chain), opt_level, label, dict(fixed or {}))
         self._ensure(key)
 
     def _ensure(self, key: str) -> None:
         if key in self._live and self._proc is not None:
             return
-        source, chain, opt_level, label = self._loaded[key]
+        source, chain, opt_level, label, fixed = self._loaded[key]
         try:
-            enabled = self._call(label, "load", key, source, chain, opt_level)
+            enabled = self._call(label, "load", key, source, chain, opt_level, fixed)
         except RuntimeError as exc:
             raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
         self._live.add(key)

@@ -7,7 +7,8 @@ only numpy and onnxruntime are imported here: the start-up costs one ORT import,
 
 Protocol: pickled tuples on stdin, one pickled reply per command on the original stdout (native
 code printing to stdout is redirected to stderr so it cannot corrupt replies).
-  ("load", key, model path or bytes, [providers], opt level) -> ("ok", enabled providers)
+  ("load", key, model path or bytes, [providers], opt level, {fixed input: array})
+                                                              -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
@@ -63,6 +64,7 @@ def _error(exc: BaseException) -> tuple[str, str, str]:
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer commands until "quit" or end of input."""
     sessions: dict[str, Any] = {}
+    fixed_feeds: dict[str, dict[str, Any]] = {}  # inputs every run of a session gets
     while True:
         try:
             msg = pickle.load(requests)
@@ -71,14 +73,16 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         reply: tuple[Any, ...]
         try:
             if msg[0] == "load":
-                _, key, source, providers, opt_level = msg
+                _, key, source, providers, opt_level, fixed = msg
                 sessions.pop(key, None)
                 sessions[key] = _load(source, providers, opt_level)
+                fixed_feeds[key] = fixed
                 reply = ("ok", sessions[key].get_providers())
             elif msg[0] == "run":
-                reply = ("ok", _run(sessions[msg[1]], msg[2], msg[3]))
+                reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
             elif msg[0] == "drop":
                 sessions.pop(msg[1], None)
+                fixed_feeds.pop(msg[1], None)
                 reply = ("ok", None)
             elif msg[0] == "quit":
                 reply = ("ok", None)
