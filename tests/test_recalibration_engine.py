@@ -198,3 +198,12 @@ def test_bn_inside_a_model_local_function_is_reported_as_skipped() -> None:
     result = bnfold.recalibrate(model, data())
     skipped = [r for r in result.records if r.skipped]
     assert [r.graph for r in skipped] == ["function:local.Norm"] and len(result.recalibrated) == 3
+
+
+def test_a_model_that_crashes_onnxruntime_is_one_clear_error_not_a_dead_process() -> None:
+    from modelgen import bn9
+
+    feeds = [{"x": np.random.default_rng(0).normal(size=(1, 3, 4, 4)).astype(np.float32)}]
+    with pytest.raises(InputError, match="crashed"):
+        bnfold.recalibrate(bn9(empty_optional_outputs=True), feeds)
+    assert len(bnfold.recalibrate(bn9(empty_optional_outputs=False), feeds).recalibrated) == 1

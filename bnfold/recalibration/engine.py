@@ -4,14 +4,15 @@ BN k is measured in inference mode with every BN before it already recalibrated,
 statistics it gets are those its input really has once the model is deployed. BNs are
 grouped into levels (a BN's level is one more than the highest level of a BN upstream of
 it); one pass over the data measures a whole level. The model is written once, with every BN
-input exposed as an output; each pass overrides the already-recalibrated statistics through
-ONNX Runtime's session initializers, so nothing but the statistics is re-copied.
+input exposed as an output and every BN statistic as an input; each pass feeds the statistics
+recalibrated so far. ONNX Runtime runs in a child process (``bnfold.verify.engines``), so a
+model that crashes it is one clear error, not the end of bnfold.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -165,34 +166,44 @@ def _data_source(data: DataArg, specs: list, batch_size: int | None,
     return fresh
 
 
-def _exposed(model: onnx.ModelProto, names: list[str], dtype_of: dict[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``names`` (each BN's input)."""
+def _exposed(model: onnx.ModelProto, names: list[str], dtype_of: dict[str, int],
+             stats: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names`` (each BN's input) and takes the BN
+    statistics ``stats`` as inputs, so each pass feeds the ones recalibrated so far."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    have = {o.name for o in exposed.graph.output}
+    graph = exposed.graph
+    have = {o.name for o in graph.output}
     for name in names:
         if name not in have:
-            exposed.graph.output.append(helper.make_tensor_value_info(name, dtype_of[name], None))
+            graph.output.append(helper.make_tensor_value_info(name, dtype_of[name], None))
+    wanted, listed = set(stats), {i.name for i in graph.input}
+    kept = [t for t in graph.initializer if t.name not in wanted]
+    moved = [t for t in graph.initializer if t.name in wanted]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                       for t in moved if t.name not in listed)
     return exposed
 
 
-def _session(path: str, overrides: dict[str, np.ndarray]) -> Any:
-    import onnxruntime as ort
+def _measure(proc: Any, key: str, path: str, stats: dict[str, np.ndarray], wanted: list[str],
+             feeds: Iterable[dict]) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """(feed, the BN inputs ``wanted``) per feed, run with ``stats`` in ORT's child process.
+    An ORT crash or refusal is one clear input error."""
+    from bnfold.verify.engines import Crashed, NoKernel
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    so.enable_cpu_mem_arena = False  # return activation memory after each batch
-    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in overrides.items()}
-    for name, value in values.items():
-        so.add_initializer(name, value)
     try:
-        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-        raise InputError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}"
-                         ) from exc
-    session._bnfold_keep = values  # the OrtValues must outlive the session
-    return session
+        proc.load(key, path, "the model", ["CPUExecutionProvider"], "disabled", fixed=stats)
+        for feed in feeds:
+            yield feed, proc.run(key, feed, wanted)
+    except Crashed as exc:
+        raise InputError(f"{exc}; recalibration needs ONNX Runtime to run the model") from None
+    except NoKernel as exc:
+        raise InputError(f"onnxruntime has no kernel for this model ({exc}); recalibration "
+                         "needs ONNX Runtime to run it") from None
+    finally:
+        proc.drop(key)
 
 
 def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
@@ -228,19 +239,21 @@ def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
     overrides: dict[str, np.ndarray] = {}
     records: dict[int, BnRecalibration] = {}
     batches = samples = 0
-    with tempfile.TemporaryDirectory(prefix="bnfold-recalibrate-") as tmp:
+    stats = {b.input[k]: old[id(b)][k - 3] for b in bns for k in (3, 4)}
+    from bnfold.verify.engines import OrtProcess
+
+    with tempfile.TemporaryDirectory(prefix="bnfold-recalibrate-") as tmp, OrtProcess() as proc:
         path = os.path.join(tmp, "exposed.onnx")
-        save_model(_exposed(proto, sorted(dtype_of), dtype_of), path, overwrite=True)
+        save_model(_exposed(proto, sorted(dtype_of), dtype_of, sorted(stats)), path,
+                   overwrite=True)
         for level in range(n_levels):
             group = [b for b in bns if levels[id(b)] == level]
             estimators = {id(b): Estimator(mode, convention, *old[id(b)], momentum=momentum)
                           for b in group}
-            session = None  # free the previous pass's session (weights, arena) first
-            session = _session(path, overrides)
             wanted = sorted({b.input[0] for b in group})
             batches = samples = 0
-            for feed in source():
-                values = dict(zip(wanted, session.run(wanted, feed)))
+            for feed, values in _measure(proc, f"pass{level}", path, {**stats, **overrides},
+                                         wanted, source()):
                 for b in group:
                     estimators[id(b)].add(ChannelMoments.of_batch(values[b.input[0]], axis=1))
                 batches += 1
