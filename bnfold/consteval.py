@@ -73,8 +73,9 @@ def _tiny_model(nodes: Sequence[onnx.NodeProto], leaves: dict[str, np.ndarray], 
 def _run_ort(model: onnx.ModelProto) -> np.ndarray:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from bnfold.ort import session_options
+
+    so = session_options("disabled")
     so.log_severity_level = 4
     sess = ort.InferenceSession(model.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])

@@ -328,10 +328,9 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     """Run ``model`` on ONNX Runtime (CPU, graph optimizations off) and return every output."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
+    from bnfold.ort import session_options
+
+    session = ort.InferenceSession(model.SerializeToString(), session_options("disabled"),
                                    providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 

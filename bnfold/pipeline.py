@@ -46,7 +46,7 @@ class VerifyOptions:
 
     def check(self) -> None:
         """BnfoldError, before any work, for an unknown or unavailable provider or level."""
-        from bnfold.verify.runner import check_opt_level, provider_chain
+        from bnfold.ort import check_opt_level, provider_chain
 
         if not self.providers:
             raise BnfoldError("verification needs at least one provider")

@@ -12,7 +12,7 @@ from bnfold.cli.progress import status_line
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.errors import BnfoldError
 from bnfold.pipeline import VerifyOptions, fold_file
-from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
+from bnfold.ort import OPT_LEVELS, PROVIDERS
 
 
 def _say(msg: str, quiet: bool) -> None:

@@ -179,9 +179,9 @@ def _exposed(model: onnx.ModelProto, names: list[str], dtype_of: dict[str, int])
 def _session(path: str, overrides: dict[str, np.ndarray]) -> Any:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+    from bnfold.ort import session_options
+
+    so = session_options("disabled")
     so.enable_cpu_mem_arena = False  # return activation memory after each batch
     values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in overrides.items()}
     for name, value in values.items():

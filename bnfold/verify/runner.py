@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for verification: provider names, graph optimisation level, running feeds.
+"""ONNX Runtime sessions for verification: opening one, running feeds (names: ``bnfold.ort``).
 
 Graph optimisations are disabled by default so a comparison tests the fold, not ORT's own fusions
 (ORT would otherwise fold BN itself in the original model). onnxruntime is imported lazily.
@@ -12,36 +12,9 @@ import numpy as np
 import onnx
 
 from bnfold.errors import BnfoldError, InputError
+from bnfold.ort import OPT_LEVELS, PROVIDERS, check_opt_level, provider_chain, session_options
 
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-OPT_LEVELS = ("disabled", "basic", "extended", "all")
-
-
-def provider_chain(name: str) -> tuple[str, ...]:
-    """ORT execution providers for a short name; BnfoldError when ORT here cannot provide it."""
-    import onnxruntime as ort
-
-    key = name.lower()
-    if key not in PROVIDERS:
-        raise BnfoldError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
-    wanted = PROVIDERS[key][0]
-    available = ort.get_available_providers()
-    if wanted not in available:
-        raise BnfoldError(f"provider {key!r} ({wanted}) is not available in this onnxruntime "
-                          f"(available: {', '.join(available)}); install onnxruntime-gpu or use "
-                          "--provider cpu")
-    return tuple(p for p in PROVIDERS[key] if p in available)
-
-
-def check_opt_level(level: str) -> str:
-    """Validate an optimisation level name."""
-    if level not in OPT_LEVELS:
-        raise BnfoldError(f"unknown optimisation level {level!r}; choose from {', '.join(OPT_LEVELS)}")
-    return level
+__all__ = ["PROVIDERS", "OPT_LEVELS", "provider_chain", "check_opt_level", "make_session", "run"]
 
 
 def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: str) -> Any:
@@ -50,13 +23,7 @@ def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: 
     import onnxruntime as ort
 
     chain = provider_chain(provider)
-    levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[check_opt_level(opt_level)]
-    so.log_severity_level = 3
+    so = session_options(opt_level)
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     label = str(model) if isinstance(model, (str, Path)) else "in-memory model"
     try:
