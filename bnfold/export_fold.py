@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bnfold.errors import first_line
 from bnfold.export import ExportResult, eval_mode, export, run_onnx, torch_forward
 from bnfold.fold.report import FoldResult
 
@@ -69,7 +70,7 @@ def torch_fusion(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Torc
     try:
         fused = fuse(work)
     except Exception as exc:  # symbolic tracing fails on data-dependent control flow
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return TorchFusion(bn_before, None, None, f"torch.fx could not trace the model: {first}")
     outputs, bn_after = torch_forward(fused, tuple(inputs))
     return TorchFusion(bn_before, bn_after, _max_abs(reference, outputs),

@@ -198,3 +198,17 @@ def test_bn_inside_a_model_local_function_is_reported_as_skipped() -> None:
     result = bnfold.recalibrate(model, data())
     skipped = [r for r in result.records if r.skipped]
     assert [r.graph for r in skipped] == ["function:local.Norm"] and len(result.recalibrated) == 3
+
+
+def test_an_ort_load_failure_without_a_message_is_one_input_error(tmp_path, monkeypatch) -> None:
+    import onnxruntime as ort
+
+    from bnfold.errors import InputError
+    from bnfold.recalibration import engine
+
+    def silent(*args, **kwargs):
+        raise RuntimeError("")
+
+    monkeypatch.setattr(ort, "InferenceSession", silent)
+    with pytest.raises(InputError, match="cannot load the model: RuntimeError"):
+        engine._session(str(tmp_path / "m.onnx"), {})

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bnfold.errors import first_line
 from bnfold.ort import PROVIDERS, session_options
 
 
@@ -92,7 +93,7 @@ def worker_main(conn: Connection) -> None:
             else:
                 raise ValueError(f"unknown command {op!r}")
         except Exception as exc:  # noqa: BLE001 - sent to the parent, raised there as BnfoldError
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first_line(exc, empty="")
             conn.send(("error", f"{type(exc).__name__}: {first}"))
         else:
             conn.send(("ok", reply))

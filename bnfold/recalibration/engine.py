@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import BnfoldError, InputError, first_line
 from bnfold.graph import attr, referenced_names, subgraphs
 from bnfold.model_io import check_model_proto, load_model, save_model
 from bnfold.recalibration import data as data_mod
@@ -189,7 +189,7 @@ def _session(path: str, overrides: dict[str, np.ndarray]) -> Any:
     try:
         session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-        raise InputError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}"
+        raise InputError(f"onnxruntime cannot load the model: {first_line(exc)}"
                          ) from exc
     session._bnfold_keep = values  # the OrtValues must outlive the session
     return session

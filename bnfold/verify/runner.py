@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import BnfoldError, InputError, first_line
 from bnfold.ort import OPT_LEVELS, PROVIDERS, check_opt_level, provider_chain, session_options
 
 __all__ = ["PROVIDERS", "OPT_LEVELS", "provider_chain", "check_opt_level", "make_session", "run"]
@@ -29,7 +29,7 @@ def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: 
     try:
         session = ort.InferenceSession(source, so, providers=list(chain))
     except Exception as exc:  # ORT raises its own exception types for invalid or unsupported models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"onnxruntime cannot load {label}: {first}") from exc
     if chain[0] not in session.get_providers():
         raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; "
@@ -58,7 +58,7 @@ def run(session: Any, feed: Mapping[str, np.ndarray],
     try:
         values = session.run(names, feeds)
     except Exception as exc:  # ORT's InvalidArgument/Fail types are not importable portably
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feed.items())
         raise InputError(f"onnxruntime failed on inputs {shapes}: {first}") from exc
     return {n: np.asarray(v) for n, v in zip(names, values)}
