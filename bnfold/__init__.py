@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from bnfold.errors import BnfoldError, InputError, OutputError  # noqa: E402
 from bnfold.fold import fold, inspect  # noqa: E402
 from bnfold.fold.report import FoldRecord, FoldResult, Reason  # noqa: E402
-from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file  # noqa: E402
+from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
 
 _LAZY = {
     "verify": ("bnfold.verify", "verify"),
@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
 
 
-__all__ = ["fold_file", "VerifyOptions", "FoldFileResult", "fold", "inspect", "verify", "benchmark", "export", "reference", "recalibrate",
+__all__ = ["fold_file", "VerifyOptions", "FoldFileResult", "fold", "inspect", "verify", "benchmark",
+           "export", "reference", "recalibrate",
            "FoldResult", "FoldRecord", "Reason", "BnfoldError", "InputError", "OutputError",
            "__version__"]

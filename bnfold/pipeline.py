@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from bnfold.errors import BnfoldError
 from bnfold.fold.report import FoldResult
@@ -99,8 +100,7 @@ class FoldFileResult:
 def default_output(path: str | os.PathLike[str]) -> Path:
     """model.onnx -> model.folded.onnx, beside the input."""
     path = Path(path)
-    name = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    return path.with_name(f"{name}.folded.onnx")
+    return path.with_name(f"{path.name.removesuffix('.onnx')}.folded.onnx")
 
 
 def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,

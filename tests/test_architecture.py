@@ -20,4 +20,4 @@ def test_every_file_named_in_architecture_md_exists() -> None:
 def test_the_fold_core_imports_neither_the_cli_nor_the_pipeline() -> None:
     for path in (ROOT / "bnfold" / "fold").rglob("*.py"):
         source = path.read_text()
-        assert not re.search(r"^\s*(from|import) bnfold\.(cli|pipeline)\b", source, re.M), path
+        assert not re.search(r"^\s*(from|import) bnfold\.(cli|pipeline)\b", source, re.MULTILINE), path

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnx
 import pytest
+from modelgen import Builder, count_bn
 
 import bnfold
 from bnfold import pipeline
 from bnfold.errors import BnfoldError, OutputError
 from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
-from modelgen import Builder, count_bn
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

@@ -13,8 +13,8 @@ import onnx
 from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
 from bnfold.bench.result import BenchResult, build_config_result
 from bnfold.bench.runner import Progress, RunConfig, Runner, VariantRun
-from bnfold.ort import OPT_LEVELS, provider_chain
 from bnfold.errors import BnfoldError, InputError
+from bnfold.ort import OPT_LEVELS, provider_chain
 
 
 def check_provider(provider: str) -> None:

@@ -11,8 +11,8 @@ from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.progress import status_line
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.errors import BnfoldError
-from bnfold.pipeline import VerifyOptions, fold_file
 from bnfold.ort import OPT_LEVELS, PROVIDERS
+from bnfold.pipeline import VerifyOptions, fold_file
 
 
 def _say(msg: str, quiet: bool) -> None:

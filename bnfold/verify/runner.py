@@ -14,7 +14,7 @@ import onnx
 from bnfold.errors import BnfoldError, InputError, first_line
 from bnfold.ort import OPT_LEVELS, PROVIDERS, check_opt_level, provider_chain, session_options
 
-__all__ = ["PROVIDERS", "OPT_LEVELS", "provider_chain", "check_opt_level", "make_session", "run"]
+__all__ = ["OPT_LEVELS", "PROVIDERS", "check_opt_level", "make_session", "provider_chain", "run"]
 
 
 def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: str) -> Any:
