@@ -9,6 +9,7 @@ import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.errors import OutputError
+from bnfold.output_paths import same_file
 from bnfold.pipeline import default_output, fold_file
 
 
@@ -79,6 +80,9 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
     folded_path = (folded_output or default_output(output)) if do_fold else None
     for out in [output] + ([folded_path] if folded_path else []):
         _check_output(model, out)
+    if folded_path is not None and same_file(folded_path, output):
+        raise OutputError(f"{folded_path}: is the recalibrated model (-o); give --folded-output "
+                          "another name")
     mode = "cumulative" if cumulative else "momentum" if momentum is not None else "pooled"
     _say(f"recalibrating {model} on {data} ({mode})", quiet)
     result = recalibrate(model, data, mode=mode, momentum=momentum, convention=convention,
