@@ -1,6 +1,7 @@
 """bnfold: fold BatchNormalization away in ONNX models, prove equivalence, measure the gain.
 
-Public API: ``fold``, ``inspect``, ``verify``, ``benchmark``, ``export``, ``recalibrate`` and the
+Public API: ``fold_file`` (file in, folded and verified file out, with ``VerifyOptions``),
+``fold``, ``inspect``, ``verify``, ``benchmark``, ``export``, ``recalibrate`` and the
 ``reference`` module. Heavy dependencies (onnxruntime, torch) load only when used.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 from bnfold.errors import BnfoldError, InputError, OutputError  # noqa: E402
 from bnfold.fold import fold, inspect  # noqa: E402
 from bnfold.fold.report import FoldRecord, FoldResult, Reason  # noqa: E402
+from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
 
 _LAZY = {
     "verify": ("bnfold.verify", "verify"),
@@ -31,6 +33,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
 
 
-__all__ = ["fold", "inspect", "verify", "benchmark", "export", "reference", "recalibrate",
+__all__ = ["fold_file", "VerifyOptions", "FoldFileResult", "fold", "inspect", "verify", "benchmark",
+           "export", "reference", "recalibrate",
            "FoldResult", "FoldRecord", "Reason", "BnfoldError", "InputError", "OutputError",
            "__version__"]

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from bnfold.errors import first_line
+
 _ULPS = 4  # float results may differ by rounding between numpy and ORT kernels
 
 
@@ -35,7 +37,7 @@ def evaluate(nodes: Sequence[onnx.NodeProto], leaves: dict[str, np.ndarray], out
 
         reference = np.asarray(ReferenceEvaluator(model).run(None, {})[0])
     except Exception as exc:  # an op the reference cannot run here is simply not constant
-        return Evaluated(None, f"onnx.reference cannot evaluate it: {_first_line(exc)}")
+        return Evaluated(None, f"onnx.reference cannot evaluate it: {first_line(exc)[:200]}")
     try:
         elem = helper.np_dtype_to_tensor_dtype(reference.dtype)
     except (KeyError, ValueError, TypeError):
@@ -44,7 +46,7 @@ def evaluate(nodes: Sequence[onnx.NodeProto], leaves: dict[str, np.ndarray], out
     try:
         runtime = _run_ort(model)
     except Exception as exc:  # no kernel, unsupported opset or IR: ORT cannot confirm it
-        return Evaluated(None, f"ONNX Runtime cannot evaluate it: {_first_line(exc)}")
+        return Evaluated(None, f"ONNX Runtime cannot evaluate it: {first_line(exc)[:200]}")
     disagreement = _disagreement(reference, runtime)
     if disagreement:
         return Evaluated(None, f"onnx.reference and ONNX Runtime disagree: {disagreement}")
@@ -73,8 +75,9 @@ def _tiny_model(nodes: Sequence[onnx.NodeProto], leaves: dict[str, np.ndarray], 
 def _run_ort(model: onnx.ModelProto) -> np.ndarray:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from bnfold.ort import session_options
+
+    so = session_options("disabled")
     so.log_severity_level = 4
     sess = ort.InferenceSession(model.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
@@ -101,8 +104,3 @@ def _disagreement(reference: np.ndarray, runtime: np.ndarray) -> str:
     worst = int(np.argmax(np.where(close, 0.0, np.nan_to_num(np.abs(a - b), nan=np.inf))))
     return (f"{int(np.count_nonzero(~close))} values differ, e.g. {a.flat[worst]:.9g} vs "
             f"{b.flat[worst]:.9g}")
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -12,3 +12,13 @@ class InputError(BnfoldError):
 
 class OutputError(BnfoldError):
     """The output cannot be written where asked."""
+
+
+def first_line(exc: BaseException, *, empty: str | None = None) -> str:
+    """The first line of ``exc``'s message, for a one-line report (onnx, ONNX Runtime and torch
+    put pages of context after it); ``empty`` (default: the exception's type name) when the
+    message is blank."""
+    lines = str(exc).strip().splitlines()
+    if lines:
+        return lines[0].strip()
+    return type(exc).__name__ if empty is None else empty

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import BnfoldError, InputError, first_line
 from bnfold.export_cleanup import clean_exported
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def torch_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
             out = model(*inputs)
     except Exception as exc:  # a wrong --input-shape is the usual cause
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"the model failed on input shape {shapes}: {first}") from exc
     finally:
         for h in handles:
@@ -317,7 +317,7 @@ def _dynamo_export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
                                         output_names=names_out, dynamic_shapes=dynamic_shapes,
                                         external_data=False)
     except Exception as exc:  # the exporter raises many types; surface one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BnfoldError(f"torch.onnx.export failed: {first}") from exc
     if program is None:
         raise BnfoldError("torch.onnx.export returned no program")
@@ -328,10 +328,9 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     """Run ``model`` on ONNX Runtime (CPU, graph optimizations off) and return every output."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
+    from bnfold.ort import session_options
+
+    session = ort.InferenceSession(model.SerializeToString(), session_options("disabled"),
                                    providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bnfold.errors import BnfoldError
+from bnfold.errors import BnfoldError, first_line
 
 _BIAS_OPS = ("Conv", "ConvTranspose")
 _PASS_THROUGH = ("CastLike", "Cast", "Identity", "Expand")
@@ -46,7 +46,7 @@ def clean_exported(model: onnx.ModelProto) -> tuple[onnx.ModelProto, CleanupRepo
                                                   data_prop=True)
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BnfoldError(f"exported graph is not valid ONNX after cleanup: {first}") from exc
     return model, report
 

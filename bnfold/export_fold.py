@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import bnfold
+from bnfold.errors import first_line
 from bnfold.export import ExportResult, eval_mode, export, run_onnx, torch_forward
 from bnfold.fold.report import FoldResult
 
@@ -44,8 +44,8 @@ class ExportFoldResult:
 
     export: ExportResult
     fold: FoldResult
-    folded_path: str | None
-    report: Report
+    folded_path: str
+    report: Report                # fold_file verifies by default: never None here
     bnfold_max_abs_error: float   # folded ONNX vs unfused PyTorch, on the example input
     torch: TorchFusion
 
@@ -70,7 +70,7 @@ def torch_fusion(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Torc
     try:
         fused = fuse(work)
     except Exception as exc:  # symbolic tracing fails on data-dependent control flow
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return TorchFusion(bn_before, None, None, f"torch.fx could not trace the model: {first}")
     outputs, bn_after = torch_forward(fused, tuple(inputs))
     return TorchFusion(bn_before, bn_after, _max_abs(reference, outputs),
@@ -80,26 +80,24 @@ def torch_fusion(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Torc
 def export_and_fold(model: torch.nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                     path: str | os.PathLike[str], folded_path: str | os.PathLike[str] | None = None,
                     **export_options: Any) -> ExportFoldResult:
-    """Export ``model`` (see ``bnfold.export``), fold it, verify the fold, compare with PyTorch."""
+    """Export ``model`` to ``path`` (see ``bnfold.export``), fold that file into ``folded_path``
+    (default PATH.folded.onnx) with ``bnfold.fold_file`` (verified), compare with PyTorch."""
     import torch
 
-    from bnfold.model_io import save_model
-    from bnfold.verify import verify_fold
+    from bnfold.pipeline import default_output, fold_file
 
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     exported = export(model, inputs, path, **export_options)
-    fold = bnfold.fold(exported.model)
-    if folded_path is not None:
-        save_model(fold.model, folded_path, overwrite=export_options.get("overwrite", True))
-    report = verify_fold(exported.model, fold,
-                         folded_path=None if folded_path is None else os.fspath(folded_path))
+    target = folded_path if folded_path is not None else default_output(path)
+    folded = fold_file(path, target, overwrite=export_options.get("overwrite", True))
     with eval_mode(model):
         reference, _ = torch_forward(model, inputs)
     names = [i.name for i in exported.model.graph.input]
     arrays = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs, strict=True)}
-    folded_out = run_onnx(fold.model, arrays)
-    return ExportFoldResult(exported, fold, None if folded_path is None else os.fspath(folded_path),
-                            report, _max_abs(reference, folded_out), torch_fusion(model, inputs))
+    folded_out = run_onnx(folded.fold.model, arrays)
+    report: Report = folded.report  # type: ignore[assignment]  # verified: never None here
+    return ExportFoldResult(exported, folded.fold, os.fspath(target), report,
+                            _max_abs(reference, folded_out), torch_fusion(model, inputs))
 
 
 def _max_abs(reference: list[np.ndarray], other: list[np.ndarray]) -> float:

@@ -79,3 +79,12 @@ def test_momentum_and_cumulative_together_is_a_usage_error(tmp_path: Path) -> No
     res = CliRunner().invoke(main, ["recalibrate", model, "--data", npz, "-o",
                                     str(tmp_path / "r.onnx"), "--momentum", "0.1", "--cumulative"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_folded_output_on_the_recalibrated_output_is_refused_before_any_work(tmp_path: Path) -> None:
+    model, npz = _setup(tmp_path)
+    out = tmp_path / "r.onnx"
+    res = CliRunner().invoke(main, ["recalibrate", model, "--data", npz, "-o", str(out), "--fold",
+                                    "--folded-output", str(out)])
+    assert res.exit_code == 2 and res.stderr.count("bnfold: error:") == 1
+    assert "--folded-output" in res.stderr and not out.exists()

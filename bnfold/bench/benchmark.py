@@ -13,21 +13,13 @@ import onnx
 from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
 from bnfold.bench.result import BenchResult, build_config_result
 from bnfold.bench.runner import Progress, RunConfig, Runner, VariantRun
-from bnfold.bench.session import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError, InputError
+from bnfold.ort import OPT_LEVELS, provider_chain
 
 
 def check_provider(provider: str) -> None:
     """Raise BnfoldError unless ``provider`` is known and present in this onnxruntime build."""
-    import onnxruntime as ort
-
-    if provider not in PROVIDERS:
-        raise BnfoldError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-    available = ort.get_available_providers()
-    if PROVIDERS[provider] not in available:
-        hint = " (install onnxruntime-gpu, or use --provider cpu)" if provider == "cuda" else ""
-        raise BnfoldError(f"{PROVIDERS[provider]} is not available in this onnxruntime "
-                          f"{ort.__version__} build (available: {', '.join(available)}){hint}")
+    provider_chain(provider)
 
 
 def check_same_signature(variants: Sequence[tuple[str, str]]) -> None:

@@ -12,20 +12,8 @@ from typing import Any
 
 import numpy as np
 
-OPT_LEVELS = ("disabled", "basic", "extended", "all")
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-def ort_opt_level(level: str) -> Any:
-    """Map our level name to onnxruntime.GraphOptimizationLevel."""
-    import onnxruntime as ort
-
-    return {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
+from bnfold.errors import first_line
+from bnfold.ort import PROVIDERS, session_options
 
 
 class TimedSession:
@@ -35,23 +23,18 @@ class TimedSession:
                  allow_spinning: bool) -> None:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort_opt_level(opt_level)
-        so.intra_op_num_threads = threads
+        so = session_options(opt_level, threads=threads)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
         # An idle spinning pool would steal cores from the other variant's process.
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        providers = [PROVIDERS[provider]]
-        if provider != "cpu":
-            providers.append("CPUExecutionProvider")
+        providers = PROVIDERS[provider]  # the parent checked availability (check_provider)
         start = time.perf_counter()
-        self.session = ort.InferenceSession(path, so, providers=providers)
+        self.session = ort.InferenceSession(path, so, providers=list(providers))
         self.create_ms = (time.perf_counter() - start) * 1000.0
-        if PROVIDERS[provider] not in self.session.get_providers():
-            raise RuntimeError(f"{PROVIDERS[provider]} could not be initialised for {path}")
-        self.device = "cuda" if provider == "cuda" else "cpu"
+        if providers[0] not in self.session.get_providers():
+            raise RuntimeError(f"{providers[0]} could not be initialised for {path}")
+        self.device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
         self.binding = self.session.io_binding()
         self._held: list[Any] = []
 
@@ -110,7 +93,7 @@ def worker_main(conn: Connection) -> None:
             else:
                 raise ValueError(f"unknown command {op!r}")
         except Exception as exc:  # noqa: BLE001 - sent to the parent, raised there as BnfoldError
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first_line(exc, empty="")
             conn.send(("error", f"{type(exc).__name__}: {first}"))
         else:
             conn.send(("ok", reply))

@@ -7,14 +7,9 @@ from typing import Any
 
 import click
 
-from bnfold.errors import BnfoldError
+from bnfold.errors import BnfoldError, first_line
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 class _Group(click.Group):
@@ -36,12 +31,12 @@ class _Group(click.Group):
         except (OSError, MemoryError) as exc:  # disk full, permissions, out of memory
             if os.environ.get("BNFOLD_DEBUG"):
                 raise
-            click.echo(f"bnfold: error: {type(exc).__name__}: {_first_line(exc)}", err=True)
+            click.echo(f"bnfold: error: {type(exc).__name__}: {first_line(exc, empty='')}", err=True)
             ctx.exit(EXIT_USAGE)
         except Exception as exc:  # a bug: never a traceback for users; BNFOLD_DEBUG=1 shows it
             if os.environ.get("BNFOLD_DEBUG"):
                 raise
-            click.echo(f"bnfold: internal error: {type(exc).__name__}: {_first_line(exc)} "
+            click.echo(f"bnfold: internal error: {type(exc).__name__}: {first_line(exc, empty='')} "
                        "(a bug in bnfold, please report it; BNFOLD_DEBUG=1 shows the traceback)",
                        err=True)
             ctx.exit(EXIT_INTERNAL)

@@ -6,8 +6,7 @@ import json
 import click
 
 from bnfold.errors import BnfoldError
-
-_LEVELS = ("disabled", "basic", "extended", "all")
+from bnfold.ort import OPT_LEVELS, PROVIDERS
 
 
 def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
@@ -23,9 +22,9 @@ def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
 @click.command("bench")
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.argument("folded", required=False, type=click.Path(dir_okay=False))
-@click.option("--provider", "providers", multiple=True, type=click.Choice(["cpu", "cuda"]),
+@click.option("--provider", "providers", multiple=True, type=click.Choice(list(PROVIDERS)),
               default=("cpu",), show_default=True, help="Execution provider (repeatable).")
-@click.option("--opt-level", "opt_levels", multiple=True, type=click.Choice(_LEVELS),
+@click.option("--opt-level", "opt_levels", multiple=True, type=click.Choice(OPT_LEVELS),
               default=("disabled", "basic", "all"), show_default=True,
               help="ORT graph optimization level (repeatable).")
 @click.option("--threads", multiple=True, type=click.IntRange(min=0), default=(1,),

@@ -31,11 +31,6 @@ def _export_lines(r: ExportResult) -> list[str]:
             f"(tolerance {r.tolerance:.3g}): {verdict}"]
 
 
-def _default_folded(path: Path) -> Path:
-    name = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    return path.with_name(f"{name}.folded.onnx")
-
-
 @click.command("export")
 @click.argument("factory", metavar="MODULE:FACTORY")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -85,8 +80,7 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
     if do_fold:
         from bnfold.export_fold import export_and_fold
 
-        folded_path = folded_output or _default_folded(output)
-        result = export_and_fold(model, example, output, folded_path, opset=opset,
+        result = export_and_fold(model, example, output, folded_output, opset=opset,
                                  dynamic_batch=dynamic_batch)
         exported, ok = result.export, result.ok
     else:

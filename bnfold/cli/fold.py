@@ -8,17 +8,11 @@ import click
 
 import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
-from bnfold.cli.progress import StatusLine, status_line
+from bnfold.cli.progress import status_line
 from bnfold.cli.render import fold_table, terminal_width
-from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
 from bnfold.errors import BnfoldError
-from bnfold.model_io import check_output_paths, stage_model
-
-
-def default_output(path: Path) -> Path:
-    """model.onnx -> model.folded.onnx, beside the input."""
-    name = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    return path.with_name(f"{name}.folded.onnx")
+from bnfold.ort import OPT_LEVELS, PROVIDERS
+from bnfold.pipeline import VerifyOptions, fold_file
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -81,101 +75,32 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
       bnfold fold model.onnx -o model.nobn.onnx --json > fold.json
       bnfold fold big.onnx --external-data
     """
-    if in_place and output is not None:
-        raise BnfoldError("use either --in-place or -o/--output, not both")
     if report_dir is not None and not do_verify:
         raise BnfoldError("--report needs --verify")
-    if do_verify:
-        from bnfold.verify.runner import provider_chain
-
-        for provider in providers:
-            provider_chain(provider)  # an unavailable provider fails before any work is done
-    options = {"providers": providers or ("cpu",), "opt_level": opt_level, "seed": seed,
-               "shapes": list(shapes) or None, "batch_sizes": list(batch_sizes) or None,
-               "data": list(data) or None, "atol": atol, "rtol": rtol}
-    out = model if in_place else (output or default_output(model))
-    inputs = check_output_paths(model, out, in_place=in_place, external_data=external_data)
+    verify = VerifyOptions(providers=providers or ("cpu",), opt_level=opt_level, seed=seed,
+                           shapes=shapes, batch_sizes=batch_sizes, data=data, atol=atol,
+                           rtol=rtol, report_dir=report_dir) if do_verify else None
     status = status_line(quiet)
-    proc = None
+
+    def say(msg: str) -> None:
+        if status is not None:
+            status.clear()
+        _say(msg, quiet)
+
     try:
-        if do_verify:
-            from bnfold.verify.api import probe_size
-            from bnfold.verify.engines import OrtProcess
-
-            proc = OrtProcess().start()
-            # the sizes the original runs are found before any work (a model no size fits is refused)
-            options["size"] = probe_size(model, proc, **{k: options[k] for k in (
-                "shapes", "providers", "opt_level", "seed", "data")})
-            options["proc"], options["progress"] = proc, status
-        _say(f"loading and folding {model}", quiet)
-        result = bnfold.fold(model, check=check, lazy_external=True, progress=status)
-        _clear(status)
-        for note in result.warnings:
-            _say(f"warning: {note}", quiet)
-        written = output is not None or result.bn_before > 0  # no BN: a copy only when asked
-        if not written:
-            _say(f"nothing written: {model} left unchanged" if in_place else
-                 "nothing written (give -o OUT to write a copy anyway)", quiet)
-        report = (_write_and_verify(model, out, result, inputs, in_place, external_data,
-                                    do_verify, report_dir, options, quiet)
-                  if written else None)
+        result = fold_file(model, output, in_place=in_place, external_data=external_data,
+                           check=check, verify=verify, progress=status, say=say)
     finally:
-        _clear(status)
-        if proc is not None:
-            proc.close()
+        if status is not None:
+            status.clear()
     if as_json:
-        payload = {"input": str(model), "output": str(out) if written else None,
-                   **result.to_dict()}
-        if report is not None:
-            payload["verification"] = json.loads(report.to_json())
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(fold_table(result, width=None if verbose else terminal_width()))
-        if report is not None:
-            click.echo(report.summary())
-    if report is not None and not report.passed:
+        click.echo(fold_table(result.fold, width=None if verbose else terminal_width()))
+        if result.report is not None:
+            click.echo(result.report.summary())
+    if not result.passed:
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
-
-
-def _clear(status: StatusLine | None) -> None:
-    if status is not None:
-        status.clear()
-
-
-def _write_and_verify(model: Path, out: Path, result: "bnfold.FoldResult", inputs: list,
-                      in_place: bool, external_data: bool | None, do_verify: bool,
-                      report_dir: Path | None, options: dict, quiet: bool):  # noqa: ANN202
-    """Write the result atomically (with --in-place only after it verified) and verify it."""
-    if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
-        external_data = True
-    report = None
-    with stage_model(result.model, out, overwrite=True, external_data=external_data,
-                     source_dir=result.external_base,
-                     protect=inputs[1:] if in_place else inputs) as staged:
-        if do_verify and in_place:  # verify the staged files before they replace the input
-            report = _verify(model, result, str(staged.path), out, report_dir, options, quiet)
-        if report is not None and not report.passed:
-            _say(f"verification failed: {model} left unchanged", quiet)
-        else:
-            _say(f"wrote {', '.join(staged.commit())}", quiet)
-    if do_verify and not in_place:  # by path: ORT reads external data, so >2 GiB works too
-        report = _verify(model, result, str(out), out, report_dir, options, quiet)
-    return report
-
-
-def _verify(original: Path, result: "bnfold.FoldResult", folded: object, out: Path,
-            report_dir: Path | None, options: dict, quiet: bool):  # noqa: ANN202
-    """Compare on ONNX Runtime; write the reports when asked."""
-    from bnfold.verify import verify
-
-    _say("verifying on ONNX Runtime", quiet)
-    report = verify(original, folded, fold_result=result, **options)
-    _clear(options.get("progress"))
-    report.folded = str(out)
-    if report_dir is not None:
-        report.write(report_dir)
-        _say(f"wrote reports to {report_dir}", quiet)
-    return report
 
 
 @click.command("inspect")

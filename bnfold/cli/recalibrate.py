@@ -9,6 +9,8 @@ import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.errors import OutputError
+from bnfold.output_paths import same_file
+from bnfold.pipeline import default_output, fold_file
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -75,10 +77,12 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
 
     if momentum is not None and cumulative:
         raise click.UsageError("use either --momentum or --cumulative, not both")
-    folded_path = (folded_output or output.with_name(output.name.removesuffix(".onnx")
-                                                     + ".folded.onnx")) if do_fold else None
+    folded_path = (folded_output or default_output(output)) if do_fold else None
     for out in [output] + ([folded_path] if folded_path else []):
         _check_output(model, out)
+    if folded_path is not None and same_file(folded_path, output):
+        raise OutputError(f"{folded_path}: is the recalibrated model (-o); give --folded-output "
+                          "another name")
     mode = "cumulative" if cumulative else "momentum" if momentum is not None else "pooled"
     _say(f"recalibrating {model} on {data} ({mode})", quiet)
     result = recalibrate(model, data, mode=mode, momentum=momentum, convention=convention,
@@ -93,13 +97,9 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
     payload = {"input": str(model), "output": str(output), **result.to_dict(arrays=False)}
     passed = True
     if do_fold:
-        import bnfold
-
         _say("folding the recalibrated model", quiet)
-        fold = bnfold.fold(output)
-        save_model(fold.model, folded_path, overwrite=True)
-        report = bnfold.verify(output, str(folded_path), fold_result=fold)
-        passed = report.passed
+        folded = fold_file(output, folded_path)
+        fold, report, passed = folded.fold, folded.report, folded.passed
         payload["fold"] = {**fold.to_dict(), "output": str(folded_path),
                            "verification": json.loads(report.to_json())}
     if as_json:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from bnfold.verify.runner import OPT_LEVELS, PROVIDERS
+from bnfold.ort import OPT_LEVELS, PROVIDERS
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

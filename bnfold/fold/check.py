@@ -15,6 +15,7 @@ from typing import Iterator
 
 import onnx
 
+from bnfold.errors import first_line
 from bnfold.graph import subgraphs
 from bnfold.skeleton import CheckFailed, full_check, skeleton
 
@@ -29,8 +30,7 @@ def problem(sk: onnx.ModelProto, *, full: bool = True) -> str | None:
     try:
         full_check(sk, full=full)
     except CheckFailed as exc:  # only onnx's verdict: a bnfold error must not read as one
-        text = str(exc).strip().splitlines()
-        return text[0] if text else type(exc).__name__
+        return first_line(exc)
     return None
 
 

@@ -199,8 +199,9 @@ def against_onnxruntime(seed: int = 0) -> dict[str, float]:
     """The same models on ONNX Runtime's CPU provider, graph optimizations disabled."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from bnfold.ort import session_options
+
+    opts = session_options("disabled")
     out: dict[str, float] = {}
     for key, model, feeds, args in _runtime_cases(seed):
         sess = ort.InferenceSession(model.SerializeToString(), opts,

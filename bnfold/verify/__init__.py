@@ -1,7 +1,7 @@
 """Equivalence verification of a folded model against its original on ONNX Runtime.
 
-``verify(original, folded, ...) -> Report``; ``verify_fold(original, fold_result, ...)`` is the
-hook ``bnfold fold --verify`` calls right after folding.
+``verify(original, folded, ...) -> Report``; ``verify_fold(original, fold_result, ...)`` verifies
+a fold held in memory (``bnfold.fold_file`` verifies the written file with ``verify``).
 """
 from __future__ import annotations
 

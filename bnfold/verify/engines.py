@@ -21,7 +21,7 @@ from typing import IO, Any, Mapping, Protocol, Sequence
 import numpy as np
 import onnx
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import BnfoldError, InputError, first_line
 
 CHILD = Path(__file__).with_name("ort_child.py")
 REFERENCE = "onnx.reference"  # the engine name cases carry when ORT lacks a kernel
@@ -248,8 +248,8 @@ class ReferenceModel:
 
 
 def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    line = first_line(exc, empty="")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def ort_source(model: str | onnx.ModelProto, proc: OrtProcess, name: str,

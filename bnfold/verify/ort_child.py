@@ -20,6 +20,7 @@ import pickle
 import sys
 from typing import Any, BinaryIO
 
+# bnfold.ort's table, repeated: this file imports no bnfold (tests/test_ort.py checks they agree)
 LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16 (onnx itself is not imported here)

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for verification: provider names, graph optimisation level, running feeds.
+"""ONNX Runtime sessions for verification: opening one, running feeds (names: ``bnfold.ort``).
 
 Graph optimisations are disabled by default so a comparison tests the fold, not ORT's own fusions
 (ORT would otherwise fold BN itself in the original model). onnxruntime is imported lazily.
@@ -11,37 +11,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import BnfoldError, InputError, first_line
+from bnfold.ort import OPT_LEVELS, PROVIDERS, check_opt_level, provider_chain, session_options
 
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-OPT_LEVELS = ("disabled", "basic", "extended", "all")
-
-
-def provider_chain(name: str) -> tuple[str, ...]:
-    """ORT execution providers for a short name; BnfoldError when ORT here cannot provide it."""
-    import onnxruntime as ort
-
-    key = name.lower()
-    if key not in PROVIDERS:
-        raise BnfoldError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
-    wanted = PROVIDERS[key][0]
-    available = ort.get_available_providers()
-    if wanted not in available:
-        raise BnfoldError(f"provider {key!r} ({wanted}) is not available in this onnxruntime "
-                          f"(available: {', '.join(available)}); install onnxruntime-gpu or use "
-                          "--provider cpu")
-    return tuple(p for p in PROVIDERS[key] if p in available)
-
-
-def check_opt_level(level: str) -> str:
-    """Validate an optimisation level name."""
-    if level not in OPT_LEVELS:
-        raise BnfoldError(f"unknown optimisation level {level!r}; choose from {', '.join(OPT_LEVELS)}")
-    return level
+__all__ = ["OPT_LEVELS", "PROVIDERS", "check_opt_level", "make_session", "provider_chain", "run"]
 
 
 def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: str) -> Any:
@@ -50,19 +23,13 @@ def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: 
     import onnxruntime as ort
 
     chain = provider_chain(provider)
-    levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[check_opt_level(opt_level)]
-    so.log_severity_level = 3
+    so = session_options(opt_level)
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     label = str(model) if isinstance(model, (str, Path)) else "in-memory model"
     try:
         session = ort.InferenceSession(source, so, providers=list(chain))
     except Exception as exc:  # ORT raises its own exception types for invalid or unsupported models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"onnxruntime cannot load {label}: {first}") from exc
     if chain[0] not in session.get_providers():
         raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; "
@@ -91,7 +58,7 @@ def run(session: Any, feed: Mapping[str, np.ndarray],
     try:
         values = session.run(names, feeds)
     except Exception as exc:  # ORT's InvalidArgument/Fail types are not importable portably
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feed.items())
         raise InputError(f"onnxruntime failed on inputs {shapes}: {first}") from exc
     return {n: np.asarray(v) for n, v in zip(names, values)}

@@ -1,0 +1,199 @@
+"""``fold_file``: one path from a model file to a folded, verified model file.
+
+The CLI (``bnfold fold``), ``bnfold export --fold``, ``bnfold recalibrate --fold`` and deploy
+scripts all call this; each only parses its options and renders the ``FoldFileResult``. The order
+is fixed here: output paths checked and the input size probed before any work, the fold, the
+write (staged; with ``in_place`` verified before it replaces the input), the verification and
+its reports. A model without BN is written only when an output is named.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bnfold.errors import BnfoldError
+from bnfold.fold.report import FoldResult
+
+if TYPE_CHECKING:
+    from bnfold.verify.engines import OrtProcess
+    from bnfold.verify.report import Report
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How a fold is verified on ONNX Runtime (see ``bnfold.verify.verify``).
+
+    ``shapes``: "NAME:DIMS" strings for symbolic input dims; ``batch_sizes``: batch sizes for a
+    symbolic batch dim (empty: 1 and 8); ``data``: .npz files of real inputs (empty: random inputs
+    from ``seed``); ``atol``/``rtol``: None for the per-dtype defaults; ``report_dir``: where
+    report.json/.md/.html are written (None: not written).
+    """
+
+    providers: tuple[str, ...] = ("cpu",)
+    opt_level: str = "disabled"
+    seed: int = 0
+    shapes: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] = ()
+    data: tuple[str, ...] = ()
+    atol: float | None = None
+    rtol: float | None = None
+    report_dir: Path | None = None
+
+    def check(self) -> None:
+        """BnfoldError, before any work, for an unknown or unavailable provider or level."""
+        from bnfold.ort import check_opt_level, provider_chain
+
+        if not self.providers:
+            raise BnfoldError("verification needs at least one provider")
+        check_opt_level(self.opt_level)
+        for provider in self.providers:
+            provider_chain(provider)
+
+    def probe_options(self) -> dict[str, Any]:
+        """The options ``probe_size`` takes."""
+        return {"shapes": list(self.shapes) or None, "providers": self.providers,
+                "opt_level": self.opt_level, "seed": self.seed, "data": list(self.data) or None}
+
+    def verify_options(self) -> dict[str, Any]:
+        """The options ``verify`` takes (without size, process and progress)."""
+        return {**self.probe_options(), "batch_sizes": list(self.batch_sizes) or None,
+                "atol": self.atol, "rtol": self.rtol}
+
+
+@dataclass
+class FoldFileResult:
+    """What ``fold_file`` did: the fold, where it wrote, and the verification report.
+
+    ``output`` is the destination (None when nothing was to be written: a model without BN and no
+    output named); ``written`` the files actually written (empty when an in-place result failed
+    verification and the input was left unchanged); ``report`` None without verification.
+    """
+
+    source: Path
+    output: Path | None
+    fold: FoldResult
+    report: Report | None = None
+    written: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """False only when verification ran and failed."""
+        return self.report is None or self.report.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON ``bnfold fold --json`` prints."""
+        payload = {"input": str(self.source),
+                   "output": str(self.output) if self.output is not None else None,
+                   **self.fold.to_dict()}
+        if self.report is not None:
+            payload["verification"] = json.loads(self.report.to_json())
+        return payload
+
+
+def default_output(path: str | os.PathLike[str]) -> Path:
+    """model.onnx -> model.folded.onnx, beside the input."""
+    path = Path(path)
+    return path.with_name(f"{path.name.removesuffix('.onnx')}.folded.onnx")
+
+
+def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+              in_place: bool = False, external_data: bool | None = None, check: bool = True,
+              overwrite: bool = True, verify: VerifyOptions | None = VerifyOptions(),
+              progress: Say | None = None, say: Say | None = None) -> FoldFileResult:
+    """Fold the model at ``src`` into ``out`` (default ``src``'s name + .folded.onnx; with
+    ``in_place`` ``src`` itself, replaced atomically) and verify it when ``verify`` is given.
+
+    Refuses (BnfoldError, nothing written) before any work: ``in_place`` with ``out``, an output
+    on a file the input reads, an unavailable provider, an input no size runs. The output has
+    external data when ``external_data`` says so, else when the input has, or when over 2 GiB.
+    A model without BN is written only when ``out`` is named (``result.output`` is None
+    otherwise). A failed verification keeps the written file (the report says it failed),
+    except with ``in_place``, where the staged result is verified first and ``src`` is left
+    unchanged. ``progress`` gets short status messages; ``say`` one line per step done.
+    """
+    from bnfold.fold import fold
+    from bnfold.model_io import check_output_paths
+
+    tell = say or (lambda msg: None)
+    src = Path(src)
+    if in_place and out is not None:
+        raise BnfoldError("use either --in-place or -o/--output, not both")
+    if verify is not None:
+        verify.check()  # an unavailable provider fails before any work is done
+    dest = src if in_place else Path(out) if out is not None else default_output(src)
+    inputs = check_output_paths(src, dest, in_place=in_place, overwrite=overwrite,
+                                external_data=external_data)
+    proc = None
+    try:
+        size = None
+        if verify is not None:
+            from bnfold.verify.api import probe_size
+            from bnfold.verify.engines import OrtProcess
+
+            proc = OrtProcess().start()
+            # the sizes the original runs are found before any work (a model no size fits is refused)
+            size = probe_size(src, proc, **verify.probe_options())
+        tell(f"loading and folding {src}")
+        folded = fold(src, check=check, lazy_external=True, progress=progress)
+        result = FoldFileResult(src, dest, folded)
+        for note in folded.warnings:
+            tell(f"warning: {note}")
+        if out is None and folded.bn_before == 0:  # no BN: a copy only when asked
+            result.output = None
+            result.notes.append(f"nothing written: {src} left unchanged" if in_place else
+                                "nothing written (give -o OUT to write a copy anyway)")
+            tell(result.notes[-1])
+            return result
+        if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
+            external_data = True
+        _write_and_verify(result, inputs, in_place, external_data, overwrite, verify,
+                          lambda folded_path: _verify(result, folded_path, verify, size, proc,
+                                                      progress, tell), tell)
+        return result
+    finally:
+        if proc is not None:
+            proc.close()
+
+
+def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool,
+                      external_data: bool | None, overwrite: bool, verify: VerifyOptions | None,
+                      run_verify: Callable[[str], Report], tell: Say) -> None:
+    """Write atomically (with ``in_place`` only after the staged files verified), then verify."""
+    from bnfold.model_io import stage_model
+
+    fold, dest = result.fold, result.output
+    with stage_model(fold.model, dest, overwrite=overwrite, external_data=external_data,
+                     source_dir=fold.external_base,
+                     protect=inputs[1:] if in_place else inputs) as staged:
+        if verify is not None and in_place:  # verify the staged files before they replace the input
+            result.report = run_verify(str(staged.path))
+        if not result.passed:
+            result.notes.append(f"verification failed: {result.source} left unchanged")
+            tell(result.notes[-1])
+        else:
+            result.written = staged.commit()
+            tell(f"wrote {', '.join(result.written)}")
+    if verify is not None and not in_place:  # by path: ORT reads external data, so >2 GiB works too
+        result.report = run_verify(str(dest))
+
+
+def _verify(result: FoldFileResult, folded_path: str, options: VerifyOptions, size: Any,
+            proc: OrtProcess | None, progress: Say | None, tell: Say) -> Report:
+    """Compare the original and the folded file on ONNX Runtime; write the reports when asked."""
+    from bnfold.verify import verify
+
+    tell("verifying on ONNX Runtime")
+    report = verify(result.source, folded_path, fold_result=result.fold, size=size, proc=proc,
+                    progress=progress, **options.verify_options())
+    report.folded = str(result.output)
+    if options.report_dir is not None:
+        report.write(options.report_dir)
+        tell(f"wrote reports to {options.report_dir}")
+    return report

@@ -1,0 +1,147 @@
+"""``bnfold.fold_file``: file in, folded and verified file out, typed options, input protection."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import onnx
+import pytest
+from modelgen import Builder, count_bn
+
+import bnfold
+from bnfold import pipeline
+from bnfold.errors import BnfoldError, OutputError
+from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture()
+def model_path(tmp_path: Path) -> Path:
+    b = Builder()
+    x = b.input("x", ["N", 3, 5, 5])
+    y = b.node("Relu", [b.bn(b.conv(x, 3, 4), 4)])
+    b.output(b.conv(b.bn(y, 4), 4, 2, pads=1))
+    return _save(b.model(), tmp_path / "m.onnx")
+
+
+@pytest.fixture()
+def no_bn_path(tmp_path: Path) -> Path:
+    b = Builder()
+    b.output(b.node("Relu", [b.conv(b.input("x", [1, 3, 5, 5]), 3, 4)]))
+    return _save(b.model(), tmp_path / "plain.onnx")
+
+
+class _Failed:
+    """A verification report that failed (what ``bnfold.verify.verify`` returns on a bad fold)."""
+
+    passed, folded = False, None
+
+    def summary(self) -> str:
+        return "verification: FAIL"
+
+
+def test_writes_the_default_output_and_verifies_it(model_path: Path) -> None:
+    result = fold_file(model_path)
+    out = model_path.with_name("m.folded.onnx")
+    assert isinstance(result, FoldFileResult)
+    assert result.output == out and result.written == [str(out)]
+    assert result.fold.bn_before == 2 and result.fold.bn_after == 1
+    assert count_bn(onnx.load(out)) == 1
+    assert result.report is not None and result.report.passed and result.passed
+    assert result.report.folded == str(out)
+
+
+def test_steps_are_told_in_order(model_path: Path, tmp_path: Path) -> None:
+    said: list[str] = []
+    fold_file(model_path, tmp_path / "o.onnx", say=said.append)
+    assert [m.split()[0] for m in said] == ["loading", "wrote", "verifying"]
+
+
+def test_in_place_replaces_the_input_after_it_verified(model_path: Path) -> None:
+    result = fold_file(model_path, in_place=True)
+    assert result.written == [str(model_path)] and result.passed
+    assert count_bn(onnx.load(model_path)) == 1
+    assert not model_path.with_name("m.folded.onnx").exists()
+
+
+def test_in_place_keeps_the_input_when_verification_fails(model_path: Path, monkeypatch) -> None:
+    import bnfold.verify
+
+    before = {p.name: p.read_bytes() for p in model_path.parent.iterdir()}
+    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: _Failed())
+    result = fold_file(model_path, in_place=True)
+    assert not result.passed and result.written == []
+    assert any("left unchanged" in n for n in result.notes)
+    assert {p.name: p.read_bytes() for p in model_path.parent.iterdir()} == before
+
+
+def test_a_failed_verification_still_writes_a_separate_output(model_path: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    import bnfold.verify
+
+    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: _Failed())
+    result = fold_file(model_path, tmp_path / "o.onnx")
+    assert not result.passed and result.written == [str(tmp_path / "o.onnx")]
+
+
+def test_model_without_bn_writes_nothing_unless_an_output_is_named(no_bn_path: Path,
+                                                                    tmp_path: Path) -> None:
+    result = fold_file(no_bn_path, verify=None)
+    assert result.output is None and result.written == [] and result.report is None
+    assert result.notes == ["nothing written (give -o OUT to write a copy anyway)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
+    named = fold_file(no_bn_path, tmp_path / "copy.onnx", verify=None)
+    assert named.written == [str(tmp_path / "copy.onnx")]
+
+
+def test_output_on_the_input_is_refused_before_the_fold(model_path: Path) -> None:
+    said: list[str] = []
+    before = model_path.read_bytes()
+    with pytest.raises(OutputError, match="--in-place"):
+        fold_file(model_path, model_path, say=said.append)
+    assert said == [] and model_path.read_bytes() == before
+
+
+def test_in_place_with_an_output_is_refused(model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(BnfoldError, match="not both"):
+        fold_file(model_path, tmp_path / "o.onnx", in_place=True)
+
+
+def test_unknown_provider_is_refused_before_anything_is_written(model_path: Path) -> None:
+    with pytest.raises(BnfoldError, match="unknown provider"):
+        fold_file(model_path, verify=VerifyOptions(providers=("npu",)))
+    assert not model_path.with_name("m.folded.onnx").exists()
+
+
+def test_verify_none_skips_verification(model_path: Path, tmp_path: Path) -> None:
+    result = fold_file(model_path, tmp_path / "o.onnx", verify=None)
+    assert result.report is None and result.passed and result.written
+
+
+def test_report_dir_gets_the_reports(model_path: Path, tmp_path: Path) -> None:
+    fold_file(model_path, tmp_path / "o.onnx", verify=VerifyOptions(report_dir=tmp_path / "r"))
+    assert {"report.json", "report.md", "report.html"} <= {p.name for p in (tmp_path / "r").iterdir()}
+
+
+def test_verify_options_are_typed_and_frozen() -> None:
+    hints = typing.get_type_hints(VerifyOptions, vars(pipeline))
+    assert hints["providers"] == tuple[str, ...] and hints["seed"] is int
+    options = VerifyOptions(seed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.seed = 4  # type: ignore[misc]
+    assert options.verify_options()["seed"] == 3
+
+
+def test_to_dict_is_the_fold_json(model_path: Path, tmp_path: Path) -> None:
+    data = fold_file(model_path, tmp_path / "o.onnx").to_dict()
+    assert data["input"] == str(model_path) and data["output"] == str(tmp_path / "o.onnx")
+    assert data["bn_after"] == 1 and data["verification"]["passed"] is True
+
+
+def test_the_package_exports_the_pipeline() -> None:
+    assert bnfold.fold_file is fold_file and bnfold.VerifyOptions is VerifyOptions
