@@ -308,3 +308,20 @@ def test_no_progress_lines_when_stderr_is_not_a_terminal(model_path, tmp_path):
     assert res.exit_code == 0, res.output
     assert "folding BN" not in res.stderr and "verifying case" not in res.stderr
     assert "\r" not in res.stderr
+
+
+def test_an_original_onnxruntime_cannot_load_is_refused_before_anything_is_written(tmp_path):
+    """With every tensor external (tiny shape tensors included) ORT refuses the original itself;
+    with verification on, nothing is folded or written; --no-verify still folds."""
+    import onnx
+    from onnx import external_data_helper as edh
+
+    model = onnx.load("models/resnet_digits.onnx")
+    edh.convert_model_to_external_data(model, all_tensors_to_one_file=True, location="w.bin",
+                                       size_threshold=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    res = invoke("fold", tmp_path / "m.onnx", "-q")
+    assert res.exit_code == 2 and "cannot load the original model" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "w.bin"]
+    res = invoke("fold", tmp_path / "m.onnx", "-q", "--no-verify")
+    assert res.exit_code == 0 and (tmp_path / "m.folded.onnx").exists()

@@ -49,17 +49,18 @@ def choose_size(proc: engines.OrtProcess, source: str | onnx.ModelProto, proto: 
                 opt_level: str, seed: int, key: str,
                 ladder: Sequence[int] = inputs.SIZE_LADDER) -> SizeChoice | None:
     """The first size of ``ladder`` the original runs at batch 1, or None when no input has a
-    symbolic non-batch dim left open by ``shapes``. The session stays loaded in ``proc`` under
+    symbolic non-batch dim left open by ``shapes`` (the original is loaded all the same: one ORT
+    cannot load is an InputError here, before any fold work). The session stays loaded in ``proc`` under
     ``key`` (verification reuses it) unless ORT has no kernel for the model, in which case the
     sizes are tried on onnx.reference. Raises InputError naming ``--shape`` when no size runs."""
     specs = inputs.graph_inputs(proto)
     open_inputs = inputs.sized_inputs(specs, shapes)
-    if not open_inputs:
-        return None
     model: engines.Runner
-    try:
+    try:  # loaded even when no size is open: a model ORT cannot load is refused before any work
         proc.load(key, engines.ort_source(source, proc, key), f"the original model {label}",
                   runner.provider_chain(provider), opt_level)
+        if not open_inputs:
+            return None
         model = engines.OrtModel(proc, key, label, provider)
     except engines.NoKernel:
         proc.drop(key)
