@@ -9,13 +9,14 @@ computes it.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 import onnx
 
 
-def default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto | onnx.FunctionProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
@@ -46,8 +47,25 @@ def _batch_norm(version: int) -> type:
 
 
 def evaluator(model: onnx.ModelProto, **kwargs: Any) -> Any:
-    """``onnx.reference.ReferenceEvaluator`` for ``model`` with inference-mode BatchNormalization."""
+    """``onnx.reference.ReferenceEvaluator`` for ``model`` with inference-mode BatchNormalization
+    in every graph, subgraph and model-local function."""
+    return _evaluator_class()(model, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluator_class() -> type:
+    """A ReferenceEvaluator whose every instance gets the fixed BN of its own opset.
+
+    onnx.reference hands ``new_ops`` on to subgraph evaluators but builds each function body's
+    evaluator with ``self.__class__(function)`` alone: the fix must ride on the class.
+    """
     from onnx.reference import ReferenceEvaluator
 
-    fixed = [_batch_norm(default_opset(model))]
-    return ReferenceEvaluator(model, new_ops=fixed + list(kwargs.pop("new_ops", [])), **kwargs)
+    class Evaluator(ReferenceEvaluator):  # type: ignore[misc, valid-type]
+        def __init__(self, proto: Any, *args: Any, new_ops: list | None = None,
+                     **kwargs: Any) -> None:
+            fixed = [_batch_norm(default_opset(proto))] \
+                if isinstance(proto, (onnx.ModelProto, onnx.FunctionProto)) else []
+            super().__init__(proto, *args, new_ops=fixed + list(new_ops or []), **kwargs)
+
+    return Evaluator
