@@ -173,7 +173,7 @@ def test_nested_models_with_external_data_fold_by_path_without_touching_inputs(c
 @campaign
 @given(st.one_of(hc.external_cases(), hn.external_cases()), st.booleans(), st.booleans())
 def test_cli_fold_in_place_touches_no_other_file(case, via_link, verify):
-    """``bnfold fold --in-place`` (through a symlink sometimes, from a working directory with
+    """``bnfold fold --in-place`` (through a symlinked folder sometimes, from a working directory with
     decoy data files): every file but the model stays byte for byte (its data files, a second
     model sharing them); the model is replaced by a right one, or left as it was."""
     from click.testing import CliRunner
@@ -189,9 +189,9 @@ def test_cli_fold_in_place_touches_no_other_file(case, via_link, verify):
             (Path(cwd) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(cwd) / name).write_bytes(os.urandom((folder / name).stat().st_size))
         target = path
-        if via_link:
-            target = Path(tmp) / "link.onnx"
-            target.symlink_to(path)
+        if via_link:  # the model's folder reached through a symlink: writes land in the real one
+            (Path(tmp) / "link").symlink_to(folder, target_is_directory=True)
+            target = Path(tmp) / "link" / path.name
         old = os.getcwd()
         os.chdir(cwd)
         try:
@@ -199,6 +199,7 @@ def test_cli_fold_in_place_touches_no_other_file(case, via_link, verify):
                                       ([] if verify else ["--no-verify"])).exit_code
         finally:
             os.chdir(old)
+        event(f"exit {code}")
         after = snapshot(folder)
         changed = [p for p in before if p != "model.onnx" and after.get(p) != before[p]]
         assert not changed, f"exit {code}; files other than the model changed: {changed}"
