@@ -301,6 +301,7 @@ def test_fold_then_verify_never_accepts_a_corrupted_fold(case, parity):
         onnx.checker.check_model(case.model)
     except onnx.checker.ValidationError:
         reject()
+    note(onnx.printer.to_text(case.model))
     with corrupted_fold_params(parity):
         result = bnfold.fold(case.model)
         if not result.folded:
