@@ -161,6 +161,8 @@ def conv_padded(draw, s: State) -> None:
         return
     k, stride, dil = draw(st.sampled_from([1, 2, 3])), draw(st.integers(1, 2)), draw(st.integers(1, 2))
     mode = draw(st.sampled_from(["SAME_LOWER", "SAME_UPPER", "VALID", "pads"]))
+    if mode.startswith("SAME"):
+        dil = 1  # ORT: "Dilation not supported for AutoPadType::SAME_UPPER or SAME_LOWER"
     attrs = {"kernel_shape": [k] * s.dims, "strides": [stride] * s.dims,
              "dilations": [dil] * s.dims}
     if mode == "pads":
@@ -250,10 +252,12 @@ def finish(s: State, extra_outputs: list[str] = ()) -> onnx.ModelProto:
         s.b.output(name)
     model = s.b.model()
     model = with_ir3_inputs(model)
-    if model.ir_version < 4:  # IR 3: every output needs a shape
-        for out in model.graph.output:
-            if not out.type.tensor_type.HasField("shape"):
-                out.type.tensor_type.shape.dim.add().dim_param = f"{out.name}_d0"
+    for out in model.graph.output:  # the checker wants a shape on every main-graph output
+        tt = out.type.tensor_type
+        if not tt.HasField("shape"):
+            rank = s.ranks.get(out.name, 2 + s.dims)  # every generated tensor has this rank
+            for i in range(rank):
+                tt.shape.dim.add().dim_param = f"{out.name}_d{i}"
     return model
 
 

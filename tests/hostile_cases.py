@@ -87,20 +87,25 @@ def _random_lies(draw, model: onnx.ModelProto) -> None:
     if not names:
         return
     for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True)):
-        vi = onnx.ValueInfoProto()
-        vi.CopyFrom(known[name])
-        tt = vi.type.tensor_type
-        how = draw(st.sampled_from(["drop_dim", "add_dim", "dim", "dtype"]))
-        if how == "drop_dim" and len(tt.shape.dim) > 1:
-            del tt.shape.dim[-1]
-        elif how == "add_dim":
-            tt.shape.dim.add().dim_value = 1
-        elif how == "dim" and len(tt.shape.dim):
-            d = tt.shape.dim[draw(st.integers(0, len(tt.shape.dim) - 1))]
-            d.dim_value = (d.dim_value or 1) + draw(st.integers(1, 2))
-        else:
-            tt.elem_type = draw(st.sampled_from([TensorProto.FLOAT16, TensorProto.DOUBLE]))
-        model.graph.value_info.append(vi)
+        model.graph.value_info.append(_lie(draw, known[name]))
+
+
+def _lie(draw, truth: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``truth`` with a dimension dropped, added or changed, or another float dtype."""
+    vi = onnx.ValueInfoProto()
+    vi.CopyFrom(truth)
+    tt = vi.type.tensor_type
+    how = draw(st.sampled_from(["drop_dim", "add_dim", "dim", "dtype"]))
+    if how == "drop_dim" and len(tt.shape.dim) > 1:
+        del tt.shape.dim[-1]
+    elif how == "add_dim":
+        tt.shape.dim.add().dim_value = 1
+    elif how == "dim" and len(tt.shape.dim):
+        d = tt.shape.dim[draw(st.integers(0, len(tt.shape.dim) - 1))]
+        d.dim_value = (d.dim_value or 1) + draw(st.integers(1, 2))
+    else:
+        tt.elem_type = draw(st.sampled_from([TensorProto.FLOAT16, TensorProto.DOUBLE]))
+    return vi
 
 
 # --- branches ---------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def _loop(draw, s: State) -> None:
 @st.composite
 def branch_cases(draw) -> Case:
     """If (cond = a graph input) with Conv+BN in both branches, Loop bodies, ArgMax/TopK heads."""
-    s = start(draw, opset=draw(st.sampled_from([o for o in OPSETS if o >= 11])), dense=False,
+    s = start(draw, opset=draw(st.sampled_from([o for o in OPSETS if o >= 9])), dense=False,
               batch=2)
     conds: list[str] = []
     probes: list[str] = []
@@ -162,7 +167,8 @@ def branch_cases(draw) -> Case:
                            else_branch=_branch(draw, s, outer))
         elif kind == "loop":
             _loop(draw, s)
-    head = draw(st.sampled_from(["none", "argmax", "topk"]))
+    head = draw(st.sampled_from(["none", "argmax", "topk"] if s.b.opset >= 10 else
+                                ["none", "argmax"]))  # TopK's k is an input from opset 10
     if head != "none":
         probes.append(s.x)
         if head == "argmax":
@@ -200,8 +206,8 @@ def dtype_cases(draw) -> Case:
 
 @st.composite
 def function_cases(draw) -> Case:
-    """Conv+BN inside a model-local function."""
-    opset = draw(st.sampled_from([o for o in OPSETS if o >= 13]))
+    """Conv+BN inside a model-local function (old opsets too: Squeeze/Slice with attributes)."""
+    opset = draw(st.sampled_from([o for o in OPSETS if o >= 9]))
     s = start(draw, opset=opset, dense=False)
     trunk(draw, s, 1)
     return Case(_into_function(finish(s), opset))
@@ -259,7 +265,7 @@ def _training_info(draw, model: onnx.ModelProto) -> None:
 # --- external data and random ops -------------------------------------------------------------
 
 LAYOUTS = ["one_file", "subfolder", "per_tensor", "constants_too", "shared_file",
-           "named_like_output"]
+           "named_like_output", "named_like_model"]
 
 
 @st.composite

@@ -302,3 +302,19 @@ def test_fold_inside_loop_body_reading_outer_weights_is_proved():
     rec = result.records[0]
     assert rec.folded and rec.graph.endswith(".body") and rec.proof_engine == "onnxruntime"
     assert max_error(model, result.model) < tolerance(model)
+
+
+def test_truth_of_another_shape_than_ort_leaves_the_failed_proof_standing(monkeypatch):
+    """Found by the trust campaign: a ConvTranspose (kernel 1 < stride 2, SAME_UPPER) is 5
+    long on ORT but 6 on onnx.reference (the spec's in * stride); a wrong fold's proof then
+    asked the float64 truth and raised a numpy broadcast ValueError out of bnfold.fold."""
+    b = Builder(opset=11, seed=2)
+    y = b.node("ConvTranspose", [b.input("x", ["N", 2, 3]), b.const(b.weights((2, 3, 1)))],
+               auto_pad="SAME_UPPER", strides=[2])
+    b.output(b.bn(y, 3))
+    model = b.model()
+    corrupt_bn(monkeypatch, 3, scale=1.3)
+    result = bnfold.fold(model)
+    (rec,) = result.records
+    assert rec.reason is Reason.PROOF_FAILED, rec.to_dict()
+    assert max_error(model, result.model) < tolerance(model)

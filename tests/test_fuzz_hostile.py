@@ -20,6 +20,7 @@ from pathlib import Path
 from unittest import mock
 
 import hostile_cases as hc
+import hostile_nested as hn
 import numpy as np
 import pytest
 from modelgen import Builder
@@ -146,6 +147,75 @@ def test_external_data_layouts_fold_by_path_without_touching_inputs(case):
 
 
 @campaign
+@given(hn.nested_cases())
+def test_old_opset_parameters_and_lies_inside_branches_and_functions_fold_exactly(case):
+    check_trust(case)
+
+
+@campaign
+@given(hn.shared_cases())
+def test_tensors_shared_with_an_unfolded_node_keep_their_values(case):
+    check_trust(case)
+
+
+@campaign
+@given(hn.chain_bn_cases())
+def test_bn_chains_fold_exactly(case):
+    check_trust(case)
+
+
+@campaign
+@given(hn.external_cases())
+def test_nested_models_with_external_data_fold_by_path_without_touching_inputs(case):
+    check_trust(case)
+
+
+@campaign
+@given(st.one_of(hc.external_cases(), hn.external_cases()), st.booleans(), st.booleans())
+def test_cli_fold_in_place_touches_no_other_file(case, via_link, verify):
+    """``bnfold fold --in-place`` (through a symlinked folder sometimes, from a working directory with
+    decoy data files): every file but the model stays byte for byte (its data files, a second
+    model sharing them); the model is replaced by a right one, or left as it was."""
+    from click.testing import CliRunner
+
+    from bnfold.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cwd:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        path = save_layout(case.model, folder, case.layout)
+        before = snapshot(folder)
+        for name in before:  # decoys of the same names in the working directory
+            (Path(cwd) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(cwd) / name).write_bytes(os.urandom((folder / name).stat().st_size))
+        target = path
+        if via_link:  # the model's folder reached through a symlink: writes land in the real one
+            (Path(tmp) / "link").symlink_to(folder, target_is_directory=True)
+            target = Path(tmp) / "link" / path.name
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            code = CliRunner().invoke(main, ["fold", str(target), "--in-place", "-q"] +
+                                      ([] if verify else ["--no-verify"])).exit_code
+        finally:
+            os.chdir(old)
+        event(f"exit {code}")
+        after = snapshot(folder)
+        changed = [p for p in before if p != "model.onnx" and after.get(p) != before[p]]
+        assert not changed, f"exit {code}; files other than the model changed: {changed}"
+        if code != 0:
+            assert after.get("model.onnx") == before["model.onnx"], f"exit {code}, model changed"
+            return
+        models = [target] + ([folder / "other.onnx"] if (folder / "other.onnx").exists() else [])
+        for p in models:
+            try:
+                verdict = judge(case, onnx.load_model(str(p)))
+            except Unrunnable:
+                return
+            assert not verdict.wrong, f"{p.name} off by {verdict.error:.3g} after --in-place"
+
+
+@campaign
 @given(hc.external_cases(), st.sampled_from(["data_file", "out.onnx", "data/out.onnx"]),
        st.booleans())
 def test_cli_fold_never_writes_over_an_input_file(case, target, decoy):
@@ -231,6 +301,7 @@ def test_fold_then_verify_never_accepts_a_corrupted_fold(case, parity):
         onnx.checker.check_model(case.model)
     except onnx.checker.ValidationError:
         reject()
+    note(onnx.printer.to_text(case.model))
     with corrupted_fold_params(parity):
         result = bnfold.fold(case.model)
         if not result.folded:
