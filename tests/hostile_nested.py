@@ -14,7 +14,6 @@ from hostile_cases import _branch, _bool_input, _into_function, _lie
 from hypothesis import strategies as st
 from modelgen import Builder
 from onnx import helper
-from test_fuzz import State
 
 OLD = [o for o in OPSETS if 9 <= o <= 12]  # Squeeze/Unsqueeze/Slice/Split read attributes
 
