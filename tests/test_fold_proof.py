@@ -318,3 +318,23 @@ def test_truth_of_another_shape_than_ort_leaves_the_failed_proof_standing(monkey
     (rec,) = result.records
     assert rec.reason is Reason.PROOF_FAILED, rec.to_dict()
     assert max_error(model, result.model) < tolerance(model)
+
+
+def test_forward_fold_proof_runs_on_a_capped_spatial_size(monkeypatch):
+    """BN -> unpadded Conv on 224x224: the proof feeds what the conv needs (border and interior
+    outputs), not the real 224x224 activation (the pre-activation benchmark took 1.4 s)."""
+    b = Builder()
+    x = b.input("x", ["N", 8, 224, 224])
+    b.output(b.conv(b.bn(b.node("Relu", [x]), 8), 8, 8, k=3, pads=0))
+    model = b.model()
+    shapes = []
+    real_run = OrtProcess.run
+
+    def recording(self, key, feed, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        shapes.extend(v.shape for k, v in feed.items() if k.startswith("r0_"))
+        return real_run(self, key, feed, *args, **kwargs)
+
+    monkeypatch.setattr(OrtProcess, "run", recording)
+    result = bnfold.fold(model)
+    assert result.records[0].folded and result.records[0].direction == "forward"
+    assert shapes and all(s[2] <= 8 and s[3] <= 8 for s in shapes if len(s) == 4), shapes

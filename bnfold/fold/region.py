@@ -193,7 +193,8 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
                               "input nor a constant")
     region.nodes = _topological(region.nodes)
     cap = not any(_size_dependent(n, frontier) for n in region.nodes)
-    region.inputs = [(n, d, sizes.get(n) or _frontier_shape(scope, n, readers[n], cap))
+    convs = _conv_extent(scope, region.nodes) if cap else None
+    region.inputs = [(n, d, sizes.get(n) or _frontier_shape(scope, n, readers[n], cap, convs))
                      for n, d in region.inputs]
     first = region.inputs[0][1] if region.inputs else 0
     region.outputs = [(o, known.get(o) or scope.dtype(o) or first or _dtype(scope, o))
@@ -307,14 +308,24 @@ def _const_dims(scope: Scope, name: str) -> list[int] | None:
     return None if shape is None or None in shape else shape
 
 
+def _conv_extent(scope: Scope, nodes: list[onnx.NodeProto]) -> int | None:
+    """The largest spatial size any Conv/ConvTranspose of a region needs for border and
+    interior outputs (None when the region has none with a known weight)."""
+    sizes = [_spatial(n, w, i) for n in nodes if n.op_type in ("Conv", "ConvTranspose")
+             for w in [_const_dims(scope, n.input[1]) if len(n.input) > 1 else None] if w
+             for i in range(2, len(w))]
+    return max(sizes, default=None)
+
+
 def _frontier_shape(scope: Scope, name: str, reader: onnx.NodeProto,
-                    cap_spatial: bool) -> list[int]:
+                    cap_spatial: bool, conv_extent: int | None = None) -> list[int]:
     """Concrete dims of an activation input: inferred where known; else batch 2, channels and
     spatial sizes from the reading node (large enough for its kernel, stride and dilation).
 
     ``cap_spatial``: a Conv's spatial extent is cut to that size too (a per-channel fold does
     not depend on it; border and interior outputs are both there), which makes the proof of
-    a 224x224 network cost milliseconds, not seconds.
+    a 224x224 network cost milliseconds, not seconds. A BN read first (a forward fold's
+    region, BN -> Conv) is cut to ``conv_extent``, what the region's convolutions need.
     """
     shape = scope.shape(name)
     op = reader.op_type
@@ -329,6 +340,8 @@ def _frontier_shape(scope: Scope, name: str, reader: onnx.NodeProto,
     for i, d in enumerate(shape):
         if d is not None and i >= 2 and op in ("Conv", "ConvTranspose") and w and cap_spatial:
             filled.append(min(d, _spatial(reader, w, i)))
+        elif d is not None and i >= 2 and op == "BatchNormalization" and conv_extent:
+            filled.append(min(d, conv_extent))
         elif d is not None:
             filled.append(d)
         elif i == 0:
