@@ -81,6 +81,13 @@ def test_random_chains_fold_exactly_and_validly(model: onnx.ModelProto) -> None:
     assert count_bn(result.model) == result.bn_after
     assert all(r.folded or r.reason is not None for r in result.records)
     assert max_error(model, result.model) <= tolerance(model, 1e-4)
+    # a fold that folds nothing would pass the lines above: every BN straight after a layer
+    # that absorbs it (the chains give each producer one reader) must be folded
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    absorbed = {n.output[0] for n in model.graph.node if n.op_type == "BatchNormalization"
+                and producers.get(n.input[0]) in ("Conv", "ConvTranspose", "Gemm", "MatMul")}
+    folded = {r.bn_output for r in result.records if r.folded}
+    assert absorbed <= folded, [r.to_dict() for r in result.records if r.bn_output in absorbed]
 
 
 @given(chains())
