@@ -263,20 +263,19 @@ def finish(s: State, extra_outputs: list[str] = ()) -> onnx.ModelProto:
 
 # --- dtypes ----------------------------------------------------------------------------------
 
-def retype(model: onnx.ModelProto, elem: int) -> onnx.ModelProto:
-    """The float32 model with every float32 tensor, value info and Cast target as ``elem``."""
-    if elem == F32:
-        return model
-    np_type = helper.tensor_dtype_to_np_dtype(elem)
+def convert(model: onnx.ModelProto, src: int, dst: int) -> onnx.ModelProto:
+    """A copy with every ``src`` tensor, value info and Cast target as ``dst`` (subgraphs and
+    function bodies included)."""
+    np_type = helper.tensor_dtype_to_np_dtype(dst)
 
     def tensor(t: onnx.TensorProto) -> None:
-        if t.data_type == F32:
+        if t.data_type == src:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np_type), t.name))
 
     def graph(g: onnx.GraphProto) -> None:
         for vi in list(g.input) + list(g.output) + list(g.value_info):
-            if vi.type.tensor_type.elem_type == F32:
-                vi.type.tensor_type.elem_type = elem
+            if vi.type.tensor_type.elem_type == src:
+                vi.type.tensor_type.elem_type = dst
         for t in g.initializer:
             tensor(t)
         nodes(g.node)
@@ -288,13 +287,21 @@ def retype(model: onnx.ModelProto, elem: int) -> onnx.ModelProto:
                     tensor(a.t)
                 elif a.type == onnx.AttributeProto.GRAPH:
                     graph(a.g)
-                elif a.name in ("to", "dtype") and a.i == F32:
-                    a.i = elem
+                elif a.name in ("to", "dtype") and a.i == src:
+                    a.i = dst
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph(out.graph)
     for f in out.functions:
         nodes(f.node)
+    return out
+
+
+def retype(model: onnx.ModelProto, elem: int) -> onnx.ModelProto:
+    """The float32 model with every float32 tensor, value info and Cast target as ``elem``."""
+    if elem == F32:
+        return model
+    out = convert(model, F32, elem)
     _cast_float_constants(out.graph, elem)
     return out
 

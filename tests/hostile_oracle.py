@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-from hostile import F32, Case
+from hostile import F32, Case, convert
 
 LOW = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 REL = {F32: 1e-4, TensorProto.DOUBLE: 1e-9, TensorProto.FLOAT16: 5e-2, TensorProto.BFLOAT16: 2e-1}
@@ -187,37 +187,7 @@ def _f32(feeds: dict[str, np.ndarray], elem: int) -> dict[str, np.ndarray]:
 
 def retype_to_f32(model: onnx.ModelProto, elem: int) -> onnx.ModelProto:
     """The low-precision model computing in float32 (the truth it approximates)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    np32 = np.float32
-
-    def tensor(t: onnx.TensorProto) -> None:
-        if t.data_type == elem:
-            t.CopyFrom(onnx.numpy_helper.from_array(
-                onnx.numpy_helper.to_array(t).astype(np32), t.name))
-
-    def graph(g: onnx.GraphProto) -> None:
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
-            if vi.type.tensor_type.elem_type == elem:
-                vi.type.tensor_type.elem_type = F32
-        for t in g.initializer:
-            tensor(t)
-        nodes(g.node)
-
-    def nodes(ns) -> None:  # noqa: ANN001
-        for n in ns:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    tensor(a.t)
-                elif a.type == onnx.AttributeProto.GRAPH:
-                    graph(a.g)
-                elif a.name in ("to", "dtype") and a.i == elem:
-                    a.i = F32
-
-    graph(out.graph)
-    for f in out.functions:
-        nodes(f.node)
-    return out
+    return convert(model, elem, F32)
 
 
 # --- accounting and validity -------------------------------------------------------------------

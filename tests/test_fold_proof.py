@@ -175,6 +175,19 @@ def test_proof_model_keeps_the_model_opsets_and_parameter_nodes(monkeypatch):
                                                               "Conv", "Squeeze"]
 
 
+def record_loads(monkeypatch) -> list[tuple[str, int]]:  # noqa: ANN001
+    """(session key, model bytes or -1 for a path) of every session the proofs' ORT child loads."""
+    loads: list[tuple[str, int]] = []
+    real_load = OrtProcess.load
+
+    def recording(self, key, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        loads.append((key, len(source) if isinstance(source, bytes) else -1))
+        return real_load(self, key, source, *args, **kwargs)
+
+    monkeypatch.setattr(OrtProcess, "load", recording)
+    return loads
+
+
 def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
     b = Builder()
     y = b.input("x", ["N", 2, 4, 4])
@@ -182,14 +195,7 @@ def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
         y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
     b.output(y)
     model = b.model()
-    made = []
-    real_load = OrtProcess.load
-
-    def counting(self, key, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        made.append(key)
-        return real_load(self, key, source, *args, **kwargs)
-
-    monkeypatch.setattr(OrtProcess, "load", counting)
+    made = record_loads(monkeypatch)
     result = bnfold.fold(model)
     assert len(result.folded) == 52 and all(r.proof_engine for r in result.records)
     assert len(made) == 2
@@ -204,15 +210,9 @@ def test_batched_proof_feeds_large_weights_instead_of_serializing_them(monkeypat
         y = b.bn(b.conv(y, 128, 128, k=2, pads=0), 128)
     b.output(y)
     model = b.model()
-    sizes = []
-    real_load = OrtProcess.load
-
-    def measuring(self, key, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        sizes.append(len(source) if isinstance(source, bytes) else -1)
-        return real_load(self, key, source, *args, **kwargs)
-
-    monkeypatch.setattr(OrtProcess, "load", measuring)
+    loads = record_loads(monkeypatch)
     result = bnfold.fold(model)
+    sizes = [size for _, size in loads]
     assert len(result.folded) == 2 and all(r.proof_engine == "onnxruntime" for r in result.records)
     assert len(sizes) == 2 and max(sizes) < 64 << 10, sizes
     assert max_error(model, result.model) <= tolerance(model)
