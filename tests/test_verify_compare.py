@@ -117,3 +117,37 @@ def test_scalar_outputs_compare_like_any_other() -> None:
     ref, cand = np.array(1.0, np.float32), np.array(1.5, np.float32)
     assert compare.abs_errors(ref, cand).tolist() == [0.5]
     assert compare.compare(ref, cand, 1e-5, 1e-4).max_abs == 0.5
+
+
+def test_precision_checks_apply_to_float16_and_bfloat16_only() -> None:
+    from bnfold.verify.compare import output_precision, region_precision
+
+    x = np.ones((4,), np.float32)
+    assert region_precision(x, x, x) is None and output_precision(x, x, x) is None
+    h = np.ones((4,), np.float16)
+    assert output_precision(h, h, np.zeros(4)) is None  # all-zero truth: nothing to scale by
+    assert output_precision(h, h[:2], h) is None
+
+
+def test_region_precision_sees_loss_on_small_values_that_the_peak_hides() -> None:
+    from bnfold.verify.compare import output_precision, region_precision
+
+    truth = np.array([-2000.0, 0.5, 3.0, 100.0])
+    original = truth.astype(np.float16)            # one rounding each
+    folded = (truth + [0.9, 0.9, -0.9, 0.9]).astype(np.float16)  # absolute error of ~1 everywhere
+    assert output_precision(original, folded, truth).passed      # 1 in 2000 of the peak
+    lost = region_precision(original, folded, truth)
+    assert not lost.passed and lost.folded > 10 * lost.original
+    assert "folded" in lost.describe()
+
+
+def test_precision_allows_a_few_roundings_more_than_the_original() -> None:
+    from bnfold.verify.compare import UNIT_ROUNDOFF, output_precision, region_precision
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=1000) * 10
+    u = UNIT_ROUNDOFF["float16"]
+    original = truth.astype(np.float16)
+    folded = (truth * (1 + 3 * u * rng.uniform(-1, 1, truth.shape))).astype(np.float16)
+    assert region_precision(original, folded, truth).passed
+    assert output_precision(original, folded, truth).passed

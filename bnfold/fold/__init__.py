@@ -59,7 +59,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         backup = onnx.ModelProto()
         backup.CopyFrom(proto)
     before = skeleton(proto) if check else None
-    excluded: dict[tuple[str, str], str] = {}
+    excluded: dict[tuple[str, str], tuple[Reason, str]] = {}
     original: tuple[onnx.ModelProto, str | None] | None = None
     while True:
         records, notes = _fold_model(proto, base, excluded, progress)
@@ -79,7 +79,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         proofs = prove_folds(original[0], proto, records, original_base=original[1],
                              folded_base=base)
         records = [_with_proof(r, proofs.get((r.graph, r.bn_output))) for r in records]
-        failed = {k: p.detail for k, p in proofs.items() if not p.passed}
+        failed = {k: (p.reason, p.detail) for k, p in proofs.items() if not p.passed}
         if not failed:
             return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
         if failed.keys() <= excluded.keys():  # a refold kept a fold it was told to undo
@@ -174,13 +174,13 @@ def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
 
 
 def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
-                exclude: dict[tuple[str, str], str] | None = None,
+                exclude: dict[tuple[str, str], tuple[Reason, str]] | None = None,
                 progress: Callable[[str], None] | None = None,
                 ) -> tuple[list[FoldRecord], list[str]]:
     """Fold in place; return one record per BN (in graph order) and numeric notes.
 
     ``base_dir``: where initializers still stored externally are read from. ``exclude``:
-    (graph path, BN output) -> proof detail of BNs to keep because their proof failed.
+    (graph path, BN output) -> (reason, detail) of BNs to keep because their proof failed.
     ``progress``: told "folding BN k of n" as each BN is first looked at.
     """
     opset = default_opset(model) or MIN_OPSET
@@ -227,7 +227,7 @@ class _Context:
         self.base_dir = base_dir
         self.notes: list[str] = []
         self.protected: set[str] = set()  # tensors training_info binds or reads
-        self.exclude: dict[tuple[str, str], str] = {}
+        self.exclude: dict[tuple[str, str], tuple[Reason, str]] = {}
         self.seen = _Seen(None, 0)
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
@@ -279,10 +279,9 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
                 changed = True  # a fold this pass changed its neighbours: look again next pass
                 continue
             if (path, node.output[0]) in ctx.exclude:
-                refused[id(node)] = FoldRecord(bn=label(node), graph=path,
-                                               reason=Reason.PROOF_FAILED,
-                                               detail=ctx.exclude[(path, node.output[0])],
-                                               bn_output=node.output[0])
+                reason, detail = ctx.exclude[(path, node.output[0])]
+                refused[id(node)] = FoldRecord(bn=label(node), graph=path, reason=reason,
+                                               detail=detail, bn_output=node.output[0])
                 continue
             outcome = _guarded(g, node, ctx) or _try_fold(g, node, rw, ctx.notes)
             if isinstance(outcome, FoldRecord):

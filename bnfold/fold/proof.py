@@ -24,9 +24,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.fold.region import Region, RegionError, Scope, cut, replaced, scopes
-from bnfold.fold.report import FoldRecord
+from bnfold.fold.report import FoldRecord, Reason
 from bnfold.graph import subgraphs, value_infos
-from bnfold.verify.compare import abs_errors, default_tolerance
+from bnfold.verify.compare import abs_errors, default_tolerance, region_precision
 
 Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
@@ -34,6 +34,7 @@ _BATCH_BYTES = 512 << 20  # tensor bytes per batched proof model (protobuf caps 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _FED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 _FED_BYTES = 64 << 10  # initializers larger than this are fed to the batched proof, not parsed
+_LOW = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Proof:
     tol: float | None = None
     engine: str = ""
     detail: str = ""
+    reason: Reason = Reason.PROOF_FAILED  # why the fold is undone when the proof fails
 
 
 @dataclass
@@ -180,6 +182,7 @@ def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[P
         outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model, proc) for g in chunk]
+    truths = _float32_truth(proc, o_model, feeds, o_weights)
     proofs = []
     for i, g in enumerate(chunk):
         names = [f"r{i}_{o}" for o, _ in g.original.outputs]
@@ -187,6 +190,8 @@ def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[P
         proof = _judge(pairs, "onnxruntime")
         if not proof.passed:
             proof = _run_alone(g, model, proc)
+        elif truths is not None:
+            proof = _precision(proof, pairs, [t[n] for t in truths for n in names])
         proofs.append(proof)
     return proofs
 
@@ -208,7 +213,11 @@ def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
         names = [f"r0_{o}" for o, _ in g.original.outputs]
         proof = _judge([(o[n], f[n]) for o, f in outs for n in names], engine)
         if proof.passed:
-            return proof
+            truths = _float32_truth(proc, o_model, feeds, {})
+            if truths is None:
+                return proof
+            return _precision(proof, [(o[n], f[n]) for o, f in outs for n in names],
+                              [t[n] for t in truths for n in names])
         return _against_truth(proof, o_model, feeds, [(o[n], f[n]) for o, f in outs
                                                       for n in names])
     return Proof(False, detail="not proven: no engine runs the region: " + "; ".join(errors))
@@ -257,6 +266,49 @@ def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
     return Proof(False, proof.max_abs, proof.peak, proof.tol, proof.engine,
                  f"{proof.detail}; float64 truth: folded off by {err_f:.3g}, original by "
                  f"{err_o:.3g}")
+
+
+def _float32_truth(proc: Any, o_model: onnx.ModelProto, feeds: list[dict],
+                   weights: dict[str, np.ndarray]) -> list[dict] | None:
+    """The original proof model's outputs computed in float32, when it has float16/bfloat16
+    outputs (else, or when it cannot run, None): the truth ``_precision`` judges by."""
+    if not any(o.type.tensor_type.elem_type in _LOW for o in o_model.graph.output):
+        return None
+    from bnfold.verify.truth import widened_model
+
+    def wide(values: dict) -> dict:
+        return {k: v.astype(np.float32) if _narrow(v) else v for k, v in values.items()}
+
+    key = "proof-truth"
+    try:
+        wide_model = widened_model(o_model, onnx.TensorProto.FLOAT)
+        proc.load(key, wide_model.SerializeToString(), "a fold's proof region in float32",
+                  ["CPUExecutionProvider"], "disabled", fixed=wide(weights))
+        names = [o.name for o in wide_model.graph.output]
+        try:
+            return [proc.run(key, wide(f), names) for f in feeds]
+        finally:
+            proc.drop(key)
+    except Exception:  # noqa: BLE001 - no truth: the plain comparison stands
+        return None
+
+
+def _narrow(a: np.ndarray) -> bool:
+    return a.dtype == np.float16 or a.dtype.name == "bfloat16"
+
+
+def _precision(proof: Proof, pairs: list[tuple[np.ndarray, np.ndarray]],
+               truths: list[np.ndarray]) -> Proof:
+    """A passing low-precision proof fails when the folded region is markedly less accurate than
+    the original against the float32 truth, element by element (``compare.precision_check``):
+    exact in real arithmetic, a fold can still lose digits to cancellation in float16."""
+    checks = [c for (o, f), t in zip(pairs, truths) if (c := region_precision(o, f, t))]
+    worst = max(checks, key=lambda c: c.folded - c.limit, default=None)
+    if worst is None or worst.passed:
+        return proof
+    return Proof(False, proof.max_abs, proof.peak, proof.tol, proof.engine + "+float32 truth",
+                 f"the folded region loses precision: {worst.describe()}",
+                 Reason.PRECISION_LOSS)
 
 
 def _model(regions: list[Region], source: onnx.ModelProto,

@@ -38,6 +38,8 @@ class Reason(str, enum.Enum):
     PROOF_FAILED = ("the fold's local proof on ONNX Runtime failed: the folded region differs "
                     "from the original")
     SHAPE_MISMATCH = "declared shape or dtype disagrees with shape inference"
+    PRECISION_LOSS = ("in float16/bfloat16 the folded region is markedly less accurate than the "
+                      "original against a float32 truth (folded terms cancel)")
 
     @property
     def code(self) -> str:

@@ -145,17 +145,18 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
                         fold=fold_result.to_dict() if fold_result is not None else None,
                         input_size=choice.note() if choice is not None else "")
         truth = explain.GroundTruth(proc, a.source, a.proto)
+        truth32 = explain.GroundTruth(proc, a.source, a.proto, onnx.TensorProto.FLOAT)
         failure: tuple[str, bool, dict] | None = None
         for provider in providers:
             pair = _open_pair(proc, a, b, provider, opt_level, report)
             if pair is None:
                 break
-            failed = _run_cases(report, pair, provider, sets, truth, label_arr, atol, rtol,
-                                _counter(progress, len(sets) * len(providers)))
+            failed = _run_cases(report, pair, provider, sets, (truth, truth32), label_arr,
+                                atol, rtol, _counter(progress, len(sets) * len(providers)))
             if report.crash is not None:
                 break
             failure = failure or failed
-        report.notes += explain.notes(report, truth.reason)
+        report.notes += explain.notes(report, truth.reason or truth32.reason)
         if failure is not None and localize_failures and report.crash is None:
             proc.drop(*(f"{role}:{p}" for role in ("original", "folded") for p in providers))
             _localize(report, proc, a, b, failure, fold_result, opt_level, atol, rtol)
@@ -210,13 +211,16 @@ def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
 
 
 def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], provider: str,
-               sets: list[tuple[str, list[dict]]], truth: explain.GroundTruth,
+               sets: list[tuple[str, list[dict]]],
+               truths: tuple[explain.GroundTruth, explain.GroundTruth],
                label_arr: np.ndarray | None, atol: float | None, rtol: float | None,
                tick: Callable[[], None] = lambda: None) -> tuple[str, bool, dict] | None:
     """Run and judge every input set on one provider; returns the first failing case's provider,
     whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
-    when ORT crashes on the folded model."""
+    when ORT crashes on the folded model. ``truths``: the float64 truth (for failures) and the
+    float32 one (precision of float16/bfloat16 outputs)."""
     ra, rb = pair
+    truth, truth32 = truths
     failure = None
     for source, chunks in sets:
         tick()
@@ -241,11 +245,14 @@ def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], prov
             checks = explain.mark_nondeterministic(checks, ref, again, atol, rtol)
             if not all(c.within_tolerance or c.nondeterministic for c in checks):
                 checks = explain.add_truth(checks, ref, got, truth.run(chunks), truth.engine)
+        if any(c.dtype in compare.UNIT_ROUNDOFF and c.within_tolerance for c in checks):
+            checks = explain.add_precision(checks, ref, got, truth32.run(chunks))
         report.checks += checks
         for c in checks:
             if ref[c.output].shape == got[c.output].shape and not c.nondeterministic:
                 _keep_errors(report, c.output, compare.abs_errors(ref[c.output], got[c.output]))
-        if failure is None and any(not c.passed and not c.nondeterministic for c in checks):
+        if failure is None and any(not c.passed and not c.nondeterministic
+                                   and not c.within_tolerance for c in checks):
             failure = (provider, ra.engine == engines.REFERENCE, chunks[0])
         if label_arr is not None and report.accuracy is None:
             out = next(iter(ref))

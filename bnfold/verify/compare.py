@@ -129,3 +129,88 @@ def abs_errors(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     if ref.dtype == np.bool_:
         ref, cand = ref.astype(np.int8), cand.astype(np.int8)
     return _finite_diff(ref, cand)[2].ravel()
+
+
+UNIT_ROUNDOFF: dict[str, float] = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+"""Half the spacing of numbers near 1: the relative error of one rounding in the dtype."""
+REGION_FLOOR, REGION_SLACK = 1 / 16, 8.0
+"""A fold's region: values under this fraction of the peak are judged at that magnitude; the
+folded error may be twice the original's plus this many unit roundoffs. Measured on the six
+digits models cast to float16 and bfloat16 (``tests/test_fold_precision.py``): their folds
+reach at most 0.65 of that limit; the hostile float16 case (a variance-0 BN folded ahead of a
+Relu) 1.7."""
+OUTPUT_SLACK = 2.0
+"""A model output: the folded error may be twice the original's plus this many unit roundoffs
+of the peak. The digits models in float16 reach at most 0.87 of that limit, the hostile case 2.6."""
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """Both low-precision models' error against a wider truth (float32 for float16/bfloat16),
+    and the most the folded error may be. A fold exact in real arithmetic can still cost digits
+    in float16 where folded terms cancel (a large scale folded into a weight moves the mean
+    subtraction after the amplification), and a peak-relative tolerance of 1% hides that."""
+
+    measure: str      # what ``original``/``folded`` are
+    original: float
+    folded: float
+    limit: float
+
+    @property
+    def passed(self) -> bool:
+        return self.folded <= self.limit
+
+    def describe(self) -> str:
+        return (f"{self.measure} vs the float32 truth: folded {self.folded:.3g}, original "
+                f"{self.original:.3g}, limit {self.limit:.3g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def scaled_error(x: np.ndarray, truth: np.ndarray, floor: float) -> float:
+    """max |x - truth| / (|truth| + floor), NaN/inf agreement counted as zero."""
+    t = np.asarray(truth, dtype=np.float64)
+    diff = abs_errors(t, np.asarray(x, dtype=np.float64))
+    if diff.size == 0:
+        return 0.0
+    scale = np.abs(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)).ravel() + floor
+    return float(np.max(diff / scale))
+
+
+def _low_precision(original: np.ndarray, folded: np.ndarray,
+                   truth: np.ndarray) -> tuple[float, np.ndarray, float] | None:
+    """(unit roundoff, truth in float64, peak) for comparable float16/bfloat16 outputs."""
+    u = UNIT_ROUNDOFF.get(dtype_name(original.dtype))
+    if u is None or not np.shape(original) == np.shape(folded) == np.shape(truth):
+        return None
+    t = np.asarray(truth, dtype=np.float64)
+    peak = float(np.max(np.abs(t[np.isfinite(t)]), initial=0.0))
+    return None if peak == 0.0 else (u, t, peak)
+
+
+def region_precision(original: np.ndarray, folded: np.ndarray,
+                     truth: np.ndarray) -> PrecisionCheck | None:
+    """A fold region's precision, each element's error scaled by its own magnitude (floored at
+    ``REGION_FLOOR`` of the peak): a fold that costs digits where the values are small shows
+    here even when downstream (a Relu keeping only them) is not in the region. None for other
+    dtypes, shapes that disagree, or an all-zero truth."""
+    found = _low_precision(original, folded, truth)
+    if found is None:
+        return None
+    u, t, peak = found
+    floor = REGION_FLOOR * peak
+    r_o, r_f = scaled_error(original, t, floor), scaled_error(folded, t, floor)
+    return PrecisionCheck("scaled error", r_o, r_f, 2 * r_o + REGION_SLACK * u)
+
+
+def output_precision(original: np.ndarray, folded: np.ndarray,
+                     truth: np.ndarray) -> PrecisionCheck | None:
+    """A model output's precision: max error relative to the truth's peak, for both models."""
+    found = _low_precision(original, folded, truth)
+    if found is None:
+        return None
+    u, t, peak = found
+    e_o = float(abs_errors(t, np.asarray(original, np.float64)).max(initial=0.0)) / peak
+    e_f = float(abs_errors(t, np.asarray(folded, np.float64)).max(initial=0.0)) / peak
+    return PrecisionCheck("max error / peak", e_o, e_f, 2 * e_o + OUTPUT_SLACK * u)

@@ -43,11 +43,14 @@ out-of-tolerance output stays a FAIL."""
 
 
 class GroundTruth:
-    """The float64 original, built and loaded on first use; ``reason`` says why it is missing."""
+    """The float64 original (``to=FLOAT``: the float32 original, truth enough for float16 and
+    bfloat16 and run by ORT's float32 kernels), built and loaded on first use; ``reason`` says
+    why it is missing."""
 
     def __init__(self, proc: engines.OrtProcess, source: str | onnx.ModelProto,
-                 graph: onnx.ModelProto) -> None:
-        self.proc, self.source, self.graph = proc, source, graph
+                 graph: onnx.ModelProto, to: int = onnx.TensorProto.DOUBLE) -> None:
+        self.proc, self.source, self.graph, self.to = proc, source, graph, to
+        self.key = "truth" if to == onnx.TensorProto.DOUBLE else "truth32"
         self.model: engines.Runner | None = None
         self.reason: str | None = None
         self._tried = False
@@ -56,21 +59,22 @@ class GroundTruth:
         from bnfold.model_io import tensor_bytes
 
         self._tried = True
-        label = "the float64 ground truth of the original"
+        bits = "float64" if self.to == onnx.TensorProto.DOUBLE else "float32"
+        label = f"the {bits} ground truth of the original"
         size = tensor_bytes(self.graph)
         if size > MAX_TRUTH_BYTES:
             self.reason = (f"the original's tensors take {size / 2**30:.1f} GiB; no float64 copy "
                            f"is built above {MAX_TRUTH_BYTES / 2**30:g} GiB")
             return
         try:
-            m64 = truth.float64_model(engines.full_model(self.source))
+            m64 = truth.widened_model(engines.full_model(self.source), self.to)
         except (BnfoldError, ValueError, TypeError) as exc:
-            self.reason = f"cannot build a float64 copy of the original: {exc}"
+            self.reason = f"cannot build a {bits} copy of the original: {exc}"
             return
         try:
-            src = engines.ort_source(m64, self.proc, "truth")
-            self.proc.load("truth", src, label, ("CPUExecutionProvider",), "disabled")
-            self.model = engines.OrtModel(self.proc, "truth", label, "CPUExecutionProvider")
+            src = engines.ort_source(m64, self.proc, self.key)
+            self.proc.load(self.key, src, label, ("CPUExecutionProvider",), "disabled")
+            self.model = engines.OrtModel(self.proc, self.key, label, "CPUExecutionProvider")
             return
         except (engines.NoKernel, engines.Crashed, BnfoldError):
             pass  # ORT lacks float64 kernels for many ops (Conv): onnx.reference has them all
@@ -86,7 +90,7 @@ class GroundTruth:
         if self.model is None:
             return None
         try:
-            return engines.run_chunks(self.model, [truth.float64_feed(c) for c in chunks])
+            return engines.run_chunks(self.model, [truth.widened_feed(c, self.to) for c in chunks])
         except (BnfoldError, engines.Crashed, engines.NoKernel) as exc:
             self.reason = str(exc)
             return None
@@ -112,6 +116,23 @@ def add_truth(checks: list[OutputCheck], ref: Mapping[str, np.ndarray],
     return out
 
 
+def add_precision(checks: list[OutputCheck], ref: Mapping[str, np.ndarray],
+                  got: Mapping[str, np.ndarray],
+                  exact: Mapping[str, np.ndarray] | None) -> list[OutputCheck]:
+    """float16/bfloat16 checks within tolerance, with both models' error against the float32
+    truth attached (``compare.output_precision``): a fold may not make a low-precision model
+    markedly less accurate than it was, even inside the 1%-of-peak tolerance."""
+    if exact is None:
+        return checks
+    out = []
+    for c in checks:
+        if c.within_tolerance and not c.nondeterministic and c.output in exact:
+            p = compare.output_precision(ref[c.output], got[c.output], exact[c.output])
+            c = dataclasses.replace(c, precision=p) if p is not None else c
+        out.append(c)
+    return out
+
+
 def notes(report: Report, truth_reason: str | None) -> list[str]:
     """One note per output that passed on the float64 truth or was excluded as nondeterministic,
     and why the truth was missing when failures could not be checked against it."""
@@ -131,6 +152,13 @@ def notes(report: Report, truth_reason: str | None) -> list[str]:
                          f"({worst.engine}) as the original: max abs error {worst.folded_error:.3g}"
                          f" vs the original's {worst.original_error:.3g}; the difference is the "
                          "original's rounding, counted as a pass")
+        lost = [c for c in checks if c.precision is not None and not c.precision.passed]
+        if lost:
+            worst = max(lost, key=lambda c: c.precision.folded - c.precision.limit).precision
+            found.append(f"output {out!r}: within tolerance, but in {len(lost)} case(s) the "
+                         f"folded {lost[0].dtype} model is markedly less accurate than the "
+                         f"original ({worst.describe()}): a fold exact in real arithmetic lost "
+                         "precision to cancellation; counted as a failure")
     if truth_reason and any(not c.passed and c.truth is None for c in report.judged):
         found.append(f"no float64 ground truth to check the failures against: {truth_reason}")
     return found

@@ -16,6 +16,7 @@ from bnfold.errors import OutputError
 from bnfold.verify.compare import TOLERANCES, Metrics
 from bnfold.verify.localize import Localization
 from bnfold.verify.engines import REFERENCE
+from bnfold.verify.compare import PrecisionCheck
 from bnfold.verify.truth import TruthCheck
 
 
@@ -48,6 +49,7 @@ class OutputCheck:
     metrics: Metrics
     nondeterministic: bool = False
     truth: TruthCheck | None = None
+    precision: PrecisionCheck | None = None  # float16/bfloat16: both models vs a float32 truth
 
     @property
     def within_tolerance(self) -> bool:
@@ -58,12 +60,16 @@ class OutputCheck:
         """Counts toward the verdict and passes it; a nondeterministic output never does."""
         if self.nondeterministic:
             return False
+        if self.precision is not None and not self.precision.passed:
+            return False
         return self.within_tolerance or (self.truth is not None and self.truth.folded_closer)
 
     @property
     def status(self) -> str:
         if self.nondeterministic:
             return "nondeterministic"
+        if self.precision is not None and not self.precision.passed:
+            return "FAIL (precision)"
         if self.within_tolerance:
             return "pass"
         return "pass (closer to float64 truth)" if self.passed else "FAIL"
@@ -72,6 +78,7 @@ class OutputCheck:
         d = asdict(self)
         d["metrics"] = self.metrics.to_dict()
         d["truth"] = self.truth.to_dict() if self.truth is not None else None
+        d["precision"] = self.precision.to_dict() if self.precision is not None else None
         d["passed"] = self.passed
         d["status"] = self.status
         return d
