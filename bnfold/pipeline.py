@@ -29,7 +29,8 @@ Say = Callable[[str], None]
 class VerifyOptions:
     """How a fold is verified on ONNX Runtime (see ``bnfold.verify.verify``).
 
-    ``shapes``: "NAME:DIMS" strings for symbolic input dims; ``batch_sizes``: batch sizes for a
+    ``shapes``: "NAME:DIMS" strings, whole input shapes; ``dims``: "SYMBOL=N" strings, sizes of
+    named symbolic dims (``bnfold.inputs`` has the shape policy); ``batch_sizes``: batch sizes for a
     symbolic batch dim (empty: 1 and 8); ``data``: .npz files of real inputs (empty: random inputs
     from ``seed``); ``atol``/``rtol``: None for the per-dtype defaults; ``report_dir``: where
     report.json/.md/.html are written (None: not written).
@@ -39,6 +40,7 @@ class VerifyOptions:
     opt_level: str = "disabled"
     seed: int = 0
     shapes: tuple[str, ...] = ()
+    dims: tuple[str, ...] = ()
     batch_sizes: tuple[int, ...] = ()
     data: tuple[str, ...] = ()
     atol: float | None = None
@@ -57,7 +59,8 @@ class VerifyOptions:
 
     def probe_options(self) -> dict[str, Any]:
         """The options ``probe_size`` takes."""
-        return {"shapes": list(self.shapes) or None, "providers": self.providers,
+        return {"shapes": list(self.shapes) or None, "dims": list(self.dims) or None,
+                "providers": self.providers,
                 "opt_level": self.opt_level, "seed": self.seed, "data": list(self.data) or None}
 
     def verify_options(self) -> dict[str, Any]:
