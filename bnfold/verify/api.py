@@ -33,18 +33,21 @@ MAX_HIST_ELEMENTS = 200_000  # per output, enough for a histogram without holdin
 
 
 @dataclass
-class _Model:
+class LoadedModel:
     """A model argument: what ORT loads (path or proto), and a proto (external data left on disk)
-    for signatures."""
+    for signatures. ``fold_file`` makes one for its input and hands it to ``probe_size`` and
+    ``verify``, so the input is parsed and checked once for both."""
 
     source: str | onnx.ModelProto
     label: str
     proto: onnx.ModelProto
 
     @classmethod
-    def of(cls, arg: ModelArg) -> _Model:
+    def of(cls, arg: ModelArg | LoadedModel) -> LoadedModel:
         from bnfold.model_io import load_model
 
+        if isinstance(arg, LoadedModel):
+            return arg
         if isinstance(arg, onnx.ModelProto):
             return cls(arg, f"<in-memory model {arg.graph.name or 'unnamed'}>", arg)
         path = str(arg)
@@ -56,7 +59,7 @@ def _original_crashed(exc: engines.Crashed) -> InputError:
                       "nothing can be verified (fold with --no-verify to skip verification)")
 
 
-def _reference_pair(a: _Model, b: _Model, why: engines.NoKernel, whose: str,
+def _reference_pair(a: LoadedModel, b: LoadedModel, why: engines.NoKernel, whose: str,
                     report: Report) -> tuple[engines.Runner, engines.Runner]:
     note = (f"onnxruntime has no kernel for the {whose} model ({why}); both models ran on "
             f"{engines.REFERENCE} instead")
@@ -66,7 +69,7 @@ def _reference_pair(a: _Model, b: _Model, why: engines.NoKernel, whose: str,
             engines.ReferenceModel(engines.full_model(b.source), b.label))
 
 
-def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, opt_level: str,
+def _open_pair(proc: engines.OrtProcess, a: LoadedModel, b: LoadedModel, provider: str, opt_level: str,
                report: Report) -> tuple[engines.Runner, engines.Runner] | None:
     """Both models loaded for ``provider`` (onnx.reference for both when ORT lacks a kernel for
     either); None, with ``report.crash`` set, when ORT crashed on the folded model."""
@@ -88,7 +91,8 @@ def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, op
     return models[0], models[1]
 
 
-def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | None = None,
+def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
+           fold_result: FoldResult | None = None,
            providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
            seeds: Sequence[int] | None = None,
            shapes: Shapes = None, dims: Dims = None,
@@ -120,7 +124,7 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
         proc = engines.OrtProcess()
     proc.start()  # the child imports ORT while the inputs are prepared
     try:
-        a, b = _Model.of(original), _Model.of(folded)
+        a, b = LoadedModel.of(original), LoadedModel.of(folded)
         check_signatures(a.proto, b.proto)
         runner.check_opt_level(opt_level)
         for p in providers:
@@ -172,7 +176,7 @@ def _counter(progress: Callable[[str], None] | None, total: int) -> Callable[[],
     return tick
 
 
-def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: _Model,
+def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: LoadedModel,
                  request: ShapeRequest, providers: Sequence[str], opt_level: str,
                  seed: int, data: Any) -> SizeChoice | None:
     """The size for symbolic non-batch dims: given, or probed on the original (whose session
@@ -188,7 +192,7 @@ def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: _Mo
                        opt_level=opt_level, seed=seed, key=f"original:{providers[0]}")
 
 
-def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
+def probe_size(original: ModelArg | LoadedModel, proc: engines.OrtProcess, *,
                shapes: Shapes = None, dims: Dims = None,
                providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
                data: Any = None) -> SizeChoice | None:
@@ -198,7 +202,7 @@ def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
     (ORT's copy of the weights is not held through the fold); ``proc`` stays running."""
     if data is not None:
         return None
-    a = _Model.of(original)
+    a = LoadedModel.of(original)
     choice = choose_size(proc, a.source, a.proto, a.label, request=ShapeRequest.of(shapes, dims),
                          provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
     proc.drop("probe")
@@ -302,7 +306,7 @@ def _keep_errors(report: Report, name: str, err: np.ndarray) -> None:
     report.errors[name] = joined[:MAX_HIST_ELEMENTS]
 
 
-def _localize(report: Report, proc: engines.OrtProcess, a: _Model, b: _Model,
+def _localize(report: Report, proc: engines.OrtProcess, a: LoadedModel, b: LoadedModel,
               failure: tuple[str, bool, dict], fold_result: FoldResult | None,
               opt_level: str, atol: float | None, rtol: float | None) -> None:
     provider, reference, feed = failure
