@@ -39,7 +39,7 @@ def _say(msg: str, quiet: bool) -> None:
               show_default=True, help="ORT graph optimization level for --verify.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the random inputs for --verify.")
-@shape_options("For --verify: ")
+@shape_options(" For --verify.")
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
               help="Batch sizes to verify when the batch dim is symbolic [default: 1 and 8].")
 @click.option("--data", multiple=True, type=click.Path(dir_okay=False),

@@ -29,12 +29,12 @@ class AliasedOption(click.Option):
             self.opts = opts
 
 
-def shape_options(what: str = "") -> Callable[[F], F]:
+def shape_options(note: str = "") -> Callable[[F], F]:
     """``--shape NAME:DIMS`` (into ``shapes``) and ``--dim SYMBOL=N`` (into ``dims``), both
-    repeatable; ``what`` prefixes the help (e.g. "With --fold: ")."""
+    repeatable; ``note`` ends the help (e.g. " With --fold: for its verification.")."""
     def decorate(f: F) -> F:
         f = click.option("--dim", "dims", multiple=True, metavar="SYMBOL=N",
-                         help=what + DIM_HELP)(f)
+                         help=DIM_HELP + note)(f)
         return click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS",
-                            help=what + SHAPE_HELP)(f)
+                            help=SHAPE_HELP + note)(f)
     return decorate

@@ -54,7 +54,7 @@ def _check_output(model: Path, out: Path) -> None:
               help="Also fold the recalibrated model (with its verification).")
 @click.option("--folded-output", type=click.Path(path_type=Path),
               help="With --fold: where to write the folded model [default: OUTPUT.folded.onnx].")
-@shape_options("With --fold, for its verification: ")
+@shape_options(" With --fold: for its verification.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json and report.md (per BN: old/new statistics, shift).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
