@@ -175,10 +175,13 @@ def check_output(src_outputs: list[Any], path: str, inputs: dict[str, Any]) -> d
 def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int,
                 timeout: float) -> dict[str, Any]:
     """All tools on one model, plus BN counts and ORT checks of every output."""
-    from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
+    import onnx
 
-    specs = read_input_specs(src)
-    inputs = make_inputs(specs, default_batch(specs), seed=0)
+    from bnfold.inputs import ShapeRequest, graph_inputs
+
+    specs = graph_inputs(onnx.load(src, load_external_data=False))
+    request = ShapeRequest()
+    inputs = request.feed(specs, request.fixed_batch(specs) or 1, seed=0)
     ref = ort_outputs(src, inputs)
     row: dict[str, Any] = {"model": name, "path": src, "size_mb": os.path.getsize(src) / 1e6,
                            "bn": count_bn(src), "nodes": count_bn(src, None), "tools": {}}

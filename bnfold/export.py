@@ -63,18 +63,6 @@ class ExportResult:
         return d
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``1x3x32x32`` (or ``1,3,32,32``) into a tuple of positive ints."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if not dims or any(d <= 0 for d in dims):
-        raise InputError(f"bad input shape {text!r}: expected positive ints like 1x3x32x32")
-    return dims
-
-
 TORCH_INSTALL = ("pip install torch==2.13.0 && pip install 'bnfold[torch]' (pin torch as shown: an "
                  "unpinned torch pulls a multi-GB CUDA build)")
 
@@ -259,7 +247,7 @@ def torch_forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     try:
         with torch.no_grad():
             out = model(*inputs)
-    except Exception as exc:  # a wrong --input-shape is the usual cause
+    except Exception as exc:  # a wrong --shape is the usual cause
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         first = first_line(exc)
         raise InputError(f"the model failed on input shape {shapes}: {first}") from exc

@@ -108,10 +108,6 @@ class GraphIndex:
     def consumers(self, name: str) -> list[onnx.NodeProto]:
         return self._consumers.get(name, [])
 
-    def fanout(self, name: str) -> int:
-        """Reading nodes plus one if ``name`` is a graph output."""
-        return len(self.consumers(name)) + (1 if name in self.outputs else 0)
-
     def uses(self, name: str) -> int:
         """Every read of ``name``: a node reading it twice counts twice (Gemm(x, W, W))."""
         reads = sum(max(1, list(n.input).count(name)) for n in self.consumers(name))

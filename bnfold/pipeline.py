@@ -29,7 +29,8 @@ Say = Callable[[str], None]
 class VerifyOptions:
     """How a fold is verified on ONNX Runtime (see ``bnfold.verify.verify``).
 
-    ``shapes``: "NAME:DIMS" strings for symbolic input dims; ``batch_sizes``: batch sizes for a
+    ``shapes``: "NAME:DIMS" strings, whole input shapes; ``dims``: "SYMBOL=N" strings, sizes of
+    named symbolic dims (``bnfold.inputs`` has the shape policy); ``batch_sizes``: batch sizes for a
     symbolic batch dim (empty: 1 and 8); ``data``: .npz files of real inputs (empty: random inputs
     from ``seed``); ``atol``/``rtol``: None for the per-dtype defaults; ``report_dir``: where
     report.json/.md/.html are written (None: not written).
@@ -39,6 +40,7 @@ class VerifyOptions:
     opt_level: str = "disabled"
     seed: int = 0
     shapes: tuple[str, ...] = ()
+    dims: tuple[str, ...] = ()
     batch_sizes: tuple[int, ...] = ()
     data: tuple[str, ...] = ()
     atol: float | None = None
@@ -57,7 +59,8 @@ class VerifyOptions:
 
     def probe_options(self) -> dict[str, Any]:
         """The options ``probe_size`` takes."""
-        return {"shapes": list(self.shapes) or None, "providers": self.providers,
+        return {"shapes": list(self.shapes) or None, "dims": list(self.dims) or None,
+                "providers": self.providers,
                 "opt_level": self.opt_level, "seed": self.seed, "data": list(self.data) or None}
 
     def verify_options(self) -> dict[str, Any]:
@@ -132,14 +135,15 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
                                 external_data=external_data)
     proc = None
     try:
-        size = None
+        size = original = None
         if verify is not None:
-            from bnfold.verify.api import probe_size
+            from bnfold.verify.api import LoadedModel, probe_size
             from bnfold.verify.engines import OrtProcess
 
             proc = OrtProcess().start()
+            original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
             # the sizes the original runs are found before any work (a model no size fits is refused)
-            size = probe_size(src, proc, **verify.probe_options())
+            size = probe_size(original, proc, **verify.probe_options())
         tell(f"loading and folding {src}")
         folded = fold(src, check=check, lazy_external=True, progress=progress)
         result = FoldFileResult(src, dest, folded)
@@ -154,8 +158,8 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
         if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
             external_data = True
         _write_and_verify(result, inputs, in_place, external_data, overwrite, verify,
-                          lambda folded_path: _verify(result, folded_path, verify, size, proc,
-                                                      progress, tell), tell)
+                          lambda folded_path: _verify(result, original, folded_path, verify, size,
+                                                      proc, progress, tell), tell)
         return result
     finally:
         if proc is not None:
@@ -184,13 +188,13 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
         result.report = run_verify(str(dest))
 
 
-def _verify(result: FoldFileResult, folded_path: str, options: VerifyOptions, size: Any,
-            proc: OrtProcess | None, progress: Say | None, tell: Say) -> Report:
+def _verify(result: FoldFileResult, original: Any, folded_path: str, options: VerifyOptions,
+            size: Any, proc: OrtProcess | None, progress: Say | None, tell: Say) -> Report:
     """Compare the original and the folded file on ONNX Runtime; write the reports when asked."""
     from bnfold.verify import verify
 
     tell("verifying on ONNX Runtime")
-    report = verify(result.source, folded_path, fold_result=result.fold, size=size, proc=proc,
+    report = verify(original, folded_path, fold_result=result.fold, size=size, proc=proc,
                     progress=progress, **options.verify_options())
     report.folded = str(result.output)
     if options.report_dir is not None:

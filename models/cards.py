@@ -228,5 +228,5 @@ Regenerate everything (about a minute on 2 CPU cores): `python -m models.train_d
 (one model: `python -m models.train_digits mlp_digits`). Architectures: `models/zoo.py`;
 the trained PyTorch weights are `models/<name>.pt`, so any of them can be exported again:
 `bnfold export models.zoo:resnet_digits --weights models/resnet_digits.pt -o /tmp/r.onnx
---input-shape 1x1x8x8 --fold`.
+--shape 1x1x8x8 --fold`.
 """)

@@ -28,7 +28,7 @@ def test_json_output_and_plot(tmp_path: Path) -> None:
 
 def test_table_with_two_models_and_quiet(tmp_path: Path) -> None:
     model = conv_bn_model(tmp_path / "m.onnx")
-    res = CliRunner().invoke(main, ["bench", model, model, *FAST, "-q", "--batch", "3"])
+    res = CliRunner().invoke(main, ["bench", model, model, *FAST, "-q", "--batch-size", "3"])
     assert res.exit_code == 0, res.stderr
     assert "speedup" in res.stdout and "folded on the fly" not in res.stdout
     assert res.stderr == ""
@@ -42,7 +42,7 @@ def test_cuda_absent_exits_2_with_one_line(tmp_path: Path) -> None:
     assert res.stderr.count("\n") == 1 and "CUDAExecutionProvider is not available" in res.stderr
 
 
-@pytest.mark.parametrize("args,msg", [(["--dim", "seq"], "--dim expects NAME=N"),
+@pytest.mark.parametrize("args,msg", [(["--dim", "seq"], "bad --dim 'seq': expected SYMBOL=N"),
                                       (["--runs", "1"], "--runs")])
 def test_bad_options_exit_2(tmp_path: Path, args: list[str], msg: str) -> None:
     res = CliRunner().invoke(main, ["bench", conv_bn_model(tmp_path / "m.onnx"), *args])

@@ -23,7 +23,7 @@ from bnfold.export_cleanup import (
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from bnfold.export import BnTrainingModeWarning, export, load_factory, parse_shape, run_onnx  # noqa: E402
+from bnfold.export import BnTrainingModeWarning, export, load_factory, run_onnx  # noqa: E402
 from models.zoo import SPECS  # noqa: E402
 
 SHAPES = {"image": (1, 1, 8, 8), "flat": (1, 64), "seq": (1, 8, 8)}
@@ -149,16 +149,6 @@ def test_bn_without_running_stats_is_refused() -> None:
         export(model, torch.randn(2, 4))
 
 
-@pytest.mark.parametrize("text", ["", "1x", "0x3", "axb", "1x-2"])
-def test_bad_shapes_are_refused(text: str) -> None:
-    with pytest.raises(InputError, match="bad input shape"):
-        parse_shape(text)
-
-
-def test_shape_parses_x_and_commas() -> None:
-    assert parse_shape("1x3x32x32") == parse_shape("1,3,32,32") == (1, 3, 32, 32)
-
-
 def test_load_factory_with_weights(tmp_path) -> None:
     trained = _with_random_stats(SPECS["mlp_digits"].factory())
     weights = tmp_path / "mlp.pt"
@@ -185,7 +175,7 @@ def test_wrong_weights_are_refused(tmp_path) -> None:
 def test_cli_export_fold_json(tmp_path) -> None:
     out = tmp_path / "m.onnx"
     res = CliRunner().invoke(main, ["export", "models.zoo:mlp_digits", "-o", str(out),
-                                    "--input-shape", "1x64", "--fold", "--json", "-q"])
+                                    "--shape", "1x64", "--fold", "--json", "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["export"]["bn_nodes"] == 2 and data["fold"]["bn_after"] == 0
@@ -197,8 +187,7 @@ def test_cli_export_fold_json(tmp_path) -> None:
 
 
 def test_cli_export_says_which_bns_it_put_in_eval_mode_only_with_verbose(tmp_path) -> None:
-    args = ["export", "models.zoo:mlp_digits", "-o", str(tmp_path / "m.onnx"), "--input-shape",
-            "1x64"]
+    args = ["export", "models.zoo:mlp_digits", "-o", str(tmp_path / "m.onnx"), "--shape", "1x64"]
     quiet = CliRunner().invoke(main, args)
     loud = CliRunner().invoke(main, args + ["-v"])
     assert quiet.exit_code == loud.exit_code == 0, quiet.output + loud.output
@@ -233,12 +222,12 @@ def test_export_without_torch_says_what_to_install(monkeypatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     res = CliRunner().invoke(main, ["export", "models.zoo:mlp_digits", "-o", "/tmp/x.onnx",
-                                    "--input-shape", "1x64"])
+                                    "--shape", "1x64"])
     assert res.exit_code == 2
     assert "pip install torch==2.13.0" in res.stderr and "Traceback" not in res.output
 
 
-def test_cli_wrong_input_shape_is_a_usage_error(tmp_path) -> None:
+def test_cli_wrong_input_shape_is_a_usage_error_and_old_spelling_still_works(tmp_path) -> None:
     res = CliRunner().invoke(main, ["export", "models.zoo:mlp_digits", "-o",
                                     str(tmp_path / "m.onnx"), "--input-shape", "1x8"])
     assert res.exit_code == 2

@@ -55,7 +55,7 @@ def test_subgraph_reads_count_as_consumers_of_the_if_node():
                               [helper.make_tensor_value_info("y", 1, [2])])
     g = GraphIndex(graph, ir_version=8, opset=17)
     assert [n.name for n in g.consumers("t")] == ["if"]
-    assert g.producer("t").name == "producer" and g.fanout("y") == 1
+    assert g.producer("t").name == "producer" and g.uses("y") == 1
 
 
 def _param_chain(op: str, n: int) -> tuple[onnx.ModelProto, str, np.ndarray]:

@@ -145,3 +145,31 @@ def test_to_dict_is_the_fold_json(model_path: Path, tmp_path: Path) -> None:
 
 def test_the_package_exports_the_pipeline() -> None:
     assert bnfold.fold_file is fold_file and bnfold.VerifyOptions is VerifyOptions
+
+
+def test_fold_file_parses_and_checks_the_input_a_pinned_number_of_times(
+        model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Input parsed 4 times (output protection, probe + verify, fold, the proofs' original; 5
+    before), onnx.checker 5 runs (input twice, the fold's before/after check, the folded file;
+    7 before): a new re-read of the input shows up here."""
+    import onnx.checker
+
+    parses: dict[str, int] = {}
+    checks = []
+    load, check = onnx.load_model, onnx.checker.check_model
+
+    def counted_load(f, *args, **kwargs):  # noqa: ANN001, ANN202
+        name = Path(str(f)).name
+        parses[name] = parses.get(name, 0) + 1
+        return load(f, *args, **kwargs)
+
+    def counted_check(m, *args, **kwargs):  # noqa: ANN001, ANN202
+        checks.append(m)
+        return check(m, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load_model", counted_load)
+    monkeypatch.setattr(onnx.checker, "check_model", counted_check)
+    result = fold_file(model_path, tmp_path / "out.onnx")
+    assert result.passed and result.fold.bn_after < result.fold.bn_before
+    assert parses == {"m.onnx": 4, "out.onnx": 1}
+    assert len(checks) == 5

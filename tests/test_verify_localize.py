@@ -12,7 +12,7 @@ from onnx import numpy_helper
 import bnfold
 from bnfold.verify import localize as loc
 from bnfold.verify import verify
-from bnfold.verify.inputs import random_feeds, graph_inputs
+from bnfold.inputs import ShapeRequest, graph_inputs
 
 
 def _cnn() -> onnx.ModelProto:
@@ -42,7 +42,7 @@ def _perturb_weight_of(model: onnx.ModelProto, node_name: str, delta: float = 0.
 
 
 def _feed(m: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return random_feeds(graph_inputs(m), 2, None, seed=0)
+    return ShapeRequest().feed(graph_inputs(m), 2, seed=0)
 
 
 def test_shared_tensors_follow_folded_order_and_skip_removed_ones() -> None:

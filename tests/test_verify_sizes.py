@@ -4,14 +4,15 @@ from __future__ import annotations
 import pytest
 
 from bnfold.errors import InputError
-from bnfold.verify import engines, inputs
-from bnfold.verify.sizes import SizeChoice, choose_size
+from bnfold.inputs import ShapeRequest
+from bnfold.verify import engines
+from bnfold.verify.sizes import SIZE_LADDER, SizeChoice, choose_size
 from modelgen import Builder, sized_model
 
 
-def _choose(model, shapes=None, ladder=inputs.SIZE_LADDER):
+def _choose(model, shapes=None, dims=None, ladder=SIZE_LADDER):
     with engines.OrtProcess() as proc:
-        return choose_size(proc, model, model, "m", shapes=shapes or {}, provider="cpu",
+        return choose_size(proc, model, model, "m", request=ShapeRequest.of(shapes, dims), provider="cpu",
                            opt_level="disabled", seed=0, key="probe", ladder=ladder)
 
 
@@ -29,6 +30,12 @@ def test_no_probe_when_only_the_batch_dim_is_symbolic():
 
 def test_no_probe_when_shape_fixes_the_symbolic_dims():
     assert _choose(sized_model(2048), shapes={"x": (1, 1, 32, 32)}) is None
+
+
+def test_no_probe_when_dim_fixes_the_symbolic_dims():
+    b = Builder()
+    b.output(b.bn(b.conv(b.input("x", ["N", 1, "S", "S"]), 1, 2), 2))
+    assert _choose(b.model(), dims={"S": 8}) is None
 
 
 def test_no_size_runs_points_at_shape():

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from bnfold.bench.inputs import default_batch, make_inputs, read_input_specs
 from bnfold.bench.result import BenchResult, build_config_result
 from bnfold.bench.runner import Progress, RunConfig, Runner, VariantRun
 from bnfold.errors import BnfoldError, InputError
+from bnfold.inputs import ShapeRequest, TensorSpec, check_signatures, graph_inputs
 from bnfold.ort import OPT_LEVELS, provider_chain
 
 
@@ -22,11 +22,11 @@ def check_provider(provider: str) -> None:
     provider_chain(provider)
 
 
-def check_same_signature(variants: Sequence[tuple[str, str]]) -> None:
-    """InputError unless every model takes the first one's inputs (names, dtypes, fixed dims)
-    and gives its outputs, as ``verify`` checks: so a mismatch is one line, not an ORT error."""
+def check_same_signature(variants: Sequence[tuple[str, str]]) -> list[TensorSpec]:
+    """The first model's input specs; InputError unless every model takes its inputs (names,
+    dtypes, fixed dims) and gives its outputs, as ``verify`` checks: so a mismatch is one line,
+    not an ORT error."""
     from bnfold.model_io import load_model
-    from bnfold.verify.inputs import check_signatures, graph_inputs
 
     first_name, first_path = variants[0]
     first = load_model(first_path, load_external_data=False)
@@ -44,6 +44,7 @@ def check_same_signature(variants: Sequence[tuple[str, str]]) -> None:
                 i, da, db = fixed[0]
                 raise InputError(f"{name} ({path}) does not fit {first_name} ({first_path}): "
                                  f"input {a.name!r} has size {db} on axis {i}, not {da}")
+    return graph_inputs(first)
 
 
 def _validate(opt_levels: Sequence[str], threads: Sequence[int], warmup: int, runs: int) -> None:
@@ -59,13 +60,18 @@ def _validate(opt_levels: Sequence[str], threads: Sequence[int], warmup: int, ru
 def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence[str] = ("cpu",),
                      opt_levels: Sequence[str] = ("disabled", "basic", "all"),
                      threads: Sequence[int] = (1,), batch_sizes: Sequence[int | None] = (None,),
-                     warmup: int = 10, runs: int = 100, dims: Mapping[str, int] | None = None,
+                     warmup: int = 10, runs: int = 100,
+                     shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+                     dims: Mapping[str, int] | Sequence[str] | None = None,
                      processes: int = 1, isolate: bool = True, allow_spinning: bool = False,
                      seed: int = 0, confidence: float = 0.95,
                      progress: Progress | None = None) -> BenchResult:
     """Time named model files over the grid; speedups are relative to the first variant.
 
-    Every variant gets the same inputs, generated from the first model's declared inputs.
+    Every variant gets the same inputs, generated from the first model's declared inputs under
+    ``bnfold.inputs``' shape policy: ``shapes`` ("NAME:DIMS") and ``dims`` ("SYMBOL=N") fix them,
+    a batch of None is the model's fixed batch (else 1), and a symbolic dim left open is an
+    InputError (no size is guessed).
     ``processes`` > 1 splits the rounds over that many fresh sets of worker processes;
     session creation time is then the median over the sets.
     """
@@ -79,10 +85,13 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
     for name, path in variants:
         if not os.path.isfile(path):
             raise InputError(f"model file not found: {path} ({name})")
-    check_same_signature(variants)
-    specs = read_input_specs(variants[0][1])
-    batches = [b if b is not None else default_batch(specs) for b in batch_sizes]
-    inputs = {b: make_inputs(specs, b, dims, seed) for b in dict.fromkeys(batches)}
+    specs = check_same_signature(variants)
+    request = ShapeRequest.of(shapes, dims)
+    request.check(specs)
+    asked = [b for b in batch_sizes if b is not None]
+    batches = [b if b is not None else request.fixed_batch(specs) or 1
+               for b in request.batches(specs, asked, default=[1])]
+    inputs = {b: request.feed(specs, b, seed) for b in dict.fromkeys(batches)}
     configs = [RunConfig(p, lv, t, b) for p, lv, t, b
                in itertools.product(providers, opt_levels, threads, dict.fromkeys(batches))]
     collected = {cfg: [VariantRun(name, 0.0, []) for name, _ in variants] for cfg in configs}
@@ -111,7 +120,8 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
                                 "isolate": isolate, "allow_spinning": allow_spinning,
                                 "confidence": confidence, "seed": seed,
                                 "order": "interleaved A B B A (rotated when > 2 models)",
-                                "io_binding": True, "dims": dict(dims or {})}
+                                "io_binding": True, "shapes": {k: list(v) for k, v in request.shapes.items()},
+                                "dims": dict(request.dims)}
     return BenchResult(models=dict(variants), configs=results, settings=settings)
 
 
@@ -120,9 +130,11 @@ def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
 
     With ``folded=None`` the original is folded on the fly with ``bnfold.fold``. Options are
     those of :func:`measure_variants` (providers, opt_levels, threads, batch_sizes, warmup,
-    runs, dims, processes, isolate, allow_spinning, seed, confidence, progress).
+    runs, shapes, dims, processes, isolate, allow_spinning, seed, confidence, progress).
     """
     progress: Progress | None = options.get("progress")
+    request = ShapeRequest.of(options.get("shapes"), options.get("dims"))  # bad flags fail before the fold
+    options.update(shapes=dict(request.shapes), dims=dict(request.dims))
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         orig_path = _as_path(original, os.path.join(tmp, "original.onnx"))
         fold_info = None

@@ -5,18 +5,8 @@ import json
 
 import click
 
-from bnfold.errors import BnfoldError
+from bnfold.cli.options import AliasedOption, shape_options
 from bnfold.ort import OPT_LEVELS, PROVIDERS
-
-
-def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
-    dims: dict[str, int] = {}
-    for item in values:
-        name, sep, size = item.partition("=")
-        if not sep or not name or not size.isdigit() or int(size) < 1:
-            raise BnfoldError(f"--dim expects NAME=N with N >= 1, got {item!r}")
-        dims[name] = int(size)
-    return dims
 
 
 @click.command("bench")
@@ -29,14 +19,14 @@ def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
               help="ORT graph optimization level (repeatable).")
 @click.option("--threads", multiple=True, type=click.IntRange(min=0), default=(1,),
               show_default=True, help="Intra-op threads, 0 = ORT default (repeatable).")
-@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
+@click.option("--batch-size", "--batch", "batches", cls=AliasedOption, multiple=True,
+              type=click.IntRange(min=1),
               help="Batch size (repeatable) [default: the model's fixed batch, else 1].")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0),
               help="Untimed rounds before timing.")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=2),
               help="Timed interleaved rounds (each round runs every model once).")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=N",
-              help="Size of a named symbolic input dimension (repeatable).")
+@shape_options()
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
               help="Split the rounds over this many fresh worker-process sets (averages out "
                    "per-process layout effects).")
@@ -55,7 +45,8 @@ def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
               opt_levels: tuple[str, ...], threads: tuple[int, ...], batches: tuple[int, ...],
-              warmup: int, runs: int, dims: tuple[str, ...], processes: int, same_process: bool,
+              warmup: int, runs: int, shapes: tuple[str, ...], dims: tuple[str, ...],
+              processes: int, same_process: bool,
               allow_spinning: bool, confidence: float, seed: int, as_json: bool, samples: bool,
               plot_path: str | None, quiet: bool) -> None:
     """Paired latency of ORIGINAL vs FOLDED on ONNX Runtime.
@@ -69,7 +60,9 @@ def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
     Examples:
       bnfold bench models/resnet_digits.onnx
       bnfold bench a.onnx a.folded.onnx --opt-level disabled --opt-level all --runs 300 --processes 3
-      bnfold bench model.onnx --threads 1 --threads 2 --batch 1 --batch 8 --plot lat.png
+      bnfold bench model.onnx --threads 1 --threads 2 --batch-size 1 --batch-size 8 --plot lat.png
+      bnfold bench bert.onnx --dim sequence=128 --batch-size 4
+      bnfold bench detector.onnx --shape images:1x3x640x640
       bnfold bench model.onnx --json --samples > bench.json
       bnfold bench model.onnx --provider cuda     # needs onnxruntime-gpu
     """
@@ -80,7 +73,7 @@ def bench_cmd(original: str, folded: str | None, providers: tuple[str, ...],
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = benchmark(original, folded, providers=providers, opt_levels=opt_levels,
                        threads=threads, batch_sizes=batches or (None,), warmup=warmup, runs=runs,
-                       dims=_parse_dims(dims), processes=processes, isolate=not same_process,
+                       shapes=shapes, dims=dims, processes=processes, isolate=not same_process,
                        allow_spinning=allow_spinning, seed=seed, confidence=confidence,
                        progress=progress)
     if plot_path:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
+from bnfold.cli.options import AliasedOption
 from bnfold.cli.render import fold_table, terminal_width
-from bnfold.export import (ExportResult, batchnorm_modules, load_factory,
-                           parse_shape, require_torch)
+from bnfold.export import ExportResult, batchnorm_modules, load_factory, require_torch
+from bnfold.inputs import parse_dims
 
 if TYPE_CHECKING:
     from bnfold.export_fold import ExportFoldResult
@@ -35,8 +36,8 @@ def _export_lines(r: ExportResult) -> list[str]:
 @click.argument("factory", metavar="MODULE:FACTORY")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the ONNX model (with BN).")
-@click.option("--input-shape", required=True, metavar="DIMS",
-              help="Example input shape, e.g. 1x3x32x32 (float32, seeded random values).")
+@click.option("--shape", "--input-shape", "input_shape", cls=AliasedOption, required=True,
+              metavar="DIMS", help="Example input shape, e.g. 1x3x32x32 (float32, seeded random values).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False),
               help="A state_dict saved with torch.save, loaded before export.")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset [default: torch's].")
@@ -63,12 +64,12 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
     \b
     Examples:
       bnfold export models.zoo:resnet_digits --weights models/resnet_digits.pt \
-          -o /tmp/resnet.onnx --input-shape 1x1x8x8 --fold
-      bnfold export mypkg.nets:make_net --weights net.pt -o net.onnx --input-shape 1x3x32x32
-      bnfold export models.zoo:mlp_digits -o /tmp/mlp.onnx --input-shape 1x64 --fold --json
+          -o /tmp/resnet.onnx --shape 1x1x8x8 --fold
+      bnfold export mypkg.nets:make_net --weights net.pt -o net.onnx --shape 1x3x32x32
+      bnfold export models.zoo:mlp_digits -o /tmp/mlp.onnx --shape 1x64 --fold --json
     """
     torch = require_torch()
-    shape = parse_shape(input_shape)
+    shape = parse_dims(input_shape, what="--shape", minimum=1)
     _say(f"building {factory}", quiet)
     model = load_factory(factory, weights)
     training = [name for name, m in batchnorm_modules(model) if m.training]

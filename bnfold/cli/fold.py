@@ -8,6 +8,7 @@ import click
 
 import bnfold
 from bnfold.cli import EXIT_VERIFY_FAILED
+from bnfold.cli.options import shape_options
 from bnfold.cli.progress import status_line
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.errors import BnfoldError
@@ -38,8 +39,7 @@ def _say(msg: str, quiet: bool) -> None:
               show_default=True, help="ORT graph optimization level for --verify.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the random inputs for --verify.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS",
-              help="Concrete shape of an input with symbolic dims, e.g. input:1x3x224x224.")
+@shape_options(" For --verify.")
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
               help="Batch sizes to verify when the batch dim is symbolic [default: 1 and 8].")
 @click.option("--data", multiple=True, type=click.Path(dir_okay=False),
@@ -57,7 +57,7 @@ def _say(msg: str, quiet: bool) -> None:
               help="No progress or messages on stderr (progress shows only on a terminal).")
 def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bool | None,
              check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
-             seed: int, shapes: tuple[str, ...], batch_sizes: tuple[int, ...],
+             seed: int, shapes: tuple[str, ...], dims: tuple[str, ...], batch_sizes: tuple[int, ...],
              data: tuple[str, ...], atol: float | None, rtol: float | None,
              report_dir: Path | None, as_json: bool, verbose: bool, quiet: bool) -> None:
     """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul layers.
@@ -74,11 +74,13 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
       bnfold fold models/resnet_digits.onnx
       bnfold fold model.onnx -o model.nobn.onnx --json > fold.json
       bnfold fold big.onnx --external-data
+      bnfold fold detector.onnx --shape images:1x3x640x640
+      bnfold fold bert.onnx --dim batch=2 --dim sequence=128
     """
     if report_dir is not None and not do_verify:
         raise BnfoldError("--report needs --verify")
     verify = VerifyOptions(providers=providers or ("cpu",), opt_level=opt_level, seed=seed,
-                           shapes=shapes, batch_sizes=batch_sizes, data=data, atol=atol,
+                           shapes=shapes, dims=dims, batch_sizes=batch_sizes, data=data, atol=atol,
                            rtol=rtol, report_dir=report_dir) if do_verify else None
     status = status_line(quiet)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from bnfold.cli import EXIT_VERIFY_FAILED
+from bnfold.cli.options import shape_options
 from bnfold.errors import OutputError
 from bnfold.output_paths import same_file
-from bnfold.pipeline import default_output, fold_file
+from bnfold.pipeline import VerifyOptions, default_output, fold_file
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -53,6 +54,7 @@ def _check_output(model: Path, out: Path) -> None:
               help="Also fold the recalibrated model (with its verification).")
 @click.option("--folded-output", type=click.Path(path_type=Path),
               help="With --fold: where to write the folded model [default: OUTPUT.folded.onnx].")
+@shape_options(" With --fold: for its verification.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json and report.md (per BN: old/new statistics, shift).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -60,7 +62,8 @@ def _check_output(model: Path, out: Path) -> None:
 def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | None,
                     cumulative: bool, convention: str, batch_size: int | None,
                     max_batches: int | None, do_fold: bool, folded_output: Path | None,
-                    report_dir: Path | None, as_json: bool, quiet: bool) -> None:
+                    shapes: tuple[str, ...], dims: tuple[str, ...], report_dir: Path | None,
+                    as_json: bool, quiet: bool) -> None:
     """Re-estimate the running mean and variance of every BN from DATA.
 
     Each BN is measured in inference mode with the BNs before it already recalibrated (one
@@ -98,7 +101,7 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
     passed = True
     if do_fold:
         _say("folding the recalibrated model", quiet)
-        folded = fold_file(output, folded_path)
+        folded = fold_file(output, folded_path, verify=VerifyOptions(shapes=shapes, dims=dims))
         fold, report, passed = folded.fold, folded.report, folded.passed
         payload["fold"] = {**fold.to_dict(), "output": str(folded_path),
                            "verification": json.loads(report.to_json())}

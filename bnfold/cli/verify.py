@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from bnfold.cli.options import shape_options
 from bnfold.ort import OPT_LEVELS, PROVIDERS
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -17,8 +18,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="disabled", show_default=True,
               help="ORT graph optimisation level for both models (disabled tests the fold alone).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS",
-              help="Concrete shape of an input with symbolic dims, e.g. input:1x3x224x224 (repeatable).")
+@shape_options()
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
               help="Batch size to try when the batch dim is symbolic (repeatable) [default: 1 and 8].")
 @click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False),
@@ -33,7 +33,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def verify_cmd(original: str, folded: str, providers: tuple[str, ...], opt_level: str, seed: int,
-               shapes: tuple[str, ...], batch_sizes: tuple[int, ...], data: tuple[str, ...],
+               shapes: tuple[str, ...], dims: tuple[str, ...], batch_sizes: tuple[int, ...],
+               data: tuple[str, ...],
                labels: str | None, atol: float | None, rtol: float | None,
                report_dir: str | None, no_localize: bool, as_json: bool, quiet: bool) -> None:
     """Compare every output of FOLDED against ORIGINAL on ONNX Runtime.
@@ -46,6 +47,7 @@ def verify_cmd(original: str, folded: str, providers: tuple[str, ...], opt_level
     Examples:
       bnfold verify model.onnx model.folded.onnx
       bnfold verify model.onnx model.folded.onnx --shape input:1x3x224x224 --report out/
+      bnfold verify bert.onnx bert.folded.onnx --dim sequence=128 --batch-size 2
       bnfold verify models/resnet_digits.onnx /tmp/resnet.folded.onnx \\
           --data models/digits_test.npz --labels models/digits_test_labels.npy
       bnfold verify a.onnx b.onnx --provider cuda --opt-level all --json > verify.json
@@ -56,7 +58,7 @@ def verify_cmd(original: str, folded: str, providers: tuple[str, ...], opt_level
         click.echo(f"verifying {folded} against {original} on {', '.join(providers)} "
                    f"(ORT optimisations: {opt_level})", err=True)
     report = verify(original, folded, providers=providers, opt_level=opt_level, seed=seed,
-                    shapes=list(shapes), batch_sizes=list(batch_sizes) or None,
+                    shapes=list(shapes), dims=list(dims), batch_sizes=list(batch_sizes) or None,
                     data=list(data) or None, labels=labels, atol=atol, rtol=rtol,
                     localize_failures=not no_localize)
     if report_dir:

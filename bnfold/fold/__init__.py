@@ -100,7 +100,8 @@ def _original(model: ModelLike, backup: onnx.ModelProto | None,
         return backup, None
     if isinstance(model, onnx.ModelProto):
         return model, None
-    return load_model(model, load_external_data=False), str(Path(model).parent)
+    # checked when first loaded (``_as_model``): the proofs' copy need not run the checker again
+    return load_model(model, load_external_data=False, check=False), str(Path(model).parent)
 
 
 def _fresh(model: ModelLike, backup: onnx.ModelProto | None, proto: onnx.ModelProto,

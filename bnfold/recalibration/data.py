@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bnfold.errors import InputError
-from bnfold.verify.inputs import TensorSpec
+from bnfold.inputs import TensorSpec
 
 Feed = dict[str, np.ndarray]
 

@@ -26,7 +26,7 @@ from bnfold.model_io import check_model_proto, load_model, save_model
 from bnfold.recalibration import data as data_mod
 from bnfold.recalibration.report import BnRecalibration, RecalibrationResult
 from bnfold.recalibration.stats import ChannelMoments, Estimator
-from bnfold.verify.inputs import graph_inputs
+from bnfold.inputs import graph_inputs
 
 DataArg = Union[str, Path, Iterable[Mapping[str, np.ndarray]],
                 Callable[[], Iterable[Mapping[str, np.ndarray]]]]

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from bnfold.errors import InputError
-from bnfold.verify import compare, engines, explain, inputs, runner
+from bnfold.inputs import ShapeRequest, check_signatures, graph_inputs
+from bnfold.verify import compare, engines, explain, feeds, runner
 from bnfold.verify.localize import localize, not_a_fold
 from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
 from bnfold.verify.sizes import SizeChoice, choose_size
@@ -26,35 +27,31 @@ if TYPE_CHECKING:
     from bnfold.fold.report import FoldResult
 
 ModelArg = Union[str, Path, onnx.ModelProto]
+Shapes = Union[Mapping[str, Sequence[int]], Sequence[str], None]  # {name: dims} or "NAME:DIMS"
+Dims = Union[Mapping[str, int], Sequence[str], None]  # {symbol: n} or "SYMBOL=N"
 MAX_HIST_ELEMENTS = 200_000  # per output, enough for a histogram without holding everything
 
 
 @dataclass
-class _Model:
+class LoadedModel:
     """A model argument: what ORT loads (path or proto), and a proto (external data left on disk)
-    for signatures."""
+    for signatures. ``fold_file`` makes one for its input and hands it to ``probe_size`` and
+    ``verify``, so the input is parsed and checked once for both."""
 
     source: str | onnx.ModelProto
     label: str
     proto: onnx.ModelProto
 
     @classmethod
-    def of(cls, arg: ModelArg) -> _Model:
+    def of(cls, arg: ModelArg | LoadedModel) -> LoadedModel:
         from bnfold.model_io import load_model
 
+        if isinstance(arg, LoadedModel):
+            return arg
         if isinstance(arg, onnx.ModelProto):
             return cls(arg, f"<in-memory model {arg.graph.name or 'unnamed'}>", arg)
         path = str(arg)
         return cls(path, path, load_model(path, load_external_data=False))
-
-
-def _parse_shapes(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None
-                  ) -> dict[str, tuple[int, ...]]:
-    if not shapes:
-        return {}
-    if isinstance(shapes, Mapping):
-        return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
-    return dict(inputs.parse_shape(s) for s in shapes)
 
 
 def _original_crashed(exc: engines.Crashed) -> InputError:
@@ -62,7 +59,7 @@ def _original_crashed(exc: engines.Crashed) -> InputError:
                       "nothing can be verified (fold with --no-verify to skip verification)")
 
 
-def _reference_pair(a: _Model, b: _Model, why: engines.NoKernel, whose: str,
+def _reference_pair(a: LoadedModel, b: LoadedModel, why: engines.NoKernel, whose: str,
                     report: Report) -> tuple[engines.Runner, engines.Runner]:
     note = (f"onnxruntime has no kernel for the {whose} model ({why}); both models ran on "
             f"{engines.REFERENCE} instead")
@@ -72,7 +69,7 @@ def _reference_pair(a: _Model, b: _Model, why: engines.NoKernel, whose: str,
             engines.ReferenceModel(engines.full_model(b.source), b.label))
 
 
-def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, opt_level: str,
+def _open_pair(proc: engines.OrtProcess, a: LoadedModel, b: LoadedModel, provider: str, opt_level: str,
                report: Report) -> tuple[engines.Runner, engines.Runner] | None:
     """Both models loaded for ``provider`` (onnx.reference for both when ORT lacks a kernel for
     either); None, with ``report.crash`` set, when ORT crashed on the folded model."""
@@ -94,10 +91,11 @@ def _open_pair(proc: engines.OrtProcess, a: _Model, b: _Model, provider: str, op
     return models[0], models[1]
 
 
-def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | None = None,
+def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
+           fold_result: FoldResult | None = None,
            providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
            seeds: Sequence[int] | None = None,
-           shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+           shapes: Shapes = None, dims: Dims = None,
            batch_sizes: Sequence[int] | None = None, data: Any = None,
            labels: str | Path | np.ndarray | None = None, atol: float | None = None,
            rtol: float | None = None, localize_failures: bool = True,
@@ -107,38 +105,40 @@ def verify(original: ModelArg, folded: ModelArg, *, fold_result: FoldResult | No
 
     ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random,
     one feed per seed (``seeds``, default ``seed``, ``seed + 1``, ``seed + 2``) and batch size
-    (``batch_sizes``, default 1 and 8 when the batch dim is symbolic). ``labels`` (with ``data``)
+    (``batch_sizes``, default 1 and 8 when the batch dim is symbolic); ``shapes`` ("NAME:DIMS" or
+    {name: dims}) and ``dims`` ("SYMBOL=N" or {symbol: n}) fix input shapes (``bnfold.inputs``
+    says how). ``labels`` (with ``data``)
     adds task accuracy of both models. ``atol``/``rtol`` override the per-dtype defaults.
     ONNX Runtime runs in a child process (a crash there is reported, not fatal), or onnx.reference
     where ORT has no kernel. Raises BnfoldError for inputs that cannot be compared at all, and
     when ORT crashes on the original model.
 
     Symbolic non-batch input dims get ``size`` (from ``probe_size``, or an int), else the first
-    size of ``inputs.SIZE_LADDER`` the original runs (``sizes.choose_size``). ``proc``: an ORT
+    size of ``sizes.SIZE_LADDER`` the original runs (``sizes.choose_size``). ``proc``: an ORT
     child to use (left open; by default one is started and closed here). ``progress`` gets a
     short message per case ("verifying case 2 of 6").
     """
-    seed_list = list(seeds) if seeds is not None else [seed + i for i in range(inputs.DEFAULT_SEEDS)]
+    seed_list = list(seeds) if seeds is not None else [seed + i for i in range(feeds.DEFAULT_SEEDS)]
     own = proc is None
     if proc is None:
         proc = engines.OrtProcess()
     proc.start()  # the child imports ORT while the inputs are prepared
     try:
-        a, b = _Model.of(original), _Model.of(folded)
-        inputs.check_signatures(a.proto, b.proto)
+        a, b = LoadedModel.of(original), LoadedModel.of(folded)
+        check_signatures(a.proto, b.proto)
         runner.check_opt_level(opt_level)
         for p in providers:
             runner.provider_chain(p)
         if labels is not None and data is None:
             raise InputError("--labels needs --data: the labelled inputs to score")
-        shape_map = _parse_shapes(shapes)
-        choice = _size_choice(size, proc, a, shape_map, providers, opt_level, seed_list[0], data)
-        sets = inputs.input_sets(inputs.graph_inputs(a.proto), seeds=seed_list,
-                                 shapes=shape_map, batch_sizes=batch_sizes, data=data,
-                                 **({"size": choice.size} if choice is not None else {}))
+        request = ShapeRequest.of(shapes, dims)
+        choice = _size_choice(size, proc, a, request, providers, opt_level, seed_list[0], data)
+        sets = feeds.input_sets(graph_inputs(a.proto), seeds=seed_list, request=request,
+                                batch_sizes=batch_sizes, data=data,
+                                size=choice.size if choice is not None else None)
         label_arr = (None if labels is None else
                      np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray)
-                     else inputs.load_labels(labels))
+                     else feeds.load_labels(labels))
 
         report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
                         environment=_environment(providers, opt_level, seed_list),
@@ -177,8 +177,8 @@ def _counter(progress: Callable[[str], None] | None, total: int) -> Callable[[],
     return tick
 
 
-def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: _Model,
-                 shapes: Mapping[str, Sequence[int]], providers: Sequence[str], opt_level: str,
+def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: LoadedModel,
+                 request: ShapeRequest, providers: Sequence[str], opt_level: str,
                  seed: int, data: Any) -> SizeChoice | None:
     """The size for symbolic non-batch dims: given, or probed on the original (whose session
     is kept for the first provider's cases); None when nothing is symbolic or data is given."""
@@ -186,15 +186,15 @@ def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: _Mo
         return None
     if isinstance(size, SizeChoice):
         return size
-    open_inputs = inputs.sized_inputs(inputs.graph_inputs(a.proto), shapes)
+    open_inputs = request.sized_inputs(graph_inputs(a.proto))
     if size is not None:
         return SizeChoice(int(size), tuple(open_inputs)) if open_inputs else None
-    return choose_size(proc, a.source, a.proto, a.label, shapes=shapes, provider=providers[0],
+    return choose_size(proc, a.source, a.proto, a.label, request=request, provider=providers[0],
                        opt_level=opt_level, seed=seed, key=f"original:{providers[0]}")
 
 
-def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
-               shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+def probe_size(original: ModelArg | LoadedModel, proc: engines.OrtProcess, *,
+               shapes: Shapes = None, dims: Dims = None,
                providers: Sequence[str] = ("cpu",), opt_level: str = "disabled", seed: int = 0,
                data: Any = None) -> SizeChoice | None:
     """Choose the size for the original's symbolic input dims before any work is done (``bnfold
@@ -203,8 +203,8 @@ def probe_size(original: ModelArg, proc: engines.OrtProcess, *,
     (ORT's copy of the weights is not held through the fold); ``proc`` stays running."""
     if data is not None:
         return None
-    a = _Model.of(original)
-    choice = choose_size(proc, a.source, a.proto, a.label, shapes=_parse_shapes(shapes),
+    a = LoadedModel.of(original)
+    choice = choose_size(proc, a.source, a.proto, a.label, request=ShapeRequest.of(shapes, dims),
                          provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
     proc.drop("probe")
     return choice
@@ -313,7 +313,7 @@ def _keep_errors(report: Report, name: str, err: np.ndarray) -> None:
     report.errors[name] = joined[:MAX_HIST_ELEMENTS]
 
 
-def _localize(report: Report, proc: engines.OrtProcess, a: _Model, b: _Model,
+def _localize(report: Report, proc: engines.OrtProcess, a: LoadedModel, b: LoadedModel,
               failure: tuple[str, bool, dict], fold_result: FoldResult | None,
               opt_level: str, atol: float | None, rtol: float | None) -> None:
     provider, reference, feed = failure
