@@ -302,7 +302,8 @@ def _const_dims(scope: Scope, name: str) -> list[int] | None:
     if owner is not None and name in owner.initializers:
         return list(owner.initializers[name].dims)
     if owner is not None and name in owner.producer and owner.producer[name].op_type == "Constant":
-        value = attr(owner.producer[name], "value")
+        node = owner.producer[name]
+        value = attr(node, "value") or attr(node, "sparse_value")
         return list(value.dims) if value is not None else None
     shape = scope.shape(name)
     return None if shape is None or None in shape else shape
