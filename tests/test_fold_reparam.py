@@ -263,3 +263,17 @@ def test_torch_repvgg_block_exported_with_bn_folds_to_one_conv_per_block(tmp_pat
     assert result.bn_after == 0 and ops(result.model).count("Conv") == 3
     assert ops(result.model).count("Add") == 0
     assert max_error(model, result.model) <= tolerance(model)
+
+
+def test_identity_bn_whose_parameter_training_info_binds_is_not_merged():
+    model = repvgg(identity="bn")
+    lone_bn = [n for n in model.graph.node if n.op_type == "BatchNormalization"][-1]
+    gamma = lone_bn.input[1]
+    info = model.training_info.add()
+    info.algorithm.CopyFrom(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", [gamma], ["updated"])], "algo", [],
+        [onnx.helper.make_tensor_value_info("updated", onnx.TensorProto.FLOAT, None)]))
+    info.update_binding.add().CopyFrom(onnx.StringStringEntryProto(key=gamma, value="updated"))
+    result = bnfold.fold(model)
+    assert _lone(result).reason is Reason.TRAINING_BINDING and gamma in _lone(result).detail
+    assert max_error(model, result.model) <= tolerance(model)

@@ -130,11 +130,17 @@ def match(g: GraphIndex, tree: Tree, protected: set[str]) -> Merge | Refusal:
     for leaf in tree.convs + tree.bns:
         if g.uses(leaf.output[0]) != 1 or g.is_graph_output(leaf.output[0]):
             return _no(f"{label(leaf)}'s output is read outside the Add tree")
-    inner = {o for n in nodes for o in n.output if o} - {tree.root.output[0]}
-    if inner & protected or any(a.ref_attr_name for n in nodes for a in n.attribute):
-        return Refusal(Reason.TRAINING_BINDING if inner & protected else
-                       Reason.UNSUPPORTED_NEIGHBOUR, "a tensor or attribute of the tree is "
-                       "bound by training_info or a function attribute reference")
+    touched = {t for n in nodes for t in list(n.input) + list(n.output) if t}
+    touched -= {tree.x, tree.root.output[0]}
+    if touched & protected:
+        bound = sorted(touched & protected)[0]
+        return Refusal(Reason.TRAINING_BINDING, f"training_info names {bound!r}, which the "
+                       "merge would rewrite or remove")
+    readers = nodes + [p for t in touched for p in [g.producer(t)] if p is not None]
+    refs = [a.name for n in readers for a in n.attribute if a.ref_attr_name]
+    if refs:
+        return Refusal(Reason.UNSUPPORTED_NEIGHBOUR, f"attribute {refs[0]!r} of the tree refers "
+                       "to a function attribute: its value is unknown here")
     found = declared_shapes_agree(g, *nodes)
     if found:
         return found
