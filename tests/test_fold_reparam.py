@@ -277,3 +277,26 @@ def test_identity_bn_whose_parameter_training_info_binds_is_not_merged():
     result = bnfold.fold(model)
     assert _lone(result).reason is Reason.TRAINING_BINDING and gamma in _lone(result).detail
     assert max_error(model, result.model) <= tolerance(model)
+
+
+def test_sum_started_at_a_constant_like_timm_mobileone_merges():
+    """timm's MobileOne sums ``out = 0; out += conv(x)``: the constant joins the bias."""
+    b = Builder(seed=9)
+    x = b.input("x", ["N", 4, 6, 6])
+    terms = [b.const(np.array(0.25), "zero"), b.bn(b.conv(x, 4, 4, 3, pads=1, bias=False), 4),
+             b.bn(b.conv(x, 4, 4, 3, pads=1, bias=False), 4),
+             b.const(np.linspace(-1, 1, 4).reshape(4, 1, 1), "per_channel"), b.bn(x, 4)]
+    b.output(_sum(b, terms, "left"))
+    merged_ok(b.model(), ["Conv"])
+
+
+def test_constant_that_is_not_per_channel_is_refused():
+    b = Builder(seed=10)
+    x = b.input("x", ["N", 4, 6, 6])
+    terms = [b.bn(b.conv(x, 4, 4, 3, pads=1), 4), b.const(np.ones((6, 6)), "plane"), b.bn(x, 4)]
+    b.output(_sum(b, terms, "left"))
+    model = b.model()
+    result = bnfold.fold(model)
+    lone = _lone(result)
+    assert lone.reason is Reason.BRANCHES_DO_NOT_MERGE and "[6, 6] is not per-channel" in lone.detail
+    assert max_error(model, result.model) <= tolerance(model)

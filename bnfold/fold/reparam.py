@@ -2,13 +2,14 @@
 
 RepVGG, ACNet and MobileOne train a block as branches that read the same input ``x`` and are
 summed by a tree of binary ``Add`` nodes: Conv kxk (+BN), Conv 1x1 (+BN), a lone BN reading
-``x`` (the identity branch, ``s*x + t``), or ``x`` itself. Once the BN folds have put each
+``x`` (the identity branch, ``s*x + t``), ``x`` itself, or a per-channel constant (timm's
+MobileOne starts its sum at ``0``). Once the BN folds have put each
 branch BN into its Conv, the sum is one convolution (float64, cast once):
 
 - each Conv kernel is zero-padded into the largest kernel, at the tap offset its padding
   implies (a 1x1 with pads 0 lands on the centre of a kxk with pads k//2);
 - the identity branch is an identity kernel at that centre (output m reads input m of its
-  group), scaled by the BN's ``s``; ``t`` goes into the bias; the biases add.
+  group), scaled by the BN's ``s``; ``t`` goes into the bias; the biases and constants add.
 
 A tree merges only when (else the lone BNs keep a BRANCHES_DO_NOT_MERGE reason with numbers):
 every intermediate output is read by the tree alone; the Convs share strides, group, output
@@ -29,7 +30,7 @@ from bnfold.fold import math as fm
 from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
 from bnfold.fold.report import FoldRecord, Reason
 from bnfold.fold.rewrite import Rewriter, cast_exact, set_attr
-from bnfold.fold.rules.common import declared_shapes_agree, elem_type, weight
+from bnfold.fold.rules.common import declared_shapes_agree, elem_type, per_channel, weight
 from bnfold.fold.rules.validate import conv_channels
 from bnfold.graph import GraphIndex, attr
 
@@ -47,6 +48,7 @@ class Tree:
     convs: list[onnx.NodeProto] = field(default_factory=list)
     bns: list[onnx.NodeProto] = field(default_factory=list)
     identities: int = 0  # how many times x itself is summed
+    consts: list[str] = field(default_factory=list)  # constant leaves (timm's ``out = 0``)
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,9 @@ def _leaves(g: GraphIndex, root: onnx.NodeProto, adds: list[onnx.NodeProto],
             elif p in branch and p.input[0] == x:
                 (tree.convs if p.op_type == "Conv" else tree.bns).append(p)
             else:
-                break
-        else:
-            if tree.convs:
-                return tree
+                tree.consts.append(t)
+        if tree.convs and all(g.const(t) is not None for t in tree.consts):
+            return tree
     return None
 
 
@@ -156,7 +157,16 @@ def match(g: GraphIndex, tree: Tree, protected: set[str]) -> Merge | Refusal:
         if isinstance(bn, Refusal):
             return Refusal(bn.reason, f"identity branch {label(node)}: {bn.detail}")
         bns.append(bn)
-    return _merge(tree, convs, bns, [int(attr(n, "group", 1)) for n in tree.convs])
+    merge = _merge(tree, convs, bns, [int(attr(n, "group", 1)) for n in tree.convs])
+    if isinstance(merge, Refusal):
+        return merge
+    for t in tree.consts:
+        value = np.asarray(g.const(t), dtype=np.float64)
+        vec = per_channel(value, merge.weight.ndim, merge.weight.shape[0])
+        if vec is None:
+            return _no(f"constant {t!r} of shape {list(value.shape)} is not per-channel")
+        merge = replace(merge, bias=merge.bias + vec)
+    return merge
 
 
 def _no(detail: str) -> Refusal:
