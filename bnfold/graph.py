@@ -1,9 +1,11 @@
 """Read-only index of one ONNX graph: producers, consumers, constants, dtypes and shapes.
 
-Constants are found in initializers, ``Constant`` nodes, through ``Identity`` chains, in
-outer scopes (for subgraphs), and in small constant subgraphs (e.g. an exporter's computed
-zero bias), which ``bnfold.consteval`` evaluates under the model's opsets and confirms on
-ONNX Runtime. Every walk is iterative: a chain of thousands of nodes cannot overflow.
+Constants are found in initializers, ``Constant`` nodes (dense or sparse values), through
+``Identity`` chains, in outer scopes (for subgraphs), and in small constant subgraphs (e.g. an
+exporter's computed zero bias), which ``bnfold.consteval`` evaluates under the model's opsets
+and confirms on ONNX Runtime. A ``CastLike`` reads its second input for the dtype only: an
+activation there (the raw dynamo exporter's ``CastLike(0, x)``) keeps a subgraph constant.
+Every walk is iterative: a chain of thousands of nodes cannot overflow.
 """
 from __future__ import annotations
 
@@ -213,9 +215,13 @@ class GraphIndex:
         nodes: dict[int, onnx.NodeProto] = {}
         leaves: dict[str, np.ndarray] = {}
         seen: set[str] = set()
-        stack = [name]
+        typed: set[str] = set()  # read for their dtype only (CastLike's target_type)
+        stack = [(name, False)]
         while stack:
-            tensor = stack.pop()
+            tensor, dtype_only = stack.pop()
+            if dtype_only:
+                typed.add(tensor)
+                continue
             if not tensor or tensor in seen:
                 continue
             seen.add(tensor)
@@ -227,17 +233,24 @@ class GraphIndex:
                 leaves[tensor] = cached
             elif self._computed(node):
                 nodes[id(node)] = node
-                stack.extend(node.input)
+                stack.extend((x, node.op_type == "CastLike" and i == 1)
+                             for i, x in enumerate(node.input))
             else:
                 value = self._leaf(tensor)
                 if value is None:
                     return None, leaves
                 leaves[tensor] = value
+        for tensor in typed - seen:  # e.g. the dynamo exporter's CastLike(0, activation)
+            elem = self.dtype(tensor)
+            if not elem:
+                self._problems[name] = f"the dtype of {tensor!r}, which a CastLike reads, is unknown"
+                return None, leaves
+            leaves[tensor] = np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(elem))
         return nodes, leaves
 
     def _leaf(self, name: str) -> np.ndarray | None:
-        """The value of a tensor that needs no evaluation: initializer, Constant, static
-        Shape, or a constant of an outer scope."""
+        """The value of a tensor that needs no evaluation: initializer, Constant (dense or
+        sparse value), static Shape, or a constant of an outer scope."""
         if name in self.initializers:
             if self.is_overridable_input(name):
                 return None
@@ -280,10 +293,29 @@ def tensor_value(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray |
     return numpy_helper.to_array(tensor)
 
 
+def sparse_array(sparse: onnx.SparseTensorProto, base_dir: str | None) -> np.ndarray | None:
+    """A sparse tensor as a dense array (zeros where no value is given); its indices are
+    linear (NNZ,) or coordinates (NNZ, rank), as the ONNX spec allows."""
+    values = tensor_value(sparse.values, base_dir)
+    indices = tensor_value(sparse.indices, base_dir)
+    if values is None or indices is None:
+        return None
+    dims = tuple(int(d) for d in sparse.dims)
+    dense = np.zeros(dims, dtype=values.dtype)
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim == 2:
+        dense[tuple(idx.T)] = values.reshape(-1)
+    else:
+        dense.reshape(-1)[idx.reshape(-1)] = values.reshape(-1)
+    return dense
+
+
 def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
             return tensor_value(a.t, base_dir)
+        if a.name == "sparse_value":
+            return sparse_array(a.sparse_tensor, base_dir)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":

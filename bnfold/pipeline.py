@@ -109,7 +109,8 @@ def default_output(path: str | os.PathLike[str]) -> Path:
 def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
               in_place: bool = False, external_data: bool | None = None, check: bool = True,
               overwrite: bool = True, verify: VerifyOptions | None = VerifyOptions(),
-              progress: Say | None = None, say: Say | None = None) -> FoldFileResult:
+              progress: Say | None = None, say: Say | None = None,
+              reparam: bool = True) -> FoldFileResult:
     """Fold the model at ``src`` into ``out`` (default ``src``'s name + .folded.onnx; with
     ``in_place`` ``src`` itself, replaced atomically) and verify it when ``verify`` is given.
 
@@ -120,6 +121,7 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     otherwise). A failed verification keeps the written file (the report says it failed),
     except with ``in_place``, where the staged result is verified first and ``src`` is left
     unchanged. ``progress`` gets short status messages; ``say`` one line per step done.
+    ``reparam``: merge Add trees of parallel Conv/BN/identity branches (RepVGG) into one Conv.
     """
     from bnfold.fold import fold
     from bnfold.model_io import check_output_paths
@@ -145,7 +147,7 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
             # the sizes the original runs are found before any work (a model no size fits is refused)
             size = probe_size(original, proc, **verify.probe_options())
         tell(f"loading and folding {src}")
-        folded = fold(src, check=check, lazy_external=True, progress=progress)
+        folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam)
         result = FoldFileResult(src, dest, folded)
         for note in folded.warnings:
             tell(f"warning: {note}")

@@ -50,6 +50,9 @@ def _say(msg: str, quiet: bool) -> None:
               help="Relative tolerance [default: per dtype].")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json, report.md and report.html of the verification here.")
+@click.option("--reparam/--no-reparam", default=True, show_default=True,
+              help="Merge an Add of parallel Conv/BN/identity branches of one input (RepVGG, "
+                   "ACNet, MobileOne) into one Conv after the BN folds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True,
               help="One line per BN even on a terminal (reasons are never cut; they wrap).")
@@ -59,7 +62,8 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
              check: bool, do_verify: bool, providers: tuple[str, ...], opt_level: str,
              seed: int, shapes: tuple[str, ...], dims: tuple[str, ...], batch_sizes: tuple[int, ...],
              data: tuple[str, ...], atol: float | None, rtol: float | None,
-             report_dir: Path | None, as_json: bool, verbose: bool, quiet: bool) -> None:
+             report_dir: Path | None, reparam: bool, as_json: bool, verbose: bool,
+             quiet: bool) -> None:
     """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul layers.
 
     Writes the folded model and prints, for every BN, the node it went into (and the
@@ -91,7 +95,8 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
 
     try:
         result = fold_file(model, output, in_place=in_place, external_data=external_data,
-                           check=check, verify=verify, progress=status, say=say)
+                           check=check, verify=verify, progress=status, say=say,
+                           reparam=reparam)
     finally:
         if status is not None:
             status.clear()

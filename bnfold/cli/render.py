@@ -6,6 +6,7 @@ import textwrap
 from bnfold.fold.report import FoldResult
 
 _HEAD = ("BN", "graph", "outcome", "into / reason")
+_ARROWS = {"backward": "<- backward", "forward": "-> forward", "reparam": "<> reparam"}
 
 
 def _reason(r) -> str:  # noqa: ANN001 - a FoldRecord
@@ -31,10 +32,13 @@ def fold_table(result: FoldResult, *, width: int | None = None) -> str:
     rows = [_HEAD]
     for r in result.records:
         if r.folded:
-            arrow = "<- backward" if r.direction == "backward" else "-> forward"
+            arrow = _ARROWS.get(r.direction or "", "-> forward")
             proof = proof_cell(r.proof_max_abs, r.proof_tol, r.proof_engine)
+            into = r.target or ""
+            if r.merged:
+                into += f" (merged {' + '.join(r.merged)})"
             rows.append((r.bn, r.graph, f"folded {arrow}",
-                         f"{r.target or ''}  (proof {proof})" if proof != "-" else r.target or ""))
+                         f"{into}  (proof {proof})" if proof != "-" else into))
         else:
             rows.append((r.bn, r.graph, "kept", _reason(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

@@ -14,6 +14,7 @@ from bnfold.fold.functions import (as_graph, function_opset, function_path, refe
                                    write_back)
 from bnfold.fold.proof import Proof
 from bnfold.fold.proof import prove as prove_folds
+from bnfold.fold.reparam import reparameterize
 from bnfold.fold.report import FoldRecord, FoldResult, Reason
 from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
 from bnfold.fold.rules.backward import fold_backward
@@ -30,7 +31,7 @@ __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 
 
 def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
-         lazy_external: bool = False, prove: bool = True,
+         lazy_external: bool = False, prove: bool = True, reparam: bool = True,
          progress: Callable[[str], None] | None = None) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
@@ -49,6 +50,11 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     the others still reference the model's folder, given as ``result.external_base``: save
     with ``save_model(result.model, out, source_dir=result.external_base)``.
 
+    With ``reparam`` (``bnfold.fold.reparam``) an Add of parallel Conv/BN/identity branches
+    of one input (RepVGG, ACNet, MobileOne) that holds a BN becomes one Conv after the BN
+    folds; its BNs' records say so (direction "reparam") and the tree is proven as one region.
+    A merge whose proof fails is undone alone: its branch BNs still fold into their Convs.
+
     ``progress`` (e.g. a CLI's status line) gets a short message as each BN is first looked at
     ("folding BN 3 of 53") and before the proofs run.
     """
@@ -60,9 +66,10 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         backup.CopyFrom(proto)
     before = skeleton(proto) if check else None
     excluded: dict[tuple[str, str], tuple[Reason, str]] = {}
+    unmerged: dict[tuple[str, str], str] = {}  # BNs of reparam merges whose proof failed
     original: tuple[onnx.ModelProto, str | None] | None = None
     while True:
-        records, notes = _fold_model(proto, base, excluded, progress)
+        records, notes = _fold_model(proto, base, excluded, progress, reparam, unmerged)
         if before is not None and any(r.folded for r in records):
             problem = check_folded(before, proto)
             if problem:
@@ -82,14 +89,16 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         failed = {k: (p.reason, p.detail) for k, p in proofs.items() if not p.passed}
         if not failed:
             return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
-        if failed.keys() <= excluded.keys():  # a refold kept a fold it was told to undo
+        if failed.keys() <= excluded.keys() | unmerged.keys():  # a refold kept an undone fold
             kept = backup if backup is not None else _as_model(model, copy=True,
                                                                lazy=base is not None)
             problem = "a fold whose proof failed could not be undone alone; nothing folded"
             return FoldResult(model=kept, records=[_undo(r, problem, Reason.PROOF_FAILED)
                                                    for r in records],
                               warnings=notes + [problem], external_base=base)
-        excluded.update(failed)
+        merges = {(r.graph, r.bn_output) for r in records if r.direction == "reparam"}
+        unmerged.update({k: d for k, (_, d) in failed.items() if k in merges})
+        excluded.update({k: d for k, d in failed.items() if k not in merges})
         proto = _fresh(model, backup, proto, base)
 
 
@@ -176,13 +185,15 @@ def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:
 
 def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
                 exclude: dict[tuple[str, str], tuple[Reason, str]] | None = None,
-                progress: Callable[[str], None] | None = None,
+                progress: Callable[[str], None] | None = None, reparam: bool = True,
+                unmerged: dict[tuple[str, str], str] | None = None,
                 ) -> tuple[list[FoldRecord], list[str]]:
     """Fold in place; return one record per BN (in graph order) and numeric notes.
 
     ``base_dir``: where initializers still stored externally are read from. ``exclude``:
     (graph path, BN output) -> (reason, detail) of BNs to keep because their proof failed.
-    ``progress``: told "folding BN k of n" as each BN is first looked at.
+    ``progress``: told "folding BN k of n" as each BN is first looked at. ``reparam``: merge
+    Add trees of parallel branches after the folds, except those holding a BN in ``unmerged``.
     """
     opset = default_opset(model) or MIN_OPSET
     infos = infer(model)  # shapes from strict inference, and declarations that contradict them
@@ -195,6 +206,7 @@ def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
     ctx.protected = protected_names(model)
     ctx.exclude = exclude or {}
     ctx.seen = _Seen(progress, _count_bns(model))
+    ctx.reparam, ctx.unmerged = reparam, unmerged or {}
     records: list[FoldRecord] = []
     _fold_graph(model.graph, "main", ctx, None, records)
     _fold_functions(model, ctx, records)
@@ -210,7 +222,7 @@ def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldR
         sub = _Context(ctx.ir_version, function_opset(f, ctx.opset), {}, ctx.names,
                        ctx.base_dir)
         sub.notes, sub.protected, sub.exclude = ctx.notes, ctx.protected, ctx.exclude
-        sub.seen = ctx.seen
+        sub.seen, sub.reparam, sub.unmerged = ctx.seen, ctx.reparam, ctx.unmerged
         _fold_graph(body, function_path(f), sub, None, records)
         write_back(f, body)
 
@@ -230,6 +242,8 @@ class _Context:
         self.protected: set[str] = set()  # tensors training_info binds or reads
         self.exclude: dict[tuple[str, str], tuple[Reason, str]] = {}
         self.seen = _Seen(None, 0)
+        self.reparam = True
+        self.unmerged: dict[tuple[str, str], str] = {}
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes, mismatches = self.per_graph.get(id(graph), (graph, ({}, {}, {})))[1]
@@ -294,6 +308,10 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             refused.pop(id(node), None)
             touched |= around
             changed = True
+    if ctx.reparam:
+        folded.update((k, r) for k, r in refused.items() if k not in folded)
+        reparameterize(ctx.index(graph, outer), rw, path, folded, ctx.protected, ctx.unmerged,
+                       ctx.notes)
     remove_orphans(graph, rw.orphan_candidates, ctx.ir_version)
     for node in order:
         records.append(folded.get(id(node)) or refused[id(node)])

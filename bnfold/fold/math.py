@@ -56,3 +56,23 @@ def conv_of_constant(w: np.ndarray, shift: np.ndarray, group: int) -> np.ndarray
     w64 = w.astype(np.float64).reshape((group, m // group, c_per_g, -1))
     t = shift.astype(np.float64).reshape(group, 1, c_per_g, 1)
     return (w64 * t).sum(axis=(2, 3)).reshape(m)
+
+
+def embed_kernel(w: np.ndarray, size: tuple[int, ...], offset: tuple[int, ...]) -> np.ndarray:
+    """Conv weight (M, C/g, k...) zero-padded to (M, C/g, *size), tap 0 at ``offset``: the same
+    convolution when the larger kernel's padding exceeds this one's by ``offset`` taps."""
+    out = np.zeros(w.shape[:2] + tuple(size), dtype=np.float64)
+    window = tuple(slice(o, o + k) for o, k in zip(offset, w.shape[2:]))
+    out[(slice(None), slice(None)) + window] = np.asarray(w, dtype=np.float64)
+    return out
+
+
+def identity_kernel(scale: np.ndarray, c_per_group: int, size: tuple[int, ...],
+                    centre: tuple[int, ...]) -> np.ndarray:
+    """The kernel of y[m] = scale[m] * x[m] (as many outputs as inputs, any group count):
+    output m reads input m, which is entry m % (C/g) of its group, at the ``centre`` tap."""
+    s = np.asarray(scale, dtype=np.float64)
+    out = np.zeros((s.shape[0], c_per_group) + tuple(size), dtype=np.float64)
+    m = np.arange(s.shape[0])
+    out[(m, m % c_per_group) + tuple(np.full_like(m, c) for c in centre)] = s
+    return out

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.fold.region import Region, RegionError, Scope, cut, replaced, scopes
+from bnfold.fold.region import (Region, RegionError, Scope, cut, merged_region,
+                                replaced, scopes)
 from bnfold.fold.report import FoldRecord, Reason
 from bnfold.graph import subgraphs, value_infos
 from bnfold.verify.compare import abs_errors, default_tolerance, region_precision
@@ -97,7 +98,14 @@ def _groups(records: list[FoldRecord], o_scopes: dict[str, list[Scope]],
             continue
         i, scope = found[0]
         try:
-            nodes, front, out = replaced(scope, r.bn_output, r.target or "", r.direction or "")
+            if r.direction == "reparam":
+                folded = f_scopes.get(r.graph, [])
+                if i >= len(folded):
+                    raise RegionError("the graph is not in the folded model")
+                nodes, front, out = merged_region(scope, folded[i], r.bn_output, r.target or "")
+            else:
+                nodes, front, out = replaced(scope, r.bn_output, r.target or "",
+                                             r.direction or "")
         except RegionError as exc:
             groups.append(_Group([key], error=str(exc)))
             continue

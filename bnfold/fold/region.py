@@ -137,6 +137,29 @@ def replaced(scope: Scope, bn_output: str, target: str, direction: str,
     raise RegionError(f"no path from the BN to {target!r} in the original graph")
 
 
+def merged_region(scope: Scope, folded: Scope, bn_output: str, target: str,
+                  ) -> tuple[list[onnx.NodeProto], str, str]:
+    """The original nodes a reparam merge replaced (the whole Add tree of branches, with the
+    nodes of their constants), its frontier (the merged Conv's input) and its output."""
+    conv = next((n for n in folded.graph.node if n.op_type == "Conv" and label(n) == target),
+                None)
+    if conv is None:
+        raise RegionError(f"the merged Conv {target!r} is not in the folded graph")
+    out, front = conv.output[0], conv.input[0]
+    picked: dict[int, onnx.NodeProto] = {}
+    stack = [out]
+    while stack:
+        node = scope.producer.get(stack.pop())
+        if node is None or id(node) in picked:
+            continue
+        picked[id(node)] = node
+        stack.extend(x for x in node.input if x and x != front)
+    nodes = sorted(picked.values(), key=lambda n: n.op_type != "Conv")  # a Conv reads x first
+    if scope.producer.get(bn_output) not in nodes:
+        raise RegionError(f"BN output {bn_output!r} is not in the tree merged into {target!r}")
+    return nodes, front, out
+
+
 def _upstream(scope: Scope, node: onnx.NodeProto) -> onnx.NodeProto | None:
     """The node feeding ``node``'s data: a BN's input, or an Add's non-constant operand."""
     names = [node.input[0]] if node.op_type != "Add" else list(node.input)
@@ -302,7 +325,8 @@ def _const_dims(scope: Scope, name: str) -> list[int] | None:
     if owner is not None and name in owner.initializers:
         return list(owner.initializers[name].dims)
     if owner is not None and name in owner.producer and owner.producer[name].op_type == "Constant":
-        value = attr(owner.producer[name], "value")
+        node = owner.producer[name]
+        value = attr(node, "value") or attr(node, "sparse_value")
         return list(value.dims) if value is not None else None
     shape = scope.shape(name)
     return None if shape is None or None in shape else shape

@@ -40,6 +40,8 @@ class Reason(str, enum.Enum):
     SHAPE_MISMATCH = "declared shape or dtype disagrees with shape inference"
     PRECISION_LOSS = ("in float16/bfloat16 the folded region is markedly less accurate than the "
                       "original against a float32 truth (folded terms cancel)")
+    BRANCHES_DO_NOT_MERGE = ("the parallel branches summed with this identity BN are not one "
+                             "convolution (stride, padding, group or channel mismatch)")
 
     @property
     def code(self) -> str:
@@ -54,6 +56,7 @@ class FoldRecord:
     graph: str                    # graph path: "main" or "main/If_0.then_branch"
     target: str | None = None     # node the BN was folded into
     direction: str | None = None  # "backward" (into producer) | "forward" (into consumer)
+    #                               | "reparam" (its Add tree of branches became ``target``)
     reason: Reason | None = None  # why it stayed, when target is None
     detail: str = ""              # human detail: the numbers or names behind the reason
     bn_output: str = ""           # the BN output tensor name (kept in the folded graph)
@@ -61,6 +64,7 @@ class FoldRecord:
     proof_peak: float | None = None     # local proof: peak |original| of the region's output
     proof_tol: float | None = None      # local proof: the tolerance it was held to
     proof_engine: str = ""              # "onnxruntime" or "onnx.reference" (no ORT kernel)
+    merged: tuple[str, ...] = ()        # reparam: the branch Convs merged into ``target``
 
     @property
     def folded(self) -> bool:
