@@ -128,7 +128,7 @@ def test_report_shift_and_near_zero_variance_channels() -> None:
     assert rec.near_zero_var == [1]
     d = result.to_dict()["records"][0]
     assert d["max_shift_sd"] > 0.5 and d["near_zero_var_channels"] == [1]
-    assert "| bn1 | 1 | 3 |" in result.to_markdown()
+    assert "| bn1 | main | 1 | 3 |" in result.to_markdown()
 
 
 def test_one_shot_iterator_is_refused_when_several_passes_are_needed() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
@@ -32,9 +33,9 @@ def _bn_consts(prefix: str) -> tuple[list[onnx.NodeProto], list[str]]:
 
 
 def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None,
-           functions: list | None = None) -> onnx.ModelProto:
+           functions: list | None = None, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "m", inputs, outputs, inits or [])
-    imports = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("local", 1)] if functions else [])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("local", 1)] if functions else [])
     return helper.make_model(graph, opset_imports=imports, functions=functions or [])
 
 
@@ -99,6 +100,7 @@ def test_if_recalibrates_the_taken_branch_and_leaves_the_other_unchanged() -> No
     _check(result, "main/if.then_branch", _expected([b["x"] * np.float32(2) for b in batches]))
     np.testing.assert_allclose(_init(result.model.graph, "tm"),
                                _expected([b["x"] * np.float32(2) for b in batches])[0], rtol=1e-6)
+    assert "| bn_then | main/if.then_branch | 1 |" in result.to_markdown()
     other = next(r for r in result.records if r.graph == "main/if.else_branch")
     assert other.skipped is not None and other.skipped.startswith("no data reached it")
     else_branch = _branch(result.model.graph.node[0], "else_branch")
@@ -106,7 +108,7 @@ def test_if_recalibrates_the_taken_branch_and_leaves_the_other_unchanged() -> No
     _valid(result.model)
 
 
-def loop_model(with_if: bool = False) -> onnx.ModelProto:
+def loop_model(with_if: bool = False, opset: int = 17) -> onnx.ModelProto:
     """A Loop of 3 iterations whose body normalizes x * (i + 1) + i and scans it out; with_if:
     only on even iterations (an If inside the body)."""
     consts, names = _bn_consts("l")
@@ -132,16 +134,17 @@ def loop_model(with_if: bool = False) -> onnx.ModelProto:
                              [_info("cond_out", [], TensorProto.BOOL), _info("out", ["N", C, 4])])
     return _model([helper.make_node("Loop", ["trip", ""], ["ys"], name="loop", body=body)],
                   [_info("x", ["N", C, 4])], [_info("ys", [3, "N", C, 4])],
-                  [numpy_helper.from_array(np.array(3, np.int64), "trip")])
+                  [numpy_helper.from_array(np.array(3, np.int64), "trip")], opset=opset)
 
 
 def _loop_acts(batches: list[dict], iterations: list[int]) -> list[np.ndarray]:
     return [b["x"] * np.float32(i + 1) + np.float32(i) for b in batches for i in iterations]
 
 
-def test_loop_body_bn_gets_the_statistics_of_every_iteration() -> None:
+@pytest.mark.parametrize("opset", [11, 17])  # reduce axes as an attribute / as an input
+def test_loop_body_bn_gets_the_statistics_of_every_iteration(opset: int) -> None:
     batches = _batches((4, C, 4))
-    result = bnfold.recalibrate(loop_model(), batches)
+    result = bnfold.recalibrate(loop_model(opset=opset), batches)
     _check(result, "main/loop.body", _expected(_loop_acts(batches, [0, 1, 2])))
     body = _branch(result.model.graph.node[0], "body")
     np.testing.assert_allclose(_constant(body.node, "l_v"),

@@ -2,11 +2,14 @@
 
 BN k is measured in inference mode with every BN before it already recalibrated, so the
 statistics it gets are those its input really has once the model is deployed. BNs are
-grouped into levels (a BN's level is one more than the highest level of a BN upstream of
-it); one pass over the data measures a whole level. The model is written once, with every BN
-input exposed as an output and every BN statistic as an input; each pass feeds the statistics
-recalibrated so far. ONNX Runtime runs in a child process (``bnfold.verify.engines``), so a
-model that crashes it is one clear error, not the end of bnfold.
+grouped into levels (``levels``: a BN's level is one more than the highest level of a BN
+upstream of it); one pass over the data measures a whole level. Every BN counts, wherever it
+lives (``units``): in the main graph, in If/Loop/Scan bodies, in model-local functions. The
+measurement copy (``instrument``) is written once: every site of a BN reads its statistics
+from inputs fed with those recalibrated so far, main-graph sites expose their input, nested
+sites carry float64 sums out of their bodies. ONNX Runtime runs in a child process
+(``bnfold.verify.engines``), so a model that crashes it is one clear error, not the end of
+bnfold.
 """
 from __future__ import annotations
 

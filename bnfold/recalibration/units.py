@@ -100,7 +100,7 @@ def find_units(model: onnx.ModelProto) -> list[Unit]:
     taken = _all_names(model)
     inits = {t.name: t for t in model.graph.initializer}
     for unit in units:
-        if unit.chain[0] is model.graph:
+        if unit.graph == "main":
             unit.mean, unit.var = inits[unit.node.input[3]], inits[unit.node.input[4]]
             continue
         reads = function_reads[id(unit.chain[-1])] if unit.in_function else graph_reads
@@ -142,8 +142,8 @@ def _stored(model: onnx.ModelProto, unit: Unit, name: str, role: str) -> onnx.Te
     """Look ``name`` up from the BN's graph outwards: an initializer or Constant value, or a
     skip reason (function input or attribute); run-time values are refused."""
     where = f"BN {unit.label!r} ({unit.graph})"
-    for scope in unit.chain:
-        is_main = scope is model.graph
+    for depth, scope in enumerate(unit.chain):
+        is_main = not unit.in_function and depth == len(unit.chain) - 1
         inputs = list(scope.input) if isinstance(scope, onnx.FunctionProto) else \
             [i.name for i in scope.input]
         inits = {t.name: t for t in scope.initializer} if isinstance(scope, onnx.GraphProto) else {}
