@@ -255,3 +255,30 @@ def test_statistics_shared_with_another_reader_in_a_body_are_copied() -> None:
               if n.op_type == "BatchNormalization")
     assert bn.input[3] != "tm"
     _valid(result.model)
+
+
+def test_loop_carried_bn_sees_its_own_earlier_outputs_under_its_old_statistics() -> None:
+    consts, names = _bn_consts("c")
+    body = helper.make_graph(
+        consts + [helper.make_node("BatchNormalization", ["h_in", *names], ["h_out"], name="bn_rnn"),
+                  helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                  helper.make_node("Identity", ["h_in"], ["seen"])],
+        "body", [_info("i", [], TensorProto.INT64), _info("cond_in", [], TensorProto.BOOL),
+                 _info("h_in", ["N", C, 4])],
+        [_info("cond_out", [], TensorProto.BOOL), _info("h_out", ["N", C, 4]),
+         _info("seen", ["N", C, 4])])
+    model = _model([helper.make_node("Loop", ["trip", "", "x"], ["h", "hs"], name="rnn", body=body)],
+                   [_info("x", ["N", C, 4])], [_info("h", ["N", C, 4]), _info("hs", [3, "N", C, 4])],
+                   [numpy_helper.from_array(np.array(3, np.int64), "trip")])
+    batches = _batches((4, C, 4), seed=11)
+    g, b, m, v = (a[None, :, None] for a in _stats("c"))
+    acts = []
+    for a in batches:
+        h = a["x"]
+        for _ in range(3):
+            acts.append(h)
+            h = (h - m) / np.sqrt(v + np.float32(1e-5)) * g + b
+    result = bnfold.recalibrate(model, batches)
+    assert result.passes == 1
+    _check(result, "main/rnn.body", _expected(acts))
+    _valid(result.model)
