@@ -128,7 +128,7 @@ def test_report_shift_and_near_zero_variance_channels() -> None:
     assert rec.near_zero_var == [1]
     d = result.to_dict()["records"][0]
     assert d["max_shift_sd"] > 0.5 and d["near_zero_var_channels"] == [1]
-    assert "| bn1 | 1 | 3 |" in result.to_markdown()
+    assert "| bn1 | main | 1 | 3 |" in result.to_markdown()
 
 
 def test_one_shot_iterator_is_refused_when_several_passes_are_needed() -> None:
@@ -170,7 +170,7 @@ def test_model_without_bn_is_refused() -> None:
                            [{"x": np.zeros((1, 2), np.float32)}])
 
 
-def test_bn_inside_a_subgraph_is_reported_as_skipped() -> None:
+def test_bn_in_an_if_branch_not_taken_is_left_unchanged_and_the_taken_one_recalibrated() -> None:
     model = chain_model()
     branch = helper.make_graph(
         [helper.make_node("BatchNormalization", ["y3", "bn3_g", "bn3_b", "bn3_m", "bn3_v"],
@@ -182,11 +182,13 @@ def test_bn_inside_a_subgraph_is_reported_as_skipped() -> None:
     model.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 3, 5, 5]))
     result = bnfold.recalibrate(model, data())
     skipped = [r for r in result.records if r.skipped]
-    assert len(skipped) == 2 and "subgraph" in skipped[0].skipped
-    assert len(result.recalibrated) == 3
+    assert [r.graph for r in skipped] == ["main/if.else_branch"] and "no data" in skipped[0].skipped
+    assert len(result.recalibrated) == 4
+    inner = next(r for r in result.records if r.graph == "main/if.then_branch")
+    assert inner.level == 1  # it reads BN3's output: measured after BN3 is recalibrated
 
 
-def test_bn_inside_a_model_local_function_is_reported_as_skipped() -> None:
+def test_bn_statistics_passed_into_a_function_are_reported_as_skipped() -> None:
     model = chain_model()
     body = [helper.make_node("BatchNormalization", ["X", "G", "B", "M", "V"], ["Y"], name="fbn")]
     model.functions.append(helper.make_function("local", "Norm", ["X", "G", "B", "M", "V"], ["Y"],
@@ -198,6 +200,7 @@ def test_bn_inside_a_model_local_function_is_reported_as_skipped() -> None:
     result = bnfold.recalibrate(model, data())
     skipped = [r for r in result.records if r.skipped]
     assert [r.graph for r in skipped] == ["function:local.Norm"] and len(result.recalibrated) == 3
+    assert "input 'M' of function local.Norm" in skipped[0].skipped
 
 
 def test_a_model_that_crashes_onnxruntime_is_one_clear_error_not_a_dead_process() -> None:

@@ -15,7 +15,7 @@ class BnRecalibration:
     """One BN: its statistics before and after (float64), or why it was left alone."""
 
     bn: str
-    graph: str
+    graph: str                           # where it lives: main, main/<node>.<attr>, function:<d>.<f>
     level: int = -1                      # pass that measured it (-1: not measured)
     eps: float = 0.0
     old_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -88,16 +88,20 @@ class RecalibrationResult:
                  f"batch(es); estimator: {how}; variance convention: {s['convention']}.", "",
                  "Shift = |new mean - old mean| in old standard deviations. "
                  "Near-zero variance = channels whose new variance is below epsilon.", "",
-                 "| BN | pass | channels | max shift (sd) | mean shift (sd) | new/old variance "
-                 "| near-zero variance |",
-                 "|---|---:|---:|---:|---:|---|---|"]
+                 "Graph: where the BN lives (main, a subgraph as main/<node>.<attribute>, or a "
+                 "function body as function:<domain>.<name>, whose statistics pool every call).",
+                 "",
+                 "| BN | graph | pass | channels | max shift (sd) | mean shift (sd) | new/old "
+                 "variance | near-zero variance |",
+                 "|---|---|---:|---:|---:|---:|---|---|"]
         for r in self.records:
             if r.skipped:
-                lines.append(f"| {r.bn} | - | - | - | - | - | skipped: {r.skipped} |")
+                lines.append(f"| {r.bn} | {r.graph} | - | - | - | - | - | skipped: {r.skipped} |")
                 continue
             d = r.to_dict(arrays=False)
             zero = d["near_zero_var_channels"]
-            lines.append(f"| {r.bn} | {r.level + 1} | {r.channels} | {d['max_shift_sd']:.3g} | "
+            lines.append(f"| {r.bn} | {r.graph} | {r.level + 1} | {r.channels} | "
+                         f"{d['max_shift_sd']:.3g} | "
                          f"{d['mean_shift_sd']:.3g} | {d['var_ratio_min']:.3g} .. "
                          f"{d['var_ratio_max']:.3g} | "
                          f"{len(zero)}{' (' + ', '.join(map(str, zero[:8])) + ')' if zero else ''} |")
