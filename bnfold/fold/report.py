@@ -38,6 +38,10 @@ class Reason(str, enum.Enum):
     PROOF_FAILED = ("the fold's local proof on ONNX Runtime failed: the folded region differs "
                     "from the original")
     SHAPE_MISMATCH = "declared shape or dtype disagrees with shape inference"
+    NEGATIVE_SCALE_POOL = ("a max pool between the BN and the layer it would fold into: the max "
+                           "commutes with the BN only when every BN scale is positive")
+    COMMUTE_CONDITION = ("an op between the BN and the layer it would fold into does not commute "
+                         "with the BN's per-channel affine map (its condition is in the detail)")
 
     @property
     def code(self) -> str:
@@ -59,6 +63,11 @@ class FoldRecord:
     proof_peak: float | None = None     # local proof: peak |original| of the region's output
     proof_tol: float | None = None      # local proof: the tolerance it was held to
     proof_engine: str = ""              # "onnxruntime" or "onnx.reference" (no ORT kernel)
+    op: str = "BatchNormalization"      # the folded node: a BN, or a decomposed BN's Mul / Add
+    via: tuple[str, ...] = ()           # nodes the affine map was carried through, in order
+    targets: tuple[str, ...] = ()       # every node that absorbed it (Concat: one per slice)
+    region_nodes: tuple[str, ...] = ()  # original outputs of the nodes the fold replaced (proof)
+    region_inputs: tuple[str, ...] = ()  # the activations those nodes read (proof frontier)
 
     @property
     def folded(self) -> bool:
@@ -66,6 +75,9 @@ class FoldRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("region_nodes")
+        d.pop("region_inputs")
+        d["via"], d["targets"] = list(self.via), list(self.targets)
         d["reason"] = self.reason.code if self.reason else None
         d["reason_text"] = self.reason.value if self.reason else None
         d["folded"] = self.folded
@@ -83,11 +95,11 @@ class FoldResult:
 
     @property
     def bn_before(self) -> int:
-        return len(self.records)
+        return sum(1 for r in self.records if r.op == "BatchNormalization")
 
     @property
     def bn_after(self) -> int:
-        return sum(1 for r in self.records if not r.folded)
+        return sum(1 for r in self.records if not r.folded and r.op == "BatchNormalization")
 
     @property
     def folded(self) -> list[FoldRecord]:
