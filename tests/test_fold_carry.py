@@ -214,3 +214,12 @@ def test_inspect_says_what_fold_does():
     inspected = only_record(bnfold.inspect(model))
     folded = only_record(bnfold.fold(model))
     assert inspected.folded and inspected.via == folded.via and folded.via[0].startswith("MaxPool")
+
+
+def test_bn_concat_conv_folds_forward_with_identity_for_the_other_input():
+    b = Builder(seed=17)
+    x = b.input("x", ["N", 3, 4, 4])
+    y = b.node("Concat", [b.bn(b.node("Relu", [x]), 3), b.node("Sigmoid", [x])], axis=1)
+    b.output(b.conv(y, 6, 2, k=1, pads=0))
+    rec = only_record(folded_ok(b.model()))
+    assert rec.direction == "forward" and rec.via[0].startswith("Concat")
