@@ -201,6 +201,8 @@ def _forward(g: GraphIndex, tensor: str, emap: ElementAffine, plan: Plan,
     if isinstance(step, Refusal):
         return step
     _note_step(plan, node, step)
+    if node.op_type == "Concat":  # its other inputs are activations the region reads too
+        plan.region_inputs += [name for name in node.input if name != tensor]
     for name, m in step.pairs:
         refusal = _forward(g, name, m, plan, fill, depth + 1)
         if refusal:
