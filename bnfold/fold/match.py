@@ -49,6 +49,10 @@ def _bn_map(g: GraphIndex, bn: BnAffine, neighbour: onnx.NodeProto | None) -> ca
                 w = weight(g, neighbour, 1, "weight")  # a weight that is no constant says so
                 if isinstance(w, Refusal):
                     return w
+            if rank is None and neighbour is not None and neighbour.op_type == "MatMul":
+                return Refusal(Reason.CHANNEL_MISMATCH, f"MatMul ranks A="
+                               f"{g.rank(neighbour.input[0])}: the BN channel axis may not be "
+                               "its output columns")
             if rank is None:
                 return Refusal(Reason.CHANNEL_MISMATCH, "the BN input's rank is unknown",
                                specific=False)

@@ -130,14 +130,15 @@ def _back(g: GraphIndex, tensor: str, emap: ElementAffine, reader: onnx.NodeProt
     if node.op_type not in CONVS + LINEAR + commute.OPS:
         return _miss(f"the map reached {label(node)} ({node.op_type}), which neither absorbs "
                      "nor passes it", deep)
+    if node.op_type in CONVS + LINEAR:
+        refusal = _exclusive(g, tensor, reader, True) or declared_shapes_agree(g, node)
+        return refusal or _absorb_back(g, node, emap, reader, plan)
+    step = commute.back_step(g, node, emap, fill)
+    if isinstance(step, Refusal):
+        return step if step.specific or deep else _miss("", False)
     refusal = _exclusive(g, tensor, reader, True) or declared_shapes_agree(g, node)
     if refusal:
         return refusal
-    if node.op_type in CONVS + LINEAR:
-        return _absorb_back(g, node, emap, reader, plan)
-    step = commute.back_step(g, node, emap, fill)
-    if isinstance(step, Refusal):
-        return step
     _note_step(plan, node, step)
     for i, (name, m) in enumerate(step.pairs):
         refusal = _back(g, name, m, node, plan, fill)
@@ -192,14 +193,15 @@ def _forward(g: GraphIndex, tensor: str, emap: ElementAffine, plan: Plan,
     if node.op_type not in ops or node.domain not in DEFAULT_DOMAINS:
         return _miss(f"the map reached {label(node)} ({node.op_type}), which neither absorbs "
                      "nor passes it", depth > 0)
+    if node.op_type in ("Conv", "Gemm", "MatMul"):
+        refusal = declared_shapes_agree(g, node) or _exclusive(g, tensor, node, False)
+        return refusal or _absorb_forward(g, node, tensor, emap, plan)
+    step = commute.forward_step(g, node, emap, tensor, fill)
+    if isinstance(step, Refusal):
+        return step if step.specific or depth > 0 else _miss("", False)
     refusal = declared_shapes_agree(g, node) or _exclusive(g, tensor, node, False)
     if refusal:
         return refusal
-    if node.op_type in ("Conv", "Gemm", "MatMul"):
-        return _absorb_forward(g, node, tensor, emap, plan)
-    step = commute.forward_step(g, node, emap, tensor, fill)
-    if isinstance(step, Refusal):
-        return step
     _note_step(plan, node, step)
     if node.op_type == "Concat":  # its other inputs are activations the region reads too
         plan.region_inputs += [name for name in node.input if name != tensor]
