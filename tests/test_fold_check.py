@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 import bnfold
 from bnfold.fold import check
 from bnfold.fold.report import Reason
-from bnfold.fold.rules import backward
+from bnfold.fold.rules.edit import Edit
 from bnfold.skeleton import skeleton
 from modelgen import Builder, count_bn
 
@@ -34,16 +34,15 @@ def _conv_bn_with_broken_neighbour() -> onnx.ModelProto:
 
 
 def _buggy_conv_rule(monkeypatch, damage) -> None:  # noqa: ANN001
-    """Make the backward Conv rule call ``damage(g, conv)`` after each successful fold."""
-    original = backward._fold_conv
+    """Make every Conv edit call ``damage(g, conv)`` after it is applied."""
+    original = Edit.apply
 
-    def buggy(g, bn, p, rw, notes):  # noqa: ANN001, ANN202
-        out = original(g, bn, p, rw, notes)
-        if isinstance(out, str):
-            damage(g, p.node)
-        return out
+    def buggy(self, g, rw):  # noqa: ANN001, ANN202
+        original(self, g, rw)
+        if self.node.op_type == "Conv":
+            damage(g, self.node)
 
-    monkeypatch.setattr(backward, "_fold_conv", buggy)
+    monkeypatch.setattr(Edit, "apply", buggy)
 
 
 def test_input_fails_full_check_before_any_fold():

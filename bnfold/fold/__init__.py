@@ -8,7 +8,7 @@ from typing import Callable
 
 import onnx
 
-from bnfold.fold.bn import BnAffine, Refusal, label, read_bn
+from bnfold.fold.bn import label
 from bnfold.fold.check import check_folded
 from bnfold.fold.functions import (as_graph, function_opset, function_path, reference_refusal,
                                    write_back)
@@ -16,9 +16,10 @@ from bnfold.fold.proof import Proof
 from bnfold.fold.proof import prove as prove_folds
 from bnfold.fold.reparam import reparameterize
 from bnfold.fold.report import FoldRecord, FoldResult, Reason
-from bnfold.fold.rewrite import FoldOverflow, Rewriter, remove_orphans
-from bnfold.fold.rules.backward import fold_backward
-from bnfold.fold.rules.forward import fold_forward
+from bnfold.fold.match import DECOMPOSED, match_bn, match_decomposed, record_of
+from bnfold.fold.rewrite import Rewriter, remove_orphans
+from bnfold.fold.rules.carry import Plan
+from bnfold.fold.rules.carry import apply as apply_plan
 from bnfold.fold.training import protected_names, training_graphs, training_refusal
 from bnfold.graph import GraphIndex, subgraphs, walk_graphs
 from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
@@ -277,7 +278,8 @@ def _is_bn(node: onnx.NodeProto) -> bool:
 
 def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIndex | None,
                 records: list[FoldRecord]) -> None:
-    """Fold BNs of ``graph`` pass by pass until nothing changes, then its subgraphs."""
+    """Fold BNs of ``graph`` pass by pass until nothing changes, then decomposed BNs (constant
+    Mul/Add/Sub) the same way, then its subgraphs."""
     order = [n for n in graph.node if _is_bn(n)]
     folded: dict[int, FoldRecord] = {}
     refused: dict[int, FoldRecord] = {}
@@ -289,25 +291,29 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
         touched: set[int] = set()
         for node in [n for n in graph.node if _is_bn(n)]:
             ctx.seen(node)
-            around = _neighbourhood(g, node)
-            if around & touched:
-                changed = True  # a fold this pass changed its neighbours: look again next pass
-                continue
             if (path, node.output[0]) in ctx.exclude:
                 reason, detail = ctx.exclude[(path, node.output[0])]
                 refused[id(node)] = FoldRecord(bn=label(node), graph=path, reason=reason,
                                                detail=detail, bn_output=node.output[0])
                 continue
-            outcome = _guarded(g, node, ctx) or _try_fold(g, node, rw, ctx.notes)
+            outcome = _guarded(g, node, ctx) or match_bn(g, node, ctx.notes)
             if isinstance(outcome, FoldRecord):
                 refused[id(node)] = _with_path(outcome, path)
                 continue
-            target, direction = outcome
-            folded[id(node)] = FoldRecord(bn=label(node), graph=path, target=target,
-                                          direction=direction, bn_output=node.output[0])
+            outcome = _plan_guarded(g, outcome, ctx) or outcome
+            if isinstance(outcome, FoldRecord):
+                refused[id(node)] = _with_path(outcome, path)
+                continue
+            around = _reach(g, outcome)
+            if around & touched:
+                changed = True  # a fold this pass changed its neighbours: look again next pass
+                continue
+            folded[id(node)] = record_of(outcome, path)
             refused.pop(id(node), None)
+            apply_plan(g, outcome, rw, ctx.notes)
             touched |= around
             changed = True
+    decomposed = _fold_decomposed(graph, path, ctx, outer, rw)
     if ctx.reparam:
         folded.update((k, r) for k, r in refused.items() if k not in folded)
         reparameterize(ctx.index(graph, outer), rw, path, folded, ctx.protected, ctx.unmerged,
@@ -315,20 +321,59 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
     remove_orphans(graph, rw.orphan_candidates, ctx.ir_version)
     for node in order:
         records.append(folded.get(id(node)) or refused[id(node)])
+    records.extend(decomposed)
     index = ctx.index(graph, outer)
     for node in graph.node:
         for attr_name, sub in subgraphs(node):
             _fold_graph(sub, f"{path}/{label(node)}.{attr_name}", ctx, index, records)
 
 
-def _neighbourhood(g: GraphIndex, bn: onnx.NodeProto) -> set[int]:
-    """Ids of the nodes a fold of ``bn`` may rewrite (as the index saw them)."""
-    ids = {id(bn)} | {id(n) for n in g.consumers(bn.output[0])}
-    producer = g.producer(bn.input[0]) if bn.input else None
-    if producer is not None:
-        ids.add(id(producer))
-        ids |= {id(p) for p in map(g.producer, producer.input) if p is not None}
+def _fold_decomposed(graph: onnx.GraphProto, path: str, ctx: _Context,
+                     outer: GraphIndex | None, rw: Rewriter) -> list[FoldRecord]:
+    """Fold Mul/Add/Sub by per-channel constants (a BN a converter wrote out) into the layer
+    before or after them; a record for each one folded (the others are no BN: no record)."""
+    records: list[FoldRecord] = []
+    changed = True
+    while changed:
+        changed = False
+        g = ctx.index(graph, outer)
+        touched: set[int] = set()
+        for node in [n for n in graph.node if n.op_type in DECOMPOSED and n.domain in ("",
+                                                                                         "ai.onnx")]:
+            if (path, node.output[0]) in ctx.exclude or _guarded(g, node, ctx):
+                continue
+            plan = match_decomposed(g, node)
+            if plan is None or _plan_guarded(g, plan, ctx):
+                continue
+            around = _reach(g, plan)
+            if around & touched:
+                changed = True
+                continue
+            records.append(record_of(plan, path))
+            apply_plan(g, plan, rw, ctx.notes)
+            touched |= around
+            changed = True
+    return records
+
+
+def _reach(g: GraphIndex, plan: Plan) -> set[int]:
+    """Ids of the nodes a plan reads or rewrites, with their readers and producers."""
+    nodes = plan.nodes
+    ids = {id(n) for n in nodes}
+    for n in nodes:
+        ids |= {id(r) for o in n.output for r in g.consumers(o)}
+        ids |= {id(p) for p in map(g.producer, n.input) if p is not None}
     return ids
+
+
+def _plan_guarded(g: GraphIndex, plan: Plan, ctx: _Context) -> FoldRecord | None:
+    """The record of a plan whose nodes training_info binds or a function attribute hides."""
+    refusal = (training_refusal(g, plan.seed, ctx.protected, plan.nodes)
+               or reference_refusal(g, plan.seed, plan.nodes))
+    if refusal is None:
+        return None
+    return FoldRecord(bn=label(plan.seed), graph="", reason=refusal.reason,
+                      detail=refusal.detail, bn_output=plan.seed.output[0])
 
 
 def _with_path(record: FoldRecord, path: str) -> FoldRecord:
@@ -344,49 +389,3 @@ def _guarded(g: GraphIndex, node: onnx.NodeProto, ctx: _Context) -> FoldRecord |
         return None
     return FoldRecord(bn=label(node), graph="", reason=refusal.reason, detail=refusal.detail,
                       bn_output=node.output[0])
-
-
-def _try_fold(g: GraphIndex, node: onnx.NodeProto, rw: Rewriter,
-              notes: list[str]) -> tuple[str, str] | FoldRecord:
-    """Fold one BN backward, else forward; or return the record that says why it stays."""
-    bn = read_bn(g, node)
-    if isinstance(bn, Refusal):
-        return FoldRecord(bn=label(node), graph="", reason=bn.reason, detail=bn.detail,
-                          bn_output=node.output[0])
-    refusals: list[tuple[str, Refusal]] = []
-    for direction, rule in (("backward", fold_backward), ("forward", fold_forward)):
-        try:
-            outcome = rule(g, bn, rw, notes)
-        except FoldOverflow as exc:
-            outcome = Refusal(Reason.OVERFLOW, str(exc))
-            notes.append(f"{label(node)}: kept, {exc}")
-        if isinstance(outcome, str):
-            return outcome, direction
-        refusals.append((direction, outcome))
-    return _explain(g, node, bn, refusals)
-
-
-def _explain(g: GraphIndex, node: onnx.NodeProto, bn: BnAffine,
-             refusals: list[tuple[str, Refusal]]) -> FoldRecord:
-    specific = [(d, r) for d, r in refusals if r.specific]
-    if specific:
-        reason = specific[0][1].reason
-        detail = "; ".join(f"{d}: {r.detail or r.reason.value}" for d, r in specific)
-    else:
-        reason, detail = Reason.NO_FOLDABLE_NEIGHBOUR, _neighbours(g, bn)
-    return FoldRecord(bn=label(node), graph="", reason=reason, detail=detail, bn_output=bn.y)
-
-
-def _neighbours(g: GraphIndex, bn: BnAffine) -> str:
-    """Which ops sit on either side of a BN that has nothing to fold into, by op type."""
-    producer = g.producer(bn.x)
-    before = (f"producer is {producer.op_type} ({label(producer)})" if producer is not None
-              else f"input {bn.x!r} is a graph input" if bn.x in g.inputs
-              else f"input {bn.x!r} comes from an outer graph")
-    readers = g.consumers(bn.y)
-    kinds = sorted({n.op_type for n in readers})
-    after = (f"consumer{'s are' if len(readers) > 1 else ' is'} {', '.join(kinds)}" if readers
-             else "no node reads it")
-    if g.is_graph_output(bn.y):
-        after += " (and it is a graph output)" if readers else "; it is a graph output"
-    return f"{before}, {after}; neither is a Conv, ConvTranspose, Gemm or MatMul"

@@ -50,13 +50,14 @@ def write_back(f: onnx.FunctionProto, graph: onnx.GraphProto) -> None:
         f.value_info.extend(graph.value_info)
 
 
-def reference_refusal(g: GraphIndex, bn: onnx.NodeProto) -> Refusal | None:
+def reference_refusal(g: GraphIndex, bn: onnx.NodeProto,
+                      nodes: list[onnx.NodeProto] | None = None) -> Refusal | None:
     """UNSUPPORTED_NEIGHBOUR when a node a fold of ``bn`` reads has a referenced attribute.
 
     Looked at: the BN, its producer (and an Add's other producer), its consumers, and every
-    node their constant inputs are computed from.
+    node their constant inputs are computed from; or ``nodes`` (a matched fold's) when given.
     """
-    nodes = fold_reach(g, bn)
+    nodes = fold_reach(g, bn) if nodes is None else nodes
     todo, seen = list(nodes), set()
     while todo:
         node = todo.pop()

@@ -76,3 +76,68 @@ def identity_kernel(scale: np.ndarray, c_per_group: int, size: tuple[int, ...],
     m = np.arange(s.shape[0])
     out[(m, m % c_per_group) + tuple(np.full_like(m, c) for c in centre)] = s
     return out
+
+
+class ElementAffine:
+    """y = scale * x + shift element by element over a tensor of ``shape`` (float64).
+
+    ``scale`` and ``shift`` broadcast to ``shape`` and are kept small: a BN's map over an
+    NCHW tensor is (1, C, 1, 1), and only an op that moves elements (Reshape, Transpose...)
+    makes them full size. This is how a BN travels through the ops that commute with it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], scale: np.ndarray, shift: np.ndarray) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.shift = np.asarray(shift, dtype=np.float64)
+        np.broadcast_shapes(self.scale.shape, self.shift.shape, self.shape)
+
+    @classmethod
+    def per_channel(cls, shape: tuple[int, ...], scale: np.ndarray, shift: np.ndarray,
+                    axis: int = 1) -> "ElementAffine":
+        rank = len(shape)
+        return cls(shape, channel_view(scale, rank, axis), channel_view(shift, rank, axis))
+
+    def full(self) -> tuple[np.ndarray, np.ndarray]:
+        """Scale and shift as arrays of ``shape`` (copies)."""
+        return (np.broadcast_to(self.scale, self.shape).copy(),
+                np.broadcast_to(self.shift, self.shape).copy())
+
+    def along(self, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scale, shift) vectors over ``axis`` when the map depends on no other axis."""
+        out = []
+        for arr in (self.scale, self.shift):
+            vec = constant_except(arr, len(self.shape), axis)
+            if vec is None:
+                return None
+            out.append(np.broadcast_to(vec, (self.shape[axis],)).copy())
+        return out[0], out[1]
+
+    def compact(self) -> "ElementAffine":
+        """The same map with scale and shift reduced along every axis they do not vary on."""
+        return ElementAffine(self.shape, _squeeze_constant(self.scale),
+                             _squeeze_constant(self.shift))
+
+
+def constant_except(arr: np.ndarray, rank: int, axis: int) -> np.ndarray | None:
+    """``arr`` (broadcasting to a rank-``rank`` tensor) as a vector over ``axis`` (length 1 or
+    the axis size) when it is constant along every other axis; else None."""
+    a = np.asarray(arr).reshape((1,) * (rank - np.ndim(arr)) + np.shape(arr))
+    for i in range(rank):
+        if i != axis and a.shape[i] > 1:
+            first = a.take([0], axis=i)
+            if not np.array_equal(a, np.broadcast_to(first, a.shape)):
+                return None
+            a = first
+    return a.reshape(-1)
+
+
+def _squeeze_constant(arr: np.ndarray) -> np.ndarray:
+    """Reduce ``arr`` to size 1 along each axis it is constant on (same broadcast result)."""
+    a = arr
+    for i in range(a.ndim):
+        if a.shape[i] > 1:
+            first = a.take([0], axis=i)
+            if np.array_equal(a, np.broadcast_to(first, a.shape)):
+                a = first
+    return a

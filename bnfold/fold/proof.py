@@ -105,7 +105,7 @@ def _groups(records: list[FoldRecord], o_scopes: dict[str, list[Scope]],
                 nodes, front, out = merged_region(scope, folded[i], r.bn_output, r.target or "")
             else:
                 nodes, front, out = replaced(scope, r.bn_output, r.target or "",
-                                             r.direction or "")
+                                             r.direction or "", (r.region_nodes, r.region_inputs))
         except RegionError as exc:
             groups.append(_Group([key], error=str(exc)))
             continue
@@ -136,8 +136,8 @@ def _cut_group(part: list, o_scope: Scope, f_scope: Scope, o_base: str | None,
     nodes = {id(n): n for _, ns, _, _ in part for n in ns}.values()
     read = {x for n in nodes for x in n.input}
     made = {x for n in nodes for x in n.output}
-    outputs = list(dict.fromkeys(out for *_, out in part if out not in read))
-    frontier = list(dict.fromkeys(f for _, _, f, _ in part if f not in made))
+    outputs = list(dict.fromkeys(o for *_, outs in part for o in outs if o not in read))
+    frontier = list(dict.fromkeys(f for _, _, fs, _ in part for f in fs if f not in made))
     readers = {f: next(n for n in nodes if f in n.input) for f in frontier}
     try:
         original = cut(o_scope, outputs, frontier, readers, o_base)

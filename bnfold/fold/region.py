@@ -19,6 +19,7 @@ from bnfold.fold.bn import label
 from bnfold.graph import GraphKey, ValueInfo, attr, subgraphs
 
 _DATA_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+_CAPPABLE = _DATA_OPS + ("Add", "Identity")  # on the data path: a capped spatial size is fine
 _MAX_WALK = 32  # nodes between a BN and the node it was folded into (chained folds)
 
 
@@ -108,8 +109,33 @@ class RegionError(ValueError):
 
 
 def replaced(scope: Scope, bn_output: str, target: str, direction: str,
-             ) -> tuple[list[onnx.NodeProto], str, str]:
-    """The original nodes one fold replaced (BN to target), its frontier and its output."""
+             region: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+             ) -> tuple[list[onnx.NodeProto], list[str], list[str]]:
+    """The original nodes one fold replaced, its frontier (activation inputs) and outputs.
+
+    ``region``: (first outputs of every node the fold read or rewrote, its activation
+    inputs), as the fold recorded them; a multi-node fold (a map carried through Reshape,
+    Concat, pools...) is proven over all of them. Without it, the walk from the BN to
+    ``target`` through bias Adds and chained BNs (records made before regions were kept).
+    """
+    names, fronts = region
+    if names:
+        nodes = []
+        for name in names:
+            if name not in scope.producer:
+                raise RegionError(f"{name!r} (a node the fold replaced) is not in the original "
+                                  "graph")
+            nodes.append(scope.producer[name])
+        read = {x for n in nodes for x in n.input}
+        outs = [n.output[0] for n in nodes if n.output[0] not in read]
+        return nodes, list(fronts), outs
+    nodes, front, out = _walk(scope, bn_output, target, direction)
+    return nodes, [front], [out]
+
+
+def _walk(scope: Scope, bn_output: str, target: str, direction: str,
+          ) -> tuple[list[onnx.NodeProto], str, str]:
+    """The nodes from a BN to the node it was folded into (through bias Adds and BNs)."""
     bn = scope.producer.get(bn_output)
     if bn is None:
         raise RegionError(f"BN output {bn_output!r} not found in the original graph")
@@ -215,7 +241,8 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
             raise RegionError(f"the region reads {name!r}, which is neither its activation "
                               "input nor a constant")
     region.nodes = _topological(region.nodes)
-    cap = not any(_size_dependent(n, frontier) for n in region.nodes)
+    cap = not any(_size_dependent(n, frontier) for n in region.nodes) and all(
+        n.op_type in _CAPPABLE for n in _data_path(region.nodes, frontier))
     convs = _conv_extent(scope, region.nodes) if cap else None
     region.inputs = [(n, d, sizes.get(n) or _frontier_shape(scope, n, readers[n], cap, convs))
                      for n, d in region.inputs]
@@ -223,6 +250,16 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
     region.outputs = [(o, known.get(o) or scope.dtype(o) or first or _dtype(scope, o))
                       for o in outputs]
     return region
+
+
+def _data_path(nodes: list[onnx.NodeProto], frontier: list[str]) -> list[onnx.NodeProto]:
+    """The nodes (in topological order) that read the activations, directly or not."""
+    live, path = set(frontier), []
+    for node in nodes:
+        if live.intersection(node.input):
+            path.append(node)
+            live.update(node.output)
+    return path
 
 
 def _size_dependent(node: onnx.NodeProto, frontier: list[str]) -> bool:

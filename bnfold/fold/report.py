@@ -42,6 +42,10 @@ class Reason(str, enum.Enum):
                       "original against a float32 truth (folded terms cancel)")
     BRANCHES_DO_NOT_MERGE = ("the parallel branches summed with this identity BN are not one "
                              "convolution (stride, padding, group or channel mismatch)")
+    NEGATIVE_SCALE_POOL = ("a max pool between the BN and the layer it would fold into: the max "
+                           "commutes with the BN only when every BN scale is positive")
+    COMMUTE_CONDITION = ("an op between the BN and the layer it would fold into does not commute "
+                         "with the BN's per-channel affine map (its condition is in the detail)")
 
     @property
     def code(self) -> str:
@@ -65,6 +69,11 @@ class FoldRecord:
     proof_tol: float | None = None      # local proof: the tolerance it was held to
     proof_engine: str = ""              # "onnxruntime" or "onnx.reference" (no ORT kernel)
     merged: tuple[str, ...] = ()        # reparam: the branch Convs merged into ``target``
+    op: str = "BatchNormalization"      # the folded node: a BN, or a decomposed BN's Mul / Add
+    via: tuple[str, ...] = ()           # nodes the affine map was carried through, in order
+    targets: tuple[str, ...] = ()       # every node that absorbed it (Concat: one per slice)
+    region_nodes: tuple[str, ...] = ()  # original outputs of the nodes the fold replaced (proof)
+    region_inputs: tuple[str, ...] = ()  # the activations those nodes read (proof frontier)
 
     @property
     def folded(self) -> bool:
@@ -72,6 +81,9 @@ class FoldRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("region_nodes")
+        d.pop("region_inputs")
+        d["via"], d["targets"] = list(self.via), list(self.targets)
         d["reason"] = self.reason.code if self.reason else None
         d["reason_text"] = self.reason.value if self.reason else None
         d["folded"] = self.folded
@@ -89,11 +101,11 @@ class FoldResult:
 
     @property
     def bn_before(self) -> int:
-        return len(self.records)
+        return sum(1 for r in self.records if r.op == "BatchNormalization")
 
     @property
     def bn_after(self) -> int:
-        return sum(1 for r in self.records if not r.folded)
+        return sum(1 for r in self.records if not r.folded and r.op == "BatchNormalization")
 
     @property
     def folded(self) -> list[FoldRecord]:

@@ -35,15 +35,17 @@ def protected_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def training_refusal(g: GraphIndex, bn: onnx.NodeProto, protected: set[str]) -> Refusal | None:
+def training_refusal(g: GraphIndex, bn: onnx.NodeProto, protected: set[str],
+                     nodes: list[onnx.NodeProto] | None = None) -> Refusal | None:
     """TRAINING_BINDING when a tensor a fold of ``bn`` may touch is in ``protected``.
 
     Touchable: the inputs of the BN, of its producer (and an Add's other producer), of its
-    consumers, and the constants they are computed from.
+    consumers, and the constants they are computed from; or those of ``nodes`` (a matched
+    fold's nodes) when given.
     """
     if not protected:
         return None
-    nodes = fold_reach(g, bn)
+    nodes = fold_reach(g, bn) if nodes is None else nodes
     hit = sorted(_upstream({n for node in nodes for n in node.input if n}, g) & protected)
     if hit:
         return Refusal(Reason.TRAINING_BINDING,
