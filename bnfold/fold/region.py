@@ -164,7 +164,7 @@ def _walk(scope: Scope, bn_output: str, target: str, direction: str,
 
 
 def merged_region(scope: Scope, folded: Scope, bn_output: str, target: str,
-                  ) -> tuple[list[onnx.NodeProto], str, str]:
+                  ) -> tuple[list[onnx.NodeProto], list[str], list[str]]:
     """The original nodes a reparam merge replaced (the whole Add tree of branches, with the
     nodes of their constants), its frontier (the merged Conv's input) and its output."""
     conv = next((n for n in folded.graph.node if n.op_type == "Conv" and label(n) == target),
@@ -183,7 +183,7 @@ def merged_region(scope: Scope, folded: Scope, bn_output: str, target: str,
     nodes = sorted(picked.values(), key=lambda n: n.op_type != "Conv")  # a Conv reads x first
     if scope.producer.get(bn_output) not in nodes:
         raise RegionError(f"BN output {bn_output!r} is not in the tree merged into {target!r}")
-    return nodes, front, out
+    return nodes, [front], [out]
 
 
 def _upstream(scope: Scope, node: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -241,8 +241,9 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
             raise RegionError(f"the region reads {name!r}, which is neither its activation "
                               "input nor a constant")
     region.nodes = _topological(region.nodes)
+    path = _data_path(region.nodes, frontier)
     cap = not any(_size_dependent(n, frontier) for n in region.nodes) and all(
-        n.op_type in _CAPPABLE for n in _data_path(region.nodes, frontier))
+        n.op_type in _CAPPABLE for n in path) and not _spatial_operand(scope, region, path)
     convs = _conv_extent(scope, region.nodes) if cap else None
     region.inputs = [(n, d, sizes.get(n) or _frontier_shape(scope, n, readers[n], cap, convs))
                      for n, d in region.inputs]
@@ -260,6 +261,28 @@ def _data_path(nodes: list[onnx.NodeProto], frontier: list[str]) -> list[onnx.No
             path.append(node)
             live.update(node.output)
     return path
+
+
+def _spatial_operand(scope: Scope, region: Region, path: list[onnx.NodeProto]) -> bool:
+    """Whether an Add on the data path adds a constant that varies along a spatial axis (a
+    smaller spatial size would not broadcast with it); unknown shapes count as varying."""
+    made = {o for n in path for o in n.output} | {i[0] for i in region.inputs}
+    dims = {t.name: list(t.dims) for t in region.initializers}
+    for n in region.nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == (
+                onnx.AttributeProto.TENSOR):
+            dims[n.output[0]] = list(n.attribute[0].t.dims)
+    for node in (n for n in path if n.op_type == "Add"):
+        data = next((x for x in node.input if x in made), None)
+        rank = len(scope.shapes.get(data) or []) if data else 0
+        for other in (x for x in node.input if x not in made):
+            shape = dims.get(other, scope.shapes.get(other))
+            if shape is None or rank == 0:
+                return True
+            spatial = list(shape)[-(rank - 2):] if rank > 2 else []
+            if any(d != 1 for d in spatial):
+                return True
+    return False
 
 
 def _size_dependent(node: onnx.NodeProto, frontier: list[str]) -> bool:

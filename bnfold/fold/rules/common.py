@@ -65,3 +65,13 @@ def gemm_c(g: GraphIndex, node: onnx.NodeProto, n: int) -> np.ndarray | Refusal:
 def c_vector(c: np.ndarray) -> np.ndarray:
     """A (1, N) bias as a vector; a per-row (M, N) bias as it is."""
     return c.reshape(-1) if c.shape[0] == 1 else c
+
+
+def per_channel(value: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """A constant that broadcasts along axis 1 only, as a float64 vector; else None."""
+    if value.ndim > rank or rank < 2:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(np.asarray(value, dtype=np.float64).reshape(-1), (channels,)).copy()
