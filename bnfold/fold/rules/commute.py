@@ -58,8 +58,8 @@ class Fill:
 def dims(g: GraphIndex, name: str, fill: Fill) -> tuple[int, ...] | None:
     """Static shape of ``name`` with unknown dims set to ``fill`` (None: rank unknown)."""
     shape = g.shape(name)
-    if shape is None:
-        return None
+    if shape is None or any(d is not None and int(d) < 0 for d in shape):
+        return None  # unknown, or a negative dim (a malformed model): no static map over it
     fill.used = fill.used or None in shape
     return tuple(fill.value if d is None else int(d) for d in shape)
 
