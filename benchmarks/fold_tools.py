@@ -38,7 +38,7 @@ def _tool(name: str) -> Callable[[str, str], None]:
         return lambda i, o: onnx.save(onnx.load(i), o)
     if name == "bnfold":
         import bnfold
-        from bnfold.model_io import save_model
+        from bnfold.io.model_io import save_model
 
         # what `bnfold fold IN -o OUT --no-verify` does after parsing its options
         return lambda i, o: save_model(bnfold.fold(i).model, o, overwrite=True)

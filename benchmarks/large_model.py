@@ -142,7 +142,7 @@ def stages(model: Path, out: Path, eager: bool = False) -> list[tuple[str, float
     import psutil
 
     import bnfold
-    from bnfold.model_io import load_model, save_model
+    from bnfold.io.model_io import load_model, save_model
 
     proc = psutil.Process()
     marks = [("start", proc.memory_info().rss / 2**30)]

@@ -35,7 +35,7 @@ def built_seeds(folder: Path) -> list[Path]:
     from modelgen import Builder
     from onnx import helper
 
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     seeds = []
     b = Builder(seed=1)

@@ -18,18 +18,18 @@ sys.path.insert(0, HERE)
 
 # (label, module file suffix, function name): summed cumulative time over all calls
 PHASES = [
-    ("fold(path) (total, includes load_model)", "bnfold/fold/__init__.py", "fold"),
-    ("  load_model", "bnfold/model_io.py", "load_model"),
+    ("fold(path) (total, includes load_model)", "bnfold/folding/__init__.py", "fold"),
+    ("  load_model", "bnfold/io/model_io.py", "load_model"),
     ("    onnx.load parse", "onnx/__init__.py", "load_model"),
-    ("    onnx.checker on input file", "bnfold/model_io.py", "_check_graph"),
-    ("    UTF-8 walk of every field (_check_text)", "bnfold/model_io.py", "_check_text"),
-    ("  shape inference (shapes.infer)", "bnfold/shapes.py", "infer"),
-    ("  rules (_fold_graph)", "bnfold/fold/__init__.py", "_fold_graph"),
-    ("    cast_exact", "bnfold/fold/rewrite.py", "cast_exact"),
-    ("    remove_orphans", "bnfold/fold/rewrite.py", "remove_orphans"),
-    ("  skeleton (data-free copy for checks)", "bnfold/skeleton.py", "skeleton"),
-    ("  check_folded (checker + strict shape inference)", "bnfold/fold/check.py", "check_folded"),
-    ("save_model (total)", "bnfold/model_io.py", "save_model"),
+    ("    onnx.checker on input file", "bnfold/io/model_io.py", "_check_graph"),
+    ("    UTF-8 walk of every field (_check_text)", "bnfold/io/model_io.py", "_check_text"),
+    ("  shape inference (shapes.infer)", "bnfold/graph/shapes.py", "infer"),
+    ("  rules (_fold_graph)", "bnfold/folding/__init__.py", "_fold_graph"),
+    ("    cast_exact", "bnfold/folding/rewrite.py", "cast_exact"),
+    ("    remove_orphans", "bnfold/folding/rewrite.py", "remove_orphans"),
+    ("  skeleton (data-free copy for checks)", "bnfold/io/skeleton.py", "skeleton"),
+    ("  check_folded (checker + strict shape inference)", "bnfold/folding/check.py", "check_folded"),
+    ("save_model (total)", "bnfold/io/model_io.py", "save_model"),
     ("SerializeToString (all callers)", "~",
      "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
     ("CopyFrom (all callers)", "~", "<method 'CopyFrom' of 'google._upb._message.Message' objects>"),
@@ -40,7 +40,7 @@ PHASES = [
 def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
     """Run the `bnfold fold` path once under cProfile; return wall time and per-phase seconds."""
     import bnfold
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     prof = cProfile.Profile()
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def peak_rss_mb(path: str, out: str) -> float:
     """Peak RSS of the same pipeline in a fresh process, over its post-import RSS."""
     code = "\n".join([
         "import sys, bnfold",
-        "from bnfold.model_io import save_model",
+        "from bnfold.io.model_io import save_model",
         f"sys.path.insert(0, {HERE!r})",
         "import fold_tools as ft",
         "ft._reset_peak_rss()",

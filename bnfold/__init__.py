@@ -12,14 +12,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 from bnfold.errors import BnfoldError, InputError, OutputError  # noqa: E402
-from bnfold.fold import fold, inspect  # noqa: E402
-from bnfold.fold.report import FoldRecord, FoldResult, Reason  # noqa: E402
+from bnfold.folding import fold, inspect  # noqa: E402
+from bnfold.folding.report import FoldRecord, FoldResult, Reason  # noqa: E402
 from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
 
 _LAZY = {
-    "verify": ("bnfold.verify", "verify"),
+    "verify": ("bnfold.verification", "verify"),
     "benchmark": ("bnfold.bench", "benchmark"),
-    "export": ("bnfold.export", "export"),
+    "export": ("bnfold.exporting", "export"),
     "reference": ("bnfold.reference", None),
     "recalibrate": ("bnfold.recalibration", "recalibrate"),
 }

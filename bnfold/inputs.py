@@ -7,7 +7,7 @@ One shape policy for ``verify``, ``bench`` and ``fold``'s verification (``ShapeR
 3. a fixed dim is kept;
 4. a leading dim still open is the batch (the caller's batch size);
 5. any other open dim gets ``size``: verification probes a size the model runs
-   (``bnfold.verify.sizes``); without one (``bench``) it is an InputError naming ``--dim`` and
+   (``bnfold.verification.sizes``); without one (``bench``) it is an InputError naming ``--dim`` and
    ``--shape``, because a latency measured at a guessed size answers a question nobody asked.
 
 Values: N(0, 1) floats drawn in float32 and cast (float16, bfloat16 and float64 inputs get the same

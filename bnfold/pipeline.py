@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnfold.errors import BnfoldError
-from bnfold.fold.report import FoldResult
+from bnfold.folding.report import FoldResult
 
 if TYPE_CHECKING:
-    from bnfold.verify.engines import OrtProcess
-    from bnfold.verify.report import Report
+    from bnfold.verification.engines import OrtProcess
+    from bnfold.verification.report import Report
 
 Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """How a fold is verified on ONNX Runtime (see ``bnfold.verify.verify``).
+    """How a fold is verified on ONNX Runtime (see ``bnfold.verification.verify``).
 
     ``shapes``: "NAME:DIMS" strings, whole input shapes; ``dims``: "SYMBOL=N" strings, sizes of
     named symbolic dims (``bnfold.inputs`` has the shape policy); ``batch_sizes``: batch sizes for a
@@ -123,8 +123,8 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     unchanged. ``progress`` gets short status messages; ``say`` one line per step done.
     ``reparam``: merge Add trees of parallel Conv/BN/identity branches (RepVGG) into one Conv.
     """
-    from bnfold.fold import fold
-    from bnfold.model_io import check_output_paths
+    from bnfold.folding import fold
+    from bnfold.io.model_io import check_output_paths
 
     tell = say or (lambda msg: None)
     src = Path(src)
@@ -139,8 +139,8 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     try:
         size = original = None
         if verify is not None:
-            from bnfold.verify.api import LoadedModel, probe_size
-            from bnfold.verify.engines import OrtProcess
+            from bnfold.verification.api import LoadedModel, probe_size
+            from bnfold.verification.engines import OrtProcess
 
             proc = OrtProcess().start()
             original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
@@ -172,7 +172,7 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
                       external_data: bool | None, overwrite: bool, verify: VerifyOptions | None,
                       run_verify: Callable[[str], Report], tell: Say) -> None:
     """Write atomically (with ``in_place`` only after the staged files verified), then verify."""
-    from bnfold.model_io import stage_model
+    from bnfold.io.model_io import stage_model
 
     fold, dest = result.fold, result.output
     with stage_model(fold.model, dest, overwrite=overwrite, external_data=external_data,
@@ -193,7 +193,7 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
 def _verify(result: FoldFileResult, original: Any, folded_path: str, options: VerifyOptions,
             size: Any, proc: OrtProcess | None, progress: Say | None, tell: Say) -> Report:
     """Compare the original and the folded file on ONNX Runtime; write the reports when asked."""
-    from bnfold.verify import verify
+    from bnfold.verification import verify
 
     tell("verifying on ONNX Runtime")
     report = verify(original, folded_path, fold_result=result.fold, size=size, proc=proc,

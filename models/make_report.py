@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import bnfold
-from bnfold.model_io import save_model
+from bnfold.io.model_io import save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

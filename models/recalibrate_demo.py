@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 import bnfold
-from bnfold.model_io import load_model
+from bnfold.io.model_io import load_model
 from models.digits_data import split
 
 ROOT = Path(__file__).resolve().parent

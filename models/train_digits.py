@@ -71,7 +71,7 @@ def evaluate(model: nn.Module, spec: ModelSpec, x: np.ndarray, y: np.ndarray) ->
 
 def build(name: str, cfg: TrainConfig) -> cards.CardFacts:
     """Train, score, export and fold one model; return the facts its card shows."""
-    from bnfold.export import export
+    from bnfold.exporting.exporter import export
 
     spec = SPECS[name]
     x_tr, y_tr, x_te, y_te = digits_data.split()

@@ -56,7 +56,7 @@ class Engine:
                                              providers=["CPUExecutionProvider"])
             self.names = [o.name for o in self.sess.get_outputs()]
         else:
-            from bnfold.onnx_reference import evaluator
+            from bnfold.graph.onnx_reference import evaluator
 
             self.sess = evaluator(model)
             self.names = list(self.sess.output_names)

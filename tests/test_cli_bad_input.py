@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from modelgen import Builder
 from onnx import external_data_helper as edh
 
-from bnfold import model_io
+from bnfold.io import model_io
 from bnfold.cli import main
-from bnfold.model_io import save_model
+from bnfold.io.model_io import save_model
 
 
 def small_model() -> onnx.ModelProto:

@@ -81,7 +81,7 @@ def test_help_shows_examples():
 
 
 def test_external_data_model_folds_verifies_and_keeps_external_data(tmp_path):
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     b = Builder()
     x = b.input("x", ["N", 8, 5, 5])
@@ -103,7 +103,7 @@ def test_unavailable_provider_fails_before_writing(model_path):
 @pytest.fixture()
 def external_model(tmp_path):
     """Conv -> BN -> Conv with its weights in m.onnx.data; the second conv is not folded."""
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     b = Builder(seed=11)
     x = b.input("x", ["N", 8, 5, 5])
@@ -119,7 +119,7 @@ def test_in_place_on_external_data_writes_a_new_data_file_and_a_correct_model(ex
                                                                                verify):
     from modelgen import max_error, tolerance
 
-    from bnfold.model_io import load_model
+    from bnfold.io.model_io import load_model
 
     model, path = external_model
     old_data = path.with_name("m.onnx.data").read_bytes()
@@ -136,7 +136,7 @@ def test_failed_in_place_write_on_external_data_keeps_the_original(external_mode
     import os
     from pathlib import Path
 
-    from bnfold import model_io
+    from bnfold.io import model_io
 
     _, path = external_model
     before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
@@ -176,14 +176,14 @@ def test_in_place_verifies_the_staged_files_by_path_never_an_in_memory_copy(exte
     """Over 2 GiB a model cannot be serialized in memory: --in-place must verify from disk."""
     from pathlib import Path
 
-    import bnfold.verify
+    import bnfold.verification
     from modelgen import max_error, tolerance
 
-    from bnfold import model_io
-    from bnfold.model_io import load_model
+    from bnfold.io import model_io
+    from bnfold.io.model_io import load_model
 
     model, path = external_model
-    real_verify, seen = bnfold.verify.verify, []
+    real_verify, seen = bnfold.verification.verify, []
 
     def verify_from_disk(original, folded, **kwargs):
         seen.append(folded)
@@ -193,7 +193,7 @@ def test_in_place_verifies_the_staged_files_by_path_never_an_in_memory_copy(exte
     def no_loading(*args, **kwargs):
         raise AssertionError("external data loaded into the proto")
 
-    monkeypatch.setattr(bnfold.verify, "verify", verify_from_disk)
+    monkeypatch.setattr(bnfold.verification, "verify", verify_from_disk)
     monkeypatch.setattr(model_io, "load_external", no_loading)
     res = invoke("fold", path, "--in-place", "-q")
     assert res.exit_code == 0 and "PASS" in res.stdout, res.output
@@ -202,7 +202,7 @@ def test_in_place_verifies_the_staged_files_by_path_never_an_in_memory_copy(exte
 
 
 def test_in_place_keeps_the_input_when_verification_fails(external_model, monkeypatch):
-    import bnfold.verify
+    import bnfold.verification
 
     class Failed:
         passed, folded = False, None
@@ -212,7 +212,7 @@ def test_in_place_keeps_the_input_when_verification_fails(external_model, monkey
 
     _, path = external_model
     before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
-    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: Failed())
+    monkeypatch.setattr(bnfold.verification, "verify", lambda *a, **k: Failed())
     res = invoke("fold", path, "--in-place")
     assert res.exit_code == 1 and "left unchanged" in res.stderr
     assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
@@ -226,7 +226,7 @@ def test_constant_node_data_is_read_from_the_model_folder_not_the_cwd(tmp_path, 
 
     from modelgen import max_error, tolerance
 
-    from bnfold.model_io import load_model
+    from bnfold.io.model_io import load_model
 
     (tmp_path / "model").mkdir()
     (tmp_path / "cwd").mkdir()

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from bnfold.cli import main
 from bnfold.cli.render import fold_table
-from bnfold.fold.report import FoldRecord, FoldResult, Reason
+from bnfold.folding.report import FoldRecord, FoldResult, Reason
 
 LONG = "x" * 150 + " end-of-reason"
 

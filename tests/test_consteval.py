@@ -7,9 +7,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import bnfold
-import bnfold.consteval
-from bnfold.consteval import evaluate
-from bnfold.fold.report import Reason
+import bnfold.graph.consteval
+from bnfold.graph.consteval import evaluate
+from bnfold.folding.report import Reason
 from modelgen import Builder, random_feeds, run
 
 
@@ -59,8 +59,8 @@ def test_ai_onnx_spelled_domain_is_the_default_domain():
 
 
 def test_disagreement_with_ort_keeps_the_bn_and_says_why(monkeypatch):
-    real = bnfold.consteval._run_ort
-    monkeypatch.setattr(bnfold.consteval, "_run_ort", lambda m: real(m) + np.float32(0.5))
+    real = bnfold.graph.consteval._run_ort
+    monkeypatch.setattr(bnfold.graph.consteval, "_run_ort", lambda m: real(m) + np.float32(0.5))
     b = Builder(seed=2)
     y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
     params = b.bn_params(3)
@@ -86,7 +86,7 @@ def test_subgraph_ort_cannot_run_keeps_the_bn_and_says_why():
 
 
 def test_float_results_within_a_few_ulps_agree_larger_differences_do_not():
-    from bnfold.consteval import _disagreement
+    from bnfold.graph.consteval import _disagreement
 
     a = np.array([1.0, 2.0], np.float32)
     assert _disagreement(a, np.nextafter(a, np.float32(3))) == ""

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import bnfold
 from bnfold.cli import main
 from bnfold.errors import InputError
-from bnfold.export_cleanup import (
+from bnfold.exporting.cleanup import (
     clean_exported,
     drop_zero_conv_bias,
     name_nodes_by_module,
@@ -23,7 +23,7 @@ from bnfold.export_cleanup import (
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from bnfold.export import BnTrainingModeWarning, export, load_factory, run_onnx  # noqa: E402
+from bnfold.exporting.exporter import BnTrainingModeWarning, export, load_factory, run_onnx  # noqa: E402
 from models.zoo import SPECS  # noqa: E402
 
 SHAPES = {"image": (1, 1, 8, 8), "flat": (1, 64), "seq": (1, 8, 8)}
@@ -136,7 +136,7 @@ def test_training_mode_bn_warns_exports_eval_and_restores_mode() -> None:
     model = _with_random_stats(SPECS["mlp_digits"].factory()).train()
     x = torch.randn(4, 64)
     with pytest.warns(BnTrainingModeWarning, match="2 BatchNorm module"):
-        result = bnfold.export(model, x)  # callable even though bnfold.export is imported
+        result = bnfold.export(model, x)  # the function, whatever bnfold.exporting imported
     assert model.training and model.layers[1].training
     assert result.warnings and result.ok
     got = run_onnx(result.model, {"input": x.numpy()})[0]

@@ -419,7 +419,7 @@ def test_input_model_is_not_mutated():
 
 
 def test_external_data_model_folds_and_saves_with_external_data(tmp_path):
-    from bnfold.model_io import load_model, save_model
+    from bnfold.io.model_io import load_model, save_model
 
     b = Builder()
     x = b.input("x", ["N", 8, 5, 5])
@@ -484,7 +484,7 @@ def test_non_finite_weight_is_refused():
 
 def lazy_fixture(tmp_path):
     """Conv -> BN -> Conv saved with external data: one weight folds, one stays untouched."""
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     b = Builder(seed=5)
     x = b.input("x", ["N", 8, 5, 5])
@@ -519,7 +519,7 @@ def test_lazy_external_fold_gives_the_eager_folded_bytes(tmp_path):
 
 
 def test_lazy_external_fold_saved_matches_original_on_ort(tmp_path):
-    from bnfold.model_io import load_model, save_model
+    from bnfold.io.model_io import load_model, save_model
 
     model, src = lazy_fixture(tmp_path)
     result = bnfold.fold(src, lazy_external=True)
@@ -537,7 +537,7 @@ def test_lazy_external_fold_falls_back_to_a_lazy_reload_when_the_check_fails(tmp
 
     from onnx import external_data_helper as edh
 
-    fold_module = importlib.import_module("bnfold.fold")  # the package, not the function
+    fold_module = importlib.import_module("bnfold.folding")  # the package, not the function
     _, src = lazy_fixture(tmp_path)
     monkeypatch.setattr(fold_module, "check_folded", lambda before, after: "forced failure")
     result = bnfold.fold(src, lazy_external=True)
@@ -548,7 +548,7 @@ def test_lazy_external_fold_falls_back_to_a_lazy_reload_when_the_check_fails(tmp
 
 
 def test_subgraph_tensors_stored_as_external_data_load_and_fold(tmp_path):
-    from bnfold.model_io import load_model
+    from bnfold.io.model_io import load_model
 
     model = if_model_with_conv_bn_branches()
     path = tmp_path / "if.onnx"
@@ -613,8 +613,8 @@ def test_bfloat16_weights_fold_within_bfloat16_precision(op):
 
 
 def test_a_bnfold_error_in_the_folded_model_check_is_not_a_checker_complaint(monkeypatch):
-    from bnfold.fold.check import problem
-    from bnfold.skeleton import skeleton
+    from bnfold.folding.check import problem
+    from bnfold.io.skeleton import skeleton
 
     b = Builder(opset=17)
     b.output(b.bn(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4), 4))

@@ -1,4 +1,4 @@
-"""bnfold.fold.check: a fold never adds a checker error, even to an input that already has some.
+"""bnfold.folding.check: a fold never adds a checker error, even to an input that already has some.
 
 Each test simulates a rule bug (a monkeypatched rule that emits a bad node) on an input whose
 full check already fails, so only a comparison of before and after can catch it.
@@ -13,10 +13,10 @@ import pytest
 from onnx import helper, numpy_helper
 
 import bnfold
-from bnfold.fold import check
-from bnfold.fold.report import Reason
-from bnfold.fold.rules.edit import Edit
-from bnfold.skeleton import skeleton
+from bnfold.folding import check
+from bnfold.folding.report import Reason
+from bnfold.folding.rules.edit import Edit
+from bnfold.io.skeleton import skeleton
 from modelgen import Builder, count_bn
 
 
@@ -105,7 +105,7 @@ def test_inference_errors_are_counted_per_node():
 
 
 def test_fold_that_leaves_a_training_binding_dangling_is_undone(monkeypatch):
-    fold_module = sys.modules["bnfold.fold"]
+    fold_module = sys.modules["bnfold.folding"]
     monkeypatch.setattr(fold_module, "protected_names", lambda model: set())  # a guard bug
     b = Builder(seed=3)
     b.output(b.node("Relu", [b.bn(b.conv(b.input("x", ["N", 3, 5, 5]), 3, 4), 4)]))

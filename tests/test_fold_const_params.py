@@ -120,7 +120,7 @@ def test_sparse_value_in_an_evaluated_subgraph_folds():
 
 
 def test_sparse_integer_value_keeps_its_dtype():
-    from bnfold.graph import sparse_array
+    from bnfold.graph.index import sparse_array
 
     dense = np.array([[0, 7], [3, 0]], np.int64)
     got = sparse_array(_sparse(dense, coordinates=True), None)

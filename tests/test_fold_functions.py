@@ -1,4 +1,4 @@
-"""bnfold.fold.functions: BNs inside model-local functions are counted, folded when exact."""
+"""bnfold.folding.functions: BNs inside model-local functions are counted, folded when exact."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
-from bnfold.fold.report import Reason
+from bnfold.folding.report import Reason
 from modelgen import count_bn, max_error, tolerance
 
 

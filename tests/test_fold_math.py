@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnfold.fold import math as fm
+from bnfold.folding import math as fm
 
 
 def test_fold_params_reproduces_eval_batch_norm():

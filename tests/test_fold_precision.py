@@ -21,8 +21,8 @@ import pytest
 from onnx import numpy_helper
 
 import bnfold
-from bnfold.fold.report import Reason
-from bnfold.verify import verify
+from bnfold.folding.report import Reason
+from bnfold.verification import verify
 from hostile import retype
 
 MODEL = """

@@ -7,10 +7,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
-from bnfold.verify.engines import OrtProcess
-from bnfold.fold import bn as fold_bn
-from bnfold.fold import proof
-from bnfold.fold.report import Reason
+from bnfold.verification.engines import OrtProcess
+from bnfold.folding import bn as fold_bn
+from bnfold.folding import proof
+from bnfold.folding.report import Reason
 from modelgen import Builder, count_bn, max_error, tolerance
 
 
@@ -137,7 +137,7 @@ def test_wrong_constant_evaluation_is_caught_by_the_parameter_subgraph_proof(mon
     assert bnfold.fold(model).records[0].proof_engine == "onnxruntime"
     import dataclasses
 
-    import bnfold.consteval as consteval
+    import bnfold.graph.consteval as consteval
 
     real = consteval.evaluate
 

@@ -208,7 +208,7 @@ def test_tree_without_bn_is_left_alone():
 
 
 def test_a_merge_whose_proof_fails_is_undone_and_the_branch_bns_still_fold(monkeypatch):
-    reparam_module = importlib.import_module("bnfold.fold.reparam")
+    reparam_module = importlib.import_module("bnfold.folding.reparam")
     real = reparam_module.fm.identity_kernel
     monkeypatch.setattr(reparam_module.fm, "identity_kernel",
                         lambda s, *a: real(np.asarray(s) * 1.5, *a))

@@ -1,4 +1,4 @@
-"""bnfold.fold.training: a fold never touches a tensor that training_info binds or reads."""
+"""bnfold.folding.training: a fold never touches a tensor that training_info binds or reads."""
 from __future__ import annotations
 
 import onnx
@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import bnfold
-from bnfold.fold.report import Reason
+from bnfold.folding.report import Reason
 from modelgen import Builder, count_bn, max_error
 
 

@@ -1,4 +1,4 @@
-"""bnfold.fold.rules.validate: an invalid neighbour is refused with its numbers, never a crash.
+"""bnfold.folding.rules.validate: an invalid neighbour is refused with its numbers, never a crash.
 
 The structural checker does not look at shapes, so these models load; the fold must refuse
 them with INVALID_NEIGHBOUR instead of raising a numpy error or folding a broken node.
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import bnfold
 from bnfold.errors import BnfoldError
-from bnfold.fold.report import Reason
+from bnfold.folding.report import Reason
 from modelgen import Builder, count_bn
 
 

@@ -1,6 +1,6 @@
 """Trust campaign (issue 10): hostile graphs must never give a wrong model or a PASS on one.
 
-Properties, for every generated case: ``bnfold.fold`` raises nothing but BnfoldError; every BN
+Properties, for every generated case: ``bnfold.folding`` raises nothing but BnfoldError; every BN
 (in every graph, subgraph and function) is folded or has a reason; the folded model has no
 checker error the input lacks and no dangling training_info binding; it matches the original
 on all paths (tests/hostile_oracle.py); a fold by path leaves every input file unchanged; with
@@ -89,7 +89,7 @@ def check_trust(case: Case) -> None:
 
 
 def verify_passes(model: onnx.ModelProto, result: bnfold.FoldResult) -> bool | str:
-    """bnfold.verify's verdict on a fold (an exception is a refusal, not a PASS)."""
+    """bnfold.verification's verdict on a fold (an exception is a refusal, not a PASS)."""
     try:
         return bnfold.verify(model, result.model, fold_result=result).passed
     except BnfoldError as exc:
@@ -277,8 +277,8 @@ def test_random_ops_never_make_verify_blame_an_exact_fold(case):
 @contextmanager
 def corrupted_fold_params(parity: int):
     """fold_params with channel 0's scale off by 30% for the BNs whose gamma hash has ``parity``."""
-    from bnfold.fold import bn as bn_module
-    from bnfold.fold import math as fold_math
+    from bnfold.folding import bn as bn_module
+    from bnfold.folding import math as fold_math
 
     real = fold_math.fold_params
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.graph import GraphIndex, referenced_names, value_infos, walk_graphs
+from bnfold.graph.index import GraphIndex, referenced_names, value_infos, walk_graphs
 from modelgen import Builder
 
 

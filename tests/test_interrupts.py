@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from bnfold.errors import OutputError
-from bnfold.interrupts import cleanup_on_termination
+from bnfold.io.interrupts import cleanup_on_termination
 
 
 @pytest.fixture()

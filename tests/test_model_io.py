@@ -11,9 +11,9 @@ from modelgen import Builder, max_error
 from onnx import external_data_helper as edh
 from onnx import helper, numpy_helper
 
-from bnfold import model_io
+from bnfold.io import model_io
 from bnfold.errors import InputError, OutputError
-from bnfold.model_io import load_model, save_model
+from bnfold.io.model_io import load_model, save_model
 
 
 def small_model(opset: int = 17) -> onnx.ModelProto:
@@ -501,8 +501,8 @@ def test_staged_model_is_complete_on_disk_and_nothing_is_in_place_before_commit(
 
 SLOW_SAVE = """
 import sys, time
-from bnfold import data_file
-from bnfold.model_io import load_model, save_model
+from bnfold.io import data_file
+from bnfold.io.model_io import load_model, save_model
 
 path = sys.argv[1]
 copy = data_file.DataWriter._copy_external

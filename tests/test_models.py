@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import bnfold
-from bnfold.export import run_onnx
-from bnfold.model_io import load_model
+from bnfold.exporting.exporter import run_onnx
+from bnfold.io.model_io import load_model
 
 pytest.importorskip("torch")  # models.zoo defines the architectures in torch; bnfold needs no torch
 
@@ -112,7 +112,7 @@ def test_bn_sites_describe_neighbours() -> None:
 @pytest.mark.parametrize("name", list(SPECS))
 def test_committed_weights_reproduce_the_onnx_model(name: str) -> None:
     torch = pytest.importorskip("torch")
-    from bnfold.export import load_factory
+    from bnfold.exporting.exporter import load_factory
 
     spec = SPECS[name]
     model = load_factory(f"models.zoo:{name}", str(digits_data.MODELS_DIR / f"{name}.pt")).eval()

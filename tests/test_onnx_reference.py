@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from bnfold.onnx_reference import evaluator
+from bnfold.graph.onnx_reference import evaluator
 
 X = np.array([[1.0, 2.0], [3.0, 5.0], [-1.0, 0.5]], np.float32)
 PARAMS = [np.array(v, np.float32) for v in ([1.5, 0.5], [0.1, 0.2], [1.0, 2.0], [2.0, 3.0])]

@@ -9,7 +9,7 @@ from bnfold import ort as names
 from bnfold.bench import check_provider
 from bnfold.cli import main
 from bnfold.errors import BnfoldError
-from bnfold.verify import ort_child
+from bnfold.verification import ort_child
 
 
 def _choices(command: str, option: str) -> list[str]:

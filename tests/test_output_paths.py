@@ -10,8 +10,8 @@ from modelgen import Builder
 from onnx import TensorProto, helper
 
 from bnfold.errors import OutputError
-from bnfold.model_io import save_model
-from bnfold.output_paths import check_output_paths, free_data_name, input_files, same_file
+from bnfold.io.model_io import save_model
+from bnfold.io.output_paths import check_output_paths, free_data_name, input_files, same_file
 
 
 def external(name: str, location: str, n: int = 4) -> TensorProto:

@@ -37,7 +37,7 @@ def no_bn_path(tmp_path: Path) -> Path:
 
 
 class _Failed:
-    """A verification report that failed (what ``bnfold.verify.verify`` returns on a bad fold)."""
+    """A verification report that failed (what ``bnfold.verification.verify`` returns on a bad fold)."""
 
     passed, folded = False, None
 
@@ -70,10 +70,10 @@ def test_in_place_replaces_the_input_after_it_verified(model_path: Path) -> None
 
 
 def test_in_place_keeps_the_input_when_verification_fails(model_path: Path, monkeypatch) -> None:
-    import bnfold.verify
+    import bnfold.verification
 
     before = {p.name: p.read_bytes() for p in model_path.parent.iterdir()}
-    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: _Failed())
+    monkeypatch.setattr(bnfold.verification, "verify", lambda *a, **k: _Failed())
     result = fold_file(model_path, in_place=True)
     assert not result.passed and result.written == []
     assert any("left unchanged" in n for n in result.notes)
@@ -82,9 +82,9 @@ def test_in_place_keeps_the_input_when_verification_fails(model_path: Path, monk
 
 def test_a_failed_verification_still_writes_a_separate_output(model_path: Path, tmp_path: Path,
                                                                monkeypatch) -> None:
-    import bnfold.verify
+    import bnfold.verification
 
-    monkeypatch.setattr(bnfold.verify, "verify", lambda *a, **k: _Failed())
+    monkeypatch.setattr(bnfold.verification, "verify", lambda *a, **k: _Failed())
     result = fold_file(model_path, tmp_path / "o.onnx")
     assert not result.passed and result.written == [str(tmp_path / "o.onnx")]
 

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bnfold  # noqa: E402
-from bnfold.export import export  # noqa: E402
+from bnfold.exporting.exporter import export  # noqa: E402
 
 
 class TwoBranches(torch.nn.Module):

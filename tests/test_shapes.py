@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 import bnfold
 from bnfold import Reason
-from bnfold.shapes import infer
+from bnfold.graph.shapes import infer
 from modelgen import Builder, random_feeds, run
 
 

@@ -8,8 +8,8 @@ import pytest
 from google.protobuf.message import Message
 from modelgen import Builder
 
-from bnfold.model_io import load_model, save_model
-from bnfold.skeleton import CheckFailed, full_check, skeleton
+from bnfold.io.model_io import load_model, save_model
+from bnfold.io.skeleton import CheckFailed, full_check, skeleton
 
 
 def conv_bn() -> onnx.ModelProto:

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 import bnfold
 from bnfold.errors import BnfoldError, InputError
-from bnfold.verify import verify, verify_fold
+from bnfold.verification import verify, verify_fold
 
 
 def _classifier(batch: str | int = "N", dtype: type = np.float32) -> onnx.ModelProto:
@@ -111,7 +111,7 @@ def test_npz_data_with_labels_reports_accuracy(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=x)
     checks = verify(m, m, data={"x": x}).checks  # 300 rows run in two chunks, joined again
     assert checks[0].metrics.size == 300 * 3
-    from bnfold.verify import runner
+    from bnfold.verification import runner
 
     ref = runner.run(runner.make_session(m, "cpu", "disabled"), {"x": x})
     labels = ref[next(iter(ref))].argmax(axis=1)
@@ -154,9 +154,13 @@ def test_verify_fold_writes_report_naming_the_output_file(tmp_path: Path) -> Non
     assert (tmp_path / "r" / "report.html").exists()
 
 
-def test_bnfold_verify_is_callable_after_importing_the_package() -> None:
-    import bnfold.verify  # noqa: F401  (binds the submodule as bnfold.verify)
+def test_bnfold_verify_stays_the_function_after_importing_its_package() -> None:
+    import types
 
+    import bnfold.verification  # binds bnfold.verification, not bnfold.verify
+
+    assert isinstance(bnfold.verify, types.FunctionType)
+    assert bnfold.verify is bnfold.verification.verify
     m = _classifier()
     assert bnfold.verify(m, m, batch_sizes=[1]).passed
 
@@ -297,7 +301,7 @@ def test_engine_of_each_case_is_onnxruntime_when_it_has_the_kernels() -> None:
 
 def test_without_a_float64_truth_an_out_of_tolerance_output_stays_a_fail(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from bnfold.verify import explain
+    from bnfold.verification import explain
 
     monkeypatch.setattr(explain, "MAX_TRUTH_BYTES", 0)  # as for an original over 2 GiB
     m = _cancelling()

@@ -1,4 +1,4 @@
-"""Metrics of bnfold.verify.compare on small arrays with answers worked out by hand."""
+"""Metrics of bnfold.verification.compare on small arrays with answers worked out by hand."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bnfold.verify import compare
+from bnfold.verification import compare
 
 
 def test_max_abs_mean_abs_and_mismatch_count() -> None:
@@ -120,7 +120,7 @@ def test_scalar_outputs_compare_like_any_other() -> None:
 
 
 def test_precision_checks_apply_to_float16_and_bfloat16_only() -> None:
-    from bnfold.verify.compare import output_precision, region_precision
+    from bnfold.verification.compare import output_precision, region_precision
 
     x = np.ones((4,), np.float32)
     assert region_precision(x, x, x) is None and output_precision(x, x, x) is None
@@ -130,7 +130,7 @@ def test_precision_checks_apply_to_float16_and_bfloat16_only() -> None:
 
 
 def test_region_precision_sees_loss_on_small_values_that_the_peak_hides() -> None:
-    from bnfold.verify.compare import output_precision, region_precision
+    from bnfold.verification.compare import output_precision, region_precision
 
     truth = np.array([-2000.0, 0.5, 3.0, 100.0])
     original = truth.astype(np.float16)            # one rounding each
@@ -142,7 +142,7 @@ def test_region_precision_sees_loss_on_small_values_that_the_peak_hides() -> Non
 
 
 def test_precision_allows_a_few_roundings_more_than_the_original() -> None:
-    from bnfold.verify.compare import UNIT_ROUNDOFF, output_precision, region_precision
+    from bnfold.verification.compare import UNIT_ROUNDOFF, output_precision, region_precision
 
     rng = np.random.default_rng(0)
     truth = rng.normal(size=1000) * 10

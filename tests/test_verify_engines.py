@@ -13,7 +13,7 @@ from onnx import helper as h
 from onnx import numpy_helper
 
 from bnfold.errors import InputError
-from bnfold.verify import engines
+from bnfold.verification import engines
 
 CPU = ("CPUExecutionProvider",)
 
@@ -84,9 +84,9 @@ def test_reference_model_runs_what_ort_has_no_kernel_for() -> None:
 
 def test_in_memory_model_too_big_for_protobuf_goes_by_path_with_external_data(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import bnfold.model_io
+    import bnfold.io.model_io
 
-    monkeypatch.setattr(bnfold.model_io, "tensor_bytes", lambda model: 3 * 2**30)
+    monkeypatch.setattr(bnfold.io.model_io, "tensor_bytes", lambda model: 3 * 2**30)
     with engines.OrtProcess() as proc:
         source = engines.ort_source(_conv(T.FLOAT), proc, "big")
         assert isinstance(source, str) and Path(source).is_relative_to(proc.scratch)

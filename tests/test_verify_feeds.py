@@ -1,4 +1,4 @@
-"""bnfold.verify.feeds: the input sets verification runs (.npz files, labels, seeded random sets)."""
+"""bnfold.verification.feeds: the input sets verification runs (.npz files, labels, seeded random sets)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 from bnfold.errors import InputError
 from bnfold.inputs import ShapeRequest, TensorSpec
-from bnfold.verify import feeds
+from bnfold.verification import feeds
 
 
 def test_load_npz_by_name_and_single_unnamed_array(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from modelgen import Builder
 from onnx import numpy_helper
 
 import bnfold
-from bnfold.verify import localize as loc
-from bnfold.verify import verify
+from bnfold.verification import localize as loc
+from bnfold.verification import verify
 from bnfold.inputs import ShapeRequest, graph_inputs
 
 
@@ -134,7 +134,7 @@ def test_models_on_disk_are_localised_without_loading_their_weights(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("external data was loaded into memory")
 
-    from bnfold.verify.explain import GroundTruth
+    from bnfold.verification.explain import GroundTruth
 
     monkeypatch.setattr(GroundTruth, "run", lambda self, chunks: None)  # the truth needs weights
     monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", refuse)
@@ -147,20 +147,20 @@ def test_exposed_models_go_to_a_temp_folder_with_external_data_and_are_removed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    import bnfold.model_io
+    import bnfold.io.model_io
 
     a, b, result = _corrupted_pair_on_disk(tmp_path)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     written: list[list[str]] = []
-    save = bnfold.model_io.save_model
+    save = bnfold.io.model_io.save_model
 
     def spy(*args: object, **kwargs: object) -> list[str]:
         written.append(save(*args, **kwargs))  # type: ignore[arg-type]
         return written[-1]
 
-    monkeypatch.setattr(bnfold.model_io, "save_model", spy)
+    monkeypatch.setattr(bnfold.io.model_io, "save_model", spy)
     rep = verify(a, b, fold_result=result, batch_sizes=[2])
     assert rep.localization is not None
     assert len(written) == 2 and all(len(paths) == 2 for paths in written)  # model + data file

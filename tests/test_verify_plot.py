@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfold.verify.plot import error_histogram_png
+from bnfold.verification.plot import error_histogram_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

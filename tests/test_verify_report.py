@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from bnfold.errors import OutputError
-from bnfold.verify.compare import compare
-from bnfold.verify.localize import Localization
-from bnfold.verify.report import Accuracy, Case, OutputCheck, Report
-from bnfold.verify.truth import TruthCheck
+from bnfold.verification.compare import compare
+from bnfold.verification.localize import Localization
+from bnfold.verification.report import Accuracy, Case, OutputCheck, Report
+from bnfold.verification.truth import TruthCheck
 
 
 class _Tables(HTMLParser):

@@ -12,7 +12,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 from bnfold.errors import BnfoldError, InputError
-from bnfold.verify import runner
+from bnfold.verification import runner
 
 
 def _relu() -> onnx.ModelProto:

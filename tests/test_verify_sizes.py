@@ -1,12 +1,12 @@
-"""Choosing the size of symbolic input dims that the original model runs (bnfold.verify.sizes)."""
+"""Choosing the size of symbolic input dims that the original model runs (bnfold.verification.sizes)."""
 from __future__ import annotations
 
 import pytest
 
 from bnfold.errors import InputError
 from bnfold.inputs import ShapeRequest
-from bnfold.verify import engines
-from bnfold.verify.sizes import SIZE_LADDER, SizeChoice, choose_size
+from bnfold.verification import engines
+from bnfold.verification.sizes import SIZE_LADDER, SizeChoice, choose_size
 from modelgen import Builder, sized_model
 
 

@@ -8,7 +8,7 @@ from onnx import helper as h
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from bnfold.verify import truth
+from bnfold.verification import truth
 
 
 def _mixed() -> onnx.ModelProto:

@@ -26,7 +26,7 @@ def check_same_signature(variants: Sequence[tuple[str, str]]) -> list[TensorSpec
     """The first model's input specs; InputError unless every model takes its inputs (names,
     dtypes, fixed dims) and gives its outputs, as ``verify`` checks: so a mismatch is one line,
     not an ORT error."""
-    from bnfold.model_io import load_model
+    from bnfold.io.model_io import load_model
 
     first_name, first_path = variants[0]
     first = load_model(first_path, load_external_data=False)
@@ -128,7 +128,7 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
 def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
     """Paired latency of ``original`` vs ``folded`` (paths or ModelProtos) on ONNX Runtime.
 
-    With ``folded=None`` the original is folded on the fly with ``bnfold.fold``. Options are
+    With ``folded=None`` the original is folded on the fly with ``bnfold.folding``. Options are
     those of :func:`measure_variants` (providers, opt_levels, threads, batch_sizes, warmup,
     runs, shapes, dims, processes, isolate, allow_spinning, seed, confidence, progress).
     """
@@ -139,10 +139,10 @@ def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
         orig_path = _as_path(original, os.path.join(tmp, "original.onnx"))
         fold_info = None
         if folded is None:
-            from bnfold.fold import fold
+            from bnfold.folding import fold
 
             if progress:
-                progress(f"folding {orig_path} with bnfold.fold")
+                progress(f"folding {orig_path} with bnfold.folding")
             res = fold(orig_path if not isinstance(original, onnx.ModelProto) else original)
             fold_info = {"bn_before": res.bn_before, "bn_after": res.bn_after}
             folded = res.model
@@ -164,7 +164,7 @@ def _as_path(model: Any, tmp_path: str) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
     if isinstance(model, onnx.ModelProto):
-        from bnfold.model_io import save_model
+        from bnfold.io.model_io import save_model
 
         save_model(model, tmp_path, overwrite=True)
         return tmp_path

@@ -10,11 +10,11 @@ import click
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.options import AliasedOption
 from bnfold.cli.render import fold_table, terminal_width
-from bnfold.export import ExportResult, batchnorm_modules, load_factory, require_torch
+from bnfold.exporting.exporter import ExportResult, batchnorm_modules, load_factory, require_torch
 from bnfold.inputs import parse_dims
 
 if TYPE_CHECKING:
-    from bnfold.export_fold import ExportFoldResult
+    from bnfold.exporting.with_fold import ExportFoldResult
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -79,13 +79,13 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     _say("exporting (torch dynamo exporter, BN kept)", quiet)
     if do_fold:
-        from bnfold.export_fold import export_and_fold
+        from bnfold.exporting.with_fold import export_and_fold
 
         result = export_and_fold(model, example, output, folded_output, opset=opset,
                                  dynamic_batch=dynamic_batch)
         exported, ok = result.export, result.ok
     else:
-        from bnfold.export import export
+        from bnfold.exporting.exporter import export
 
         exported = export(model, example, output, opset=opset, dynamic_batch=dynamic_batch)
         ok = exported.ok

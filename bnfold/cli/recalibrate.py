@@ -10,7 +10,7 @@ import click
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.options import shape_options
 from bnfold.errors import OutputError
-from bnfold.output_paths import same_file
+from bnfold.io.output_paths import same_file
 from bnfold.pipeline import VerifyOptions, default_output, fold_file
 
 
@@ -91,7 +91,7 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
     result = recalibrate(model, data, mode=mode, momentum=momentum, convention=convention,
                          batch_size=batch_size, max_batches=max_batches,
                          progress=None if quiet else lambda m: click.echo(m, err=True))
-    from bnfold.model_io import save_model
+    from bnfold.io.model_io import save_model
 
     written = save_model(result.model, output, overwrite=True)
     _say(f"wrote {', '.join(written)}", quiet)

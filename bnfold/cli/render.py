@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
-from bnfold.fold.report import FoldResult
+from bnfold.folding.report import FoldResult
 
 _HEAD = ("BN", "graph", "outcome", "into / reason")
 _ARROWS = {"backward": "<- backward", "forward": "-> forward", "reparam": "<> reparam"}

@@ -52,7 +52,7 @@ def verify_cmd(original: str, folded: str, providers: tuple[str, ...], opt_level
           --data models/digits_test.npz --labels models/digits_test_labels.npy
       bnfold verify a.onnx b.onnx --provider cuda --opt-level all --json > verify.json
     """
-    from bnfold.verify import verify
+    from bnfold.verification import verify
 
     if not quiet:
         click.echo(f"verifying {folded} against {original} on {', '.join(providers)} "

@@ -8,7 +8,7 @@ lives (``units``): in the main graph, in If/Loop/Scan bodies, in model-local fun
 measurement copy (``instrument``) is written once: every site of a BN reads its statistics
 from inputs fed with those recalibrated so far, main-graph sites expose their input, nested
 sites carry float64 sums out of their bodies. ONNX Runtime runs in a child process
-(``bnfold.verify.engines``), so a model that crashes it is one clear error, not the end of
+(``bnfold.verification.engines``), so a model that crashes it is one clear error, not the end of
 bnfold.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from bnfold.errors import BnfoldError, InputError
-from bnfold.graph import attr
-from bnfold.model_io import check_model_proto, load_model, save_model
+from bnfold.graph.index import attr
+from bnfold.io.model_io import check_model_proto, load_model, save_model
 from bnfold.recalibration import data as data_mod
 from bnfold.recalibration import instrument
 from bnfold.recalibration.report import BnRecalibration, RecalibrationResult
@@ -75,7 +75,7 @@ def _measure(proc: Any, key: str, path: str, stats: dict[str, np.ndarray], wante
              feeds: Iterable[dict]) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
     """(feed, the BN inputs ``wanted``) per feed, run with ``stats`` in ORT's child process.
     An ORT crash or refusal is one clear input error."""
-    from bnfold.verify.engines import Crashed, NoKernel
+    from bnfold.verification.engines import Crashed, NoKernel
 
     try:
         proc.load(key, path, "the model", ["CPUExecutionProvider"], "disabled", fixed=stats)
@@ -127,7 +127,7 @@ def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
              for name, value in zip(instrument.stat_inputs(k), pair)}
     records: dict[int, BnRecalibration] = {}
     batches = samples = 0
-    from bnfold.verify.engines import OrtProcess
+    from bnfold.verification.engines import OrtProcess
 
     with tempfile.TemporaryDirectory(prefix="bnfold-recalibrate-") as tmp, OrtProcess() as proc:
         path = os.path.join(tmp, "measured.onnx")

@@ -22,8 +22,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bnfold.errors import InputError, first_line
-from bnfold.graph import attr, referenced_names, subgraphs
-from bnfold.model_io import default_opset
+from bnfold.graph.index import attr, referenced_names, subgraphs
+from bnfold.io.model_io import default_opset
 from bnfold.recalibration.levels import unit_levels
 from bnfold.recalibration.stats import ChannelMoments
 from bnfold.recalibration.units import Unit, is_bn, walk_bns
@@ -100,7 +100,7 @@ def build(model: onnx.ModelProto, units: list[Unit],
     main_sites = [n for n in copy.graph.node if _unit_of(n) is not None]
     if main_sites:
         if dtypes is None:
-            from bnfold.graph import value_infos
+            from bnfold.graph.index import value_infos
 
             dtypes = value_infos(copy).get((), ({}, {}))[1]
         have = {o.name for o in copy.graph.output}

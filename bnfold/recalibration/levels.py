@@ -16,7 +16,7 @@ from collections.abc import Callable, MutableMapping
 
 import onnx
 
-from bnfold.graph import subgraphs
+from bnfold.graph.index import subgraphs
 
 UnitOf = Callable[[onnx.NodeProto], "int | None"]
 

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.errors import InputError
-from bnfold.graph import referenced_names, subgraphs, walk_graphs
+from bnfold.graph.index import referenced_names, subgraphs, walk_graphs
 
 Scope = Union[onnx.GraphProto, onnx.FunctionProto]
 ROLES = ((3, "running mean"), (4, "running variance"))

@@ -1,11 +1,11 @@
 """Reference implementations (numpy only): BatchNorm in training and inference, LayerNorm.
 
 The ground truth the folding math rests on: ``fold_params`` (the single implementation, in
-``bnfold.fold.math``) turns ``batch_norm_eval``'s per-channel map into (scale, shift).
+``bnfold.folding.math``) turns ``batch_norm_eval``'s per-channel map into (scale, shift).
 """
 from __future__ import annotations
 
-from bnfold.fold.math import fold_params
+from bnfold.folding.math import fold_params
 from bnfold.reference.batchnorm import (
     BatchNormCache,
     BatchNormTrainOutput,

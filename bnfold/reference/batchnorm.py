@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bnfold.errors import BnfoldError
-from bnfold.fold.math import channel_view
+from bnfold.folding.math import channel_view
 from bnfold.reference.moments import check_eps, compute_dtype, moments
 
 

@@ -12,7 +12,7 @@ from itertools import pairwise
 import numpy as np
 
 from bnfold.errors import BnfoldError
-from bnfold.fold.math import fold_params
+from bnfold.folding.math import fold_params
 from bnfold.reference.batchnorm import (
     batch_norm_backward,
     batch_norm_eval,

@@ -1,0 +1,442 @@
+"""Local proof of every fold: the original neighbourhood against its folded replacement.
+
+For each folded BN the nodes the fold replaced (producer, bias Add, BN; or BN and consumer),
+with the nodes computing their constant parameters, are cut from the original model, and the
+nodes now computing the same output from the same activation input are cut from the folded
+model (``region.py``). Both run on ONNX Runtime (CPU, graph optimizations disabled, so ORT
+does not fuse the BN itself) on two seeded random draws of the real shapes, and must agree
+within ``atol + rtol * peak`` of the output dtype, in float64. A region that fails is checked
+against a float64 ground truth of the original: a fold at least as close to it as the
+original passes (the original's own rounding is no fold error). All regions of a model go
+into one original and one folded proof model, so a model costs two sessions, not two per BN;
+where that batch cannot run, each region runs alone, on ``onnx.reference`` where ORT has no
+kernel for its dtype. Folds whose proof fails are undone by the caller.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_region,
+                                replaced, scopes)
+from bnfold.folding.report import FoldRecord, Reason
+from bnfold.graph.index import subgraphs, value_infos
+from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
+
+Key = tuple[str, str]  # (graph path, BN output tensor)
+SEEDS = (0, 1)
+_BATCH_BYTES = 512 << 20  # tensor bytes per batched proof model (protobuf caps a model at 2 GiB)
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_FED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+_FED_BYTES = 64 << 10  # initializers larger than this are fed to the batched proof, not parsed
+_LOW = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class Proof:
+    """One region's verdict: worst |folded - original|, the output peak, the tolerance."""
+
+    passed: bool
+    max_abs: float | None = None
+    peak: float | None = None
+    tol: float | None = None
+    engine: str = ""
+    detail: str = ""
+    reason: Reason = Reason.PROOF_FAILED  # why the fold is undone when the proof fails
+
+
+@dataclass
+class _Group:
+    keys: list[Key]
+    original: Region | None = None
+    folded: Region | None = None
+    error: str = ""
+
+
+def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[FoldRecord], *,
+          original_base: str | None = None, folded_base: str | None = None) -> dict[Key, Proof]:
+    """The proof of every folded record, by (graph path, BN output)."""
+    todo = [r for r in records if r.folded]
+    if not todo:
+        return {}
+    o_scopes = scopes(original, value_infos(original))
+    f_scopes = scopes(folded, {})
+    for path, found in f_scopes.items():
+        for f, o in zip(found, o_scopes.get(path, [])):
+            f.shapes, f.dtypes = o.shapes, o.dtypes
+    groups = _groups(todo, o_scopes, f_scopes, original_base, folded_base)
+    proofs: dict[Key, Proof] = {}
+    ready = [g for g in groups if not g.error]
+    for g in groups:
+        if g.error:
+            proofs.update({k: Proof(False, detail=f"not proven: {g.error}") for k in g.keys})
+    proc = _process()  # ORT in a child: a segfault on a region is not bnfold's death
+    for chunk in _chunks(ready):
+        for g, proof in zip(chunk, _run_chunk(chunk, original, proc)):
+            proofs.update({k: proof for k in g.keys})
+    return proofs
+
+
+def _groups(records: list[FoldRecord], o_scopes: dict[str, list[Scope]],
+            f_scopes: dict[str, list[Scope]], o_base: str | None,
+            f_base: str | None) -> list[_Group]:
+    """Folds whose replaced nodes overlap (chained folds) are proved together, as one region."""
+    groups: list[_Group] = []
+    by_scope: dict[tuple[str, int], list[tuple[FoldRecord, list, str, str]]] = {}
+    for r in records:
+        key = (r.graph, r.bn_output)
+        found = [(i, s) for i, s in enumerate(o_scopes.get(r.graph, []))
+                 if r.bn_output in s.producer]
+        if not found:
+            groups.append(_Group([key], error="the BN is not in the original graph"))
+            continue
+        i, scope = found[0]
+        try:
+            if r.direction == "reparam":
+                folded = f_scopes.get(r.graph, [])
+                if i >= len(folded):
+                    raise RegionError("the graph is not in the folded model")
+                nodes, front, out = merged_region(scope, folded[i], r.bn_output, r.target or "")
+            else:
+                nodes, front, out = replaced(scope, r.bn_output, r.target or "",
+                                             r.direction or "", (r.region_nodes, r.region_inputs))
+        except RegionError as exc:
+            groups.append(_Group([key], error=str(exc)))
+            continue
+        by_scope.setdefault((r.graph, i), []).append((r, nodes, front, out))
+    for (path, i), members in by_scope.items():
+        o_scope, f_scope = o_scopes[path][i], f_scopes[path][i]
+        for part in _overlapping(members):
+            groups.append(_cut_group(part, o_scope, f_scope, o_base, f_base))
+    return groups
+
+
+def _overlapping(members: list) -> list[list]:
+    """Partition fold members into sets whose replaced nodes share a node."""
+    parts: list[tuple[set[int], list]] = []
+    for m in members:
+        ids = {id(n) for n in m[1]}
+        joined = [p for p in parts if p[0] & ids]
+        for p in joined:
+            parts.remove(p)
+            ids |= p[0]
+        parts.append((ids, [x for p in joined for x in p[1]] + [m]))
+    return [p[1] for p in parts]
+
+
+def _cut_group(part: list, o_scope: Scope, f_scope: Scope, o_base: str | None,
+               f_base: str | None) -> _Group:
+    keys = [(r.graph, r.bn_output) for r, *_ in part]
+    nodes = {id(n): n for _, ns, _, _ in part for n in ns}.values()
+    read = {x for n in nodes for x in n.input}
+    made = {x for n in nodes for x in n.output}
+    outputs = list(dict.fromkeys(o for *_, outs in part for o in outs if o not in read))
+    frontier = list(dict.fromkeys(f for _, _, fs, _ in part for f in fs if f not in made))
+    readers = {f: next(n for n in nodes if f in n.input) for f in frontier}
+    try:
+        original = cut(o_scope, outputs, frontier, readers, o_base)
+        return _Group(keys, original, cut(f_scope, outputs, frontier, readers, f_base, original))
+    except RegionError as exc:
+        return _Group(keys, error=str(exc))
+    except (OSError, ValueError) as exc:  # external data that cannot be read for the proof
+        return _Group(keys, error=f"cannot read a weight: {exc}")
+
+
+def _chunks(groups: list[_Group]) -> list[list[_Group]]:
+    chunks: list[list[_Group]] = [[]]
+    size = 0
+    for g in groups:
+        n = g.original.nbytes() + g.folded.nbytes()
+        if chunks[-1] and size + n > _BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(g)
+        size += n
+    return [c for c in chunks if c]
+
+
+_PROCESS: list[Any] = []
+
+
+def _process() -> Any:
+    """The ORT child process the proofs use, started on first use and kept for later folds
+    (a start costs an ORT import); it holds no session between proofs and exits with bnfold.
+    A child that crashed is restarted by ``OrtProcess`` itself."""
+    if not _PROCESS or _PROCESS[0][1] != os.getpid():  # not inherited across a fork
+        import atexit
+
+        from bnfold.verification.engines import OrtProcess
+
+        proc = OrtProcess()
+        atexit.register(proc.close)
+        _PROCESS[:] = [(proc, os.getpid())]
+    return _PROCESS[0][0]
+
+
+def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
+    """Run the chunk as one batched pair of models; per region where the batch fails."""
+    try:
+        o_weights: dict[str, np.ndarray] = {}
+        f_weights: dict[str, np.ndarray] = {}
+        o_model = _model([g.original for g in chunk], model, o_weights)
+        f_model = _model([g.folded for g in chunk], model, f_weights)
+        feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
+        outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
+    except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
+        return [_run_alone(g, model, proc) for g in chunk]
+    truths = _float32_truth(proc, o_model, feeds, o_weights)
+    proofs = []
+    for i, g in enumerate(chunk):
+        names = [f"r{i}_{o}" for o, _ in g.original.outputs]
+        pairs = [(o[n], f[n]) for o, f in outs for n in names]
+        proof = _judge(pairs, "onnxruntime")
+        if not proof.passed:
+            proof = _run_alone(g, model, proc)
+        elif truths is not None:
+            proof = _precision(proof, pairs, [t[n] for t in truths for n in names])
+        proofs.append(proof)
+    return proofs
+
+
+def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
+    try:
+        o_model, f_model = _model([g.original], model), _model([g.folded], model)
+        feeds = [_feeds(o_model, seed) for seed in SEEDS]
+    except Exception as exc:  # noqa: BLE001 - an unbuildable region is an unproven fold
+        return Proof(False, detail=f"not proven: the proof model cannot be built: {exc}")
+    errors = []
+    for engine, run in (("onnxruntime", partial(_run_ort, proc)),
+                        ("onnx.reference", _run_reference)):
+        try:
+            outs = run(o_model, f_model, feeds)
+        except Exception as exc:  # noqa: BLE001 - try the next engine, then report both
+            errors.append(f"{engine}: {str(exc).strip().splitlines()[0] if str(exc) else exc}")
+            continue
+        names = [f"r0_{o}" for o, _ in g.original.outputs]
+        proof = _judge([(o[n], f[n]) for o, f in outs for n in names], engine)
+        if proof.passed:
+            truths = _float32_truth(proc, o_model, feeds, {})
+            if truths is None:
+                return proof
+            return _precision(proof, [(o[n], f[n]) for o, f in outs for n in names],
+                              [t[n] for t in truths for n in names])
+        return _against_truth(proof, o_model, feeds, [(o[n], f[n]) for o, f in outs
+                                                      for n in names])
+    return Proof(False, detail="not proven: no engine runs the region: " + "; ".join(errors))
+
+
+def _judge(pairs: list[tuple[np.ndarray, np.ndarray]], engine: str) -> Proof:
+    worst, peak, tol, ok = 0.0, 0.0, 0.0, True
+    for ref, cand in pairs:
+        if ref.shape != cand.shape:
+            return Proof(False, engine=engine, detail=f"shape {cand.shape} != {ref.shape}")
+        r64 = np.asarray(ref, dtype=np.float64)
+        diff = abs_errors(r64, np.asarray(cand, dtype=np.float64))
+        p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+        atol, rtol = default_tolerance(ref.dtype)
+        d = float(diff.max(initial=0.0))
+        ok = ok and d <= atol + rtol * p
+        worst, peak, tol = max(worst, d), max(peak, p), max(tol, atol + rtol * p)
+    detail = "" if ok else (f"max abs error {worst:.3g} > tolerance {tol:.3g} "
+                            f"(output peak {peak:.3g}, {engine})")
+    return Proof(ok, worst, peak, tol, engine, detail)
+
+
+def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
+                   pairs: list[tuple[np.ndarray, np.ndarray]]) -> Proof:
+    """A fold at least as close to the float64 truth as the original is no fold error."""
+    try:
+        from bnfold.graph.onnx_reference import evaluator
+
+        wide = _to_float64(o_model)
+        ev = evaluator(wide)
+        names = [o.name for o in wide.graph.output]
+        truth = [t for f in feeds for t in ev.run(names, {k: np.asarray(v, np.float64)
+                                                          for k, v in f.items()})]
+    except Exception:  # noqa: BLE001 - no truth: the plain comparison stands
+        return proof
+    if any(not np.shape(t) == np.shape(o) == np.shape(f) for t, (o, f) in zip(truth, pairs)):
+        return proof  # a shape differs (ORT and onnx.reference disagree): no truth to judge by
+    err_o = max(float(abs_errors(t, np.asarray(o, np.float64)).max(initial=0.0))
+                for t, (o, _) in zip(truth, pairs))
+    err_f = max(float(abs_errors(t, np.asarray(f, np.float64)).max(initial=0.0))
+                for t, (_, f) in zip(truth, pairs))
+    if err_f <= max(err_o, proof.tol or 0.0):
+        return Proof(True, proof.max_abs, proof.peak, proof.tol, proof.engine + "+float64 truth",
+                     f"folded is closer to the float64 truth ({err_f:.3g}) than the "
+                     f"original ({err_o:.3g})")
+    return Proof(False, proof.max_abs, proof.peak, proof.tol, proof.engine,
+                 f"{proof.detail}; float64 truth: folded off by {err_f:.3g}, original by "
+                 f"{err_o:.3g}")
+
+
+def _float32_truth(proc: Any, o_model: onnx.ModelProto, feeds: list[dict],
+                   weights: dict[str, np.ndarray]) -> list[dict] | None:
+    """The original proof model's outputs computed in float32, when it has float16/bfloat16
+    outputs (else, or when it cannot run, None): the truth ``_precision`` judges by."""
+    if not any(o.type.tensor_type.elem_type in _LOW for o in o_model.graph.output):
+        return None
+    from bnfold.verification.truth import widened_model
+
+    def wide(values: dict) -> dict:
+        return {k: v.astype(np.float32) if _narrow(v) else v for k, v in values.items()}
+
+    key = "proof-truth"
+    try:
+        wide_model = widened_model(o_model, onnx.TensorProto.FLOAT)
+        proc.load(key, wide_model.SerializeToString(), "a fold's proof region in float32",
+                  ["CPUExecutionProvider"], "disabled", fixed=wide(weights))
+        names = [o.name for o in wide_model.graph.output]
+        try:
+            return [proc.run(key, wide(f), names) for f in feeds]
+        finally:
+            proc.drop(key)
+    except Exception:  # noqa: BLE001 - no truth: the plain comparison stands
+        return None
+
+
+def _narrow(a: np.ndarray) -> bool:
+    return a.dtype == np.float16 or a.dtype.name == "bfloat16"
+
+
+def _precision(proof: Proof, pairs: list[tuple[np.ndarray, np.ndarray]],
+               truths: list[np.ndarray]) -> Proof:
+    """A passing low-precision proof fails when the folded region is markedly less accurate than
+    the original against the float32 truth, element by element (``compare.precision_check``):
+    exact in real arithmetic, a fold can still lose digits to cancellation in float16."""
+    checks = [c for (o, f), t in zip(pairs, truths) if (c := region_precision(o, f, t))]
+    worst = max(checks, key=lambda c: c.folded - c.limit, default=None)
+    if worst is None or worst.passed:
+        return proof
+    return Proof(False, proof.max_abs, proof.peak, proof.tol, proof.engine + "+float32 truth",
+                 f"the folded region loses precision: {worst.describe()}",
+                 Reason.PRECISION_LOSS)
+
+
+def _model(regions: list[Region], source: onnx.ModelProto,
+           weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
+
+    With ``weights`` (a dict to fill), large float initializers become graph inputs and their
+    values go into ``weights`` to be fed: the model is then a few KB to serialize and for ORT
+    to parse, instead of two copies of every weight.
+    """
+    model = onnx.ModelProto(ir_version=source.ir_version)
+    graph = model.graph
+    graph.name = "bnfold_proof"
+    inputs, outputs = [], []
+    for i, region in enumerate(regions):
+        names = {n for node in region.nodes for n in node.output if n}
+        names |= {t.name for t in region.initializers} | {n for n, _, _ in region.inputs}
+        rename = {n: f"r{i}_{n}" for n in names}
+        for node in region.nodes:
+            copy = graph.node.add()
+            copy.CopyFrom(node)
+            if copy.name:
+                copy.name = f"r{i}_{copy.name}"
+            _rename(copy, rename)
+        for t in region.initializers:
+            if (weights is not None and t.data_type in _FED
+                    and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
+                weights[rename[t.name]] = numpy_helper.to_array(t)
+                inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
+                                                            list(t.dims)))
+                continue
+            copy = graph.initializer.add()
+            copy.CopyFrom(t)
+            copy.name = rename[t.name]
+        inputs += [helper.make_tensor_value_info(rename[n], d, s) for n, d, s in region.inputs]
+        outputs += [helper.make_tensor_value_info(f"r{i}_{n}", d, None)
+                    for n, d in region.outputs]
+    if source.ir_version < 4:  # IR 3 lists every initializer as a graph input
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in graph.initializer]
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    model.opset_import.extend(source.opset_import)
+    model.functions.extend(source.functions)
+    return model
+
+
+def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    for field in (node.input, node.output):
+        for j, n in enumerate(field):
+            if n in rename:
+                field[j] = rename[n]
+    for _, sub in subgraphs(node):
+        for inner in sub.node:
+            _rename(inner, rename)
+        for out in sub.output:
+            if out.name in rename:
+                out.name = rename[out.name]
+
+
+def _feeds(model: onnx.ModelProto, seed: int,
+           skip: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random activations for the graph inputs (not initializers, not fed weights)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer} | set(skip or ())
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        feeds[vi.name] = rng.normal(0, 1, shape).astype(
+            helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    return feeds
+
+
+def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
+             weights: tuple[dict, dict] = ({}, {})) -> list[tuple[dict, dict]]:
+    """Both models on ORT (CPU, no graph optimizations) in the child process ``proc``, on each
+    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), sent to
+    the child once per model."""
+    keys = ("proof-original", "proof-folded")
+    for key, m, w in zip(keys, (o_model, f_model), weights):
+        proc.load(key, m.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
+                  "disabled", fixed=w)
+    names = [o.name for o in o_model.graph.output]
+    try:
+        return [tuple(proc.run(key, f, names) for key in keys) for f in feeds]
+    finally:
+        proc.drop(*keys)
+
+
+def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
+                   feeds: list[dict]) -> list[tuple[dict, dict]]:
+    from bnfold.graph.onnx_reference import evaluator
+
+    evs = [evaluator(m) for m in (o_model, f_model)]
+    names = [o.name for o in o_model.graph.output]
+    return [tuple(dict(zip(names, (np.asarray(x) for x in ev.run(names, f)))) for ev in evs)
+            for f in feeds]
+
+
+def _to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same region with every float tensor, Cast and value in float64."""
+    wide = onnx.ModelProto()
+    wide.CopyFrom(model)
+    g = wide.graph
+    for i, t in enumerate(g.initializer):
+        if t.data_type in _FLOATS:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type in _FLOATS:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    del g.value_info[:]
+    for node in g.node:
+        for a in node.attribute:
+            if a.name == "to" and node.op_type == "Cast" and a.i in _FLOATS:
+                a.i = onnx.TensorProto.DOUBLE
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _FLOATS:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t)
+                                                     .astype(np.float64), a.t.name))
+    return wide

@@ -1,0 +1,109 @@
+"""ONNX Runtime in a child process: the parent (``bnfold.verification.engines``) sends commands, this
+process holds the sessions and runs them.
+
+ORT segfaults on some valid models; in its own process a crash kills only this child, and the
+parent reports which model did it. The parent runs this file by path (not ``-m bnfold...``), so
+only numpy and onnxruntime are imported here: the start-up costs one ORT import, not bnfold's.
+
+Protocol: pickled tuples on stdin, one pickled reply per command on the original stdout (native
+code printing to stdout is redirected to stderr so it cannot corrupt replies).
+  ("load", key, model path or bytes, [providers], opt level, {fixed input: array})
+                                                              -> ("ok", enabled providers)
+  ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
+  ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
+Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from typing import Any, BinaryIO
+
+# bnfold.ort's table, repeated: this file imports no bnfold (tests/test_ort.py checks they agree)
+LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+          "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16 (onnx itself is not imported here)
+
+
+def _load(source: str | bytes, providers: list[str], opt_level: str) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[opt_level])
+    so.log_severity_level = 3
+    return ort.InferenceSession(source, so, providers=providers)
+
+
+def _ort_value(arr: Any) -> Any:
+    """bfloat16 goes through an OrtValue of raw uint16; everything else as the numpy array."""
+    if arr.dtype.name == "bfloat16":
+        import numpy as np
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(arr).view(np.uint16), BFLOAT16)
+    return arr
+
+
+def _run(session: Any, feed: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
+    import numpy as np
+
+    names = outputs if outputs is not None else [o.name for o in session.get_outputs()]
+    values = session.run(names, {k: _ort_value(v) for k, v in feed.items()})
+    return {n: np.asarray(v) for n, v in zip(names, values)}
+
+
+def _error(exc: BaseException) -> tuple[str, str, str]:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    kind = "no_kernel" if (type(exc).__name__ == "NotImplemented"
+                           or "NOT_IMPLEMENTED" in text) else "ort"
+    return ("error", kind, first)
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    """Answer commands until "quit" or end of input."""
+    sessions: dict[str, Any] = {}
+    fixed_feeds: dict[str, dict[str, Any]] = {}  # inputs every run of a session gets
+    while True:
+        try:
+            msg = pickle.load(requests)
+        except EOFError:
+            return
+        reply: tuple[Any, ...]
+        try:
+            if msg[0] == "load":
+                _, key, source, providers, opt_level, fixed = msg
+                sessions.pop(key, None)
+                sessions[key] = _load(source, providers, opt_level)
+                fixed_feeds[key] = fixed
+                reply = ("ok", sessions[key].get_providers())
+            elif msg[0] == "run":
+                reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
+            elif msg[0] == "drop":
+                sessions.pop(msg[1], None)
+                fixed_feeds.pop(msg[1], None)
+                reply = ("ok", None)
+            elif msg[0] == "quit":
+                reply = ("ok", None)
+            else:
+                reply = ("error", "ort", f"unknown command {msg[0]!r}")
+        except Exception as exc:  # noqa: BLE001 - every ORT failure goes back to the parent
+            reply = _error(exc)
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+        if msg[0] == "quit":
+            return
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    import onnxruntime  # noqa: F401 - while the parent prepares its first command
+
+    serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()
