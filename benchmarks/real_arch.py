@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -39,20 +40,30 @@ def kept_records(result: Any) -> list[dict[str, str]]:
             for r in result.kept]
 
 
-def bnfold_verdict(src: str, result: Any, proc: Any) -> dict[str, Any]:
-    """bnfold's own end-to-end verdict on its fold (one seed, the ORT child shared)."""
+def bnfold_verdict(src: str, result: Any) -> dict[str, Any]:
+    """bnfold's own end-to-end verdict on its fold (one seed).
+
+    Each call gets its own ORT child: ``verify`` keeps the sessions of a caller's child keyed by
+    role ("original:cpu"), so a child shared across models would compare the previous model.
+    """
     import bnfold
 
     try:
-        report = bnfold.verify(src, result.model, fold_result=result, seeds=[0], proc=proc,
+        report = bnfold.verify(src, result.model, fold_result=result, seeds=[0],
                                localize_failures=False)
     except Exception as exc:  # noqa: BLE001 - a verify crash is recorded, not fatal
-        return {"verdict": f"error: {type(exc).__name__}: {str(exc)[:120]}"}
+        return {"verdict": f"error: {type(exc).__name__}: {str(exc)[:160]}"}
     return {"verdict": "pass" if report.passed else "FAIL"}
 
 
+def pattern_of(detail: str) -> str:
+    """A kept BN's detail without node names and numbers: "producer is Concat, consumer is Relu"."""
+    text = re.sub(r"\s*\([^)]*\)", "", detail).split(";")[0]
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text).strip()
+
+
 def bench_export(arch: models.Arch, export: str, fns: dict[str, Any], args: argparse.Namespace,
-                 proc: Any, work: str) -> dict[str, Any]:
+                 work: str) -> dict[str, Any]:
     """Every tool on one export of one network."""
     import onnx
 
@@ -77,7 +88,7 @@ def bench_export(arch: models.Arch, export: str, fns: dict[str, Any], args: argp
             res["kept"] = kept_records(result)
             res["warnings"] = list(result.warnings)
             if not args.no_verify:
-                res.update(bnfold_verdict(src, result, proc))
+                res.update(bnfold_verdict(src, result))
         row["tools"][name] = res
     return row
 
@@ -114,7 +125,7 @@ def _notes(row: dict[str, Any], tol: float) -> list[str]:
         elif res["rel_err"] is not None and res["rel_err"] > tol:
             out.append(f"{tag}: {name} wrong (rel err {res['rel_err']:.1e})")
         if res.get("verdict", "pass") != "pass":
-            out.append(f"{tag}: bnfold verdict {res['verdict']}")
+            out.append(f"{tag}: bnfold verdict {res['verdict'][:60]}")
     if row.get("export_ok") is False:
         out.append(f"{tag}: export differs from PyTorch ({row.get('export_max_abs', 0):.1e})")
     return out
@@ -161,19 +172,25 @@ def summarize(rows: list[dict[str, Any]], tool_names: list[str], tol: float = DE
                                "bnfold": ours["bn_after"], "other": res["bn_after"]})
     reasons: dict[str, dict[str, Any]] = {}
     for r in ok:
+        tag = f"{r['model']}/{r['export'][:3]}"
         for k in r["tools"].get("bnfold", {}).get("kept", []):
             entry = reasons.setdefault(k["reason"], {"count": 0, "models": defaultdict(int),
-                                                    "examples": []})
+                                                    "patterns": {}, "examples": {}})
             entry["count"] += 1
-            entry["models"][f"{r['model']}/{r['export'][:3]}"] += 1
-            if len(entry["examples"]) < 4 and not any(e.startswith(r["model"] + ":")
-                                                      for e in entry["examples"]):
-                entry["examples"].append(f"{r['model']}: {k['bn']}: {k['detail'][:140]}")
+            entry["models"][tag] += 1
+            pat = entry["patterns"].setdefault(pattern_of(k["detail"]),
+                                               {"count": 0, "models": defaultdict(int)})
+            pat["count"] += 1
+            pat["models"][tag] += 1
+            entry["examples"].setdefault(r["model"], f"{k['bn']}: {k['detail'][:160]}")
+    for entry in reasons.values():
+        entry["models"] = dict(entry["models"])
+        entry["patterns"] = {p: {"count": v["count"], "models": dict(v["models"])} for p, v in
+                             sorted(entry["patterns"].items(), key=lambda kv: -kv[1]["count"])}
     failed = [{"model": r["model"], "export": r["export"], "error": r["error"]}
               for r in rows if "error" in r]
     return {"totals": {e: dict(v) for e, v in totals.items()}, "bnfold_behind": behind,
-            "bnfold_kept_by_reason": {k: {**v, "models": dict(v["models"])}
-                                      for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]["count"])},
+            "bnfold_kept_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1]["count"])),
             "failed": failed}
 
 
@@ -189,11 +206,14 @@ def format_summary(summary: dict[str, Any], tool_names: list[str]) -> str:
     lines += ["", f"Exports where bnfold leaves more BN than another tool: {len(behind)}"]
     lines += [f"  {b['model']} ({b['export']}): bnfold {b['bnfold']}, {b['tool']} {b['other']}"
               for b in behind]
-    lines += ["", "BNs bnfold keeps, by reason:"]
+    lines += ["", "BNs bnfold keeps, by reason, then by pattern (node names and numbers removed):"
+              + ("" if summary["bnfold_kept_by_reason"] else " none")]
     for code, entry in summary["bnfold_kept_by_reason"].items():
-        per = ", ".join(f"{m} {n}" for m, n in entry["models"].items())
-        lines.append(f"  {code}: {entry['count']} ({per})")
-        lines += [f"    e.g. {e}" for e in entry["examples"]]
+        lines.append(f"  {code}: {entry['count']}")
+        for pat, v in entry["patterns"].items():
+            per = ", ".join(f"{m} {n}" for m, n in v["models"].items())
+            lines.append(f"    {v['count']:4d}  {pat}  [{per}]")
+        lines += [f"      e.g. {m}: {e}" for m, e in entry["examples"].items()]
     if summary["failed"]:
         lines += ["", "Exports that failed:"]
         lines += [f"  {f['model']} ({f['export']}): {f['error']}" for f in summary["failed"]]
@@ -239,18 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             fns[t] = tools.make_tool(t)
         except ImportError as exc:
             _log(f"skipping {t}: {exc}")
-    from bnfold.verify import engines
-
-    proc = engines.OrtProcess()
     start, rows = time.perf_counter(), []
-    try:
-        with tempfile.TemporaryDirectory(prefix="real_arch_") as work:
-            for name in names:
-                for export in args.exports:
-                    _log(f"{name} ({export})")
-                    rows.append(bench_export(models.ARCHS[name], export, fns, args, proc, work))
-    finally:
-        proc.close()
+    with tempfile.TemporaryDirectory(prefix="real_arch_") as work:
+        for name in names:
+            for export in args.exports:
+                _log(f"{name} ({export})")
+                rows.append(bench_export(models.ARCHS[name], export, fns, args, work))
     wall = time.perf_counter() - start
     summary = summarize(rows, list(fns), args.tol)
     print(format_table(rows, list(fns), args.tol))

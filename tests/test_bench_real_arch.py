@@ -94,7 +94,16 @@ def test_summary_finds_where_bnfold_is_behind_a_valid_tool_only() -> None:
     reasons = s["bnfold_kept_by_reason"]
     assert list(reasons) == ["no_foldable_neighbour"] and reasons["no_foldable_neighbour"]["count"] == 2
     assert reasons["no_foldable_neighbour"]["models"] == {"net/dyn": 1, "net/tor": 1}
+    assert reasons["no_foldable_neighbour"]["patterns"] == {
+        "producer is Concat": {"count": 2, "models": {"net/dyn": 1, "net/tor": 1}}}
     assert s["failed"] == [{"model": "bad", "export": "dynamo", "error": "export failed: E: no"}]
+
+
+def test_pattern_drops_node_names_numbers_and_the_explanation() -> None:
+    detail = "producer is Concat (blocks.1.conv_pw), consumer is Relu; neither is a Conv"
+    assert real_arch.pattern_of(detail) == "producer is Concat, consumer is Relu"
+    text = real_arch.pattern_of("BN has 24 channels, MatMul 1.5e-3 wide")
+    assert text == "BN has # channels, MatMul # wide"
 
 
 def test_table_merges_exports_and_notes_failures() -> None:
@@ -105,6 +114,7 @@ def test_table_merges_exports_and_notes_failures() -> None:
     assert "dyn: export failed: E: no" in next(ln for ln in table.splitlines() if ln.startswith("| bad |"))
     text = real_arch.format_summary(real_arch.summarize(_rows(), ["bnfold", "other"]), ["bnfold", "other"])
     assert "bnfold leaves more BN than another tool: 1" in text and "no_foldable_neighbour: 2" in text
+    assert "2  producer is Concat  [net/dyn 1, net/tor 1]" in text
 
 
 def test_randomize_bn_sets_statistics_in_the_stated_ranges() -> None:
