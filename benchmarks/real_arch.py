@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this checkout's bnfold, not an installed one
 import real_arch_models as models  # noqa: E402
 import real_arch_tools as tools  # noqa: E402
 
