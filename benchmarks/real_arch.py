@@ -57,9 +57,13 @@ def bnfold_verdict(src: str, result: Any) -> dict[str, Any]:
 
 
 def pattern_of(detail: str) -> str:
-    """A kept BN's detail without node names and numbers: "producer is Concat, consumer is Relu"."""
+    """A kept BN's detail with node and tensor names and numbers blanked, to group alike BNs:
+    "producer is Concat, consumer is Relu", "backward: '<t>' is also read by <n>..."."""
     text = re.sub(r"\s*\([^)]*\)", "", detail).split(";")[0]
-    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text).strip()
+    text = re.sub(r"'[^']*'", "'<t>'", text)
+    text = re.sub(r"[A-Za-z_/][\w.:/-]*[./][\w.:/-]*\w", "<n>", text)
+    text = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+    return re.sub(r"<n>(, <n>)+", "<n>...", text).strip()
 
 
 def bench_export(arch: models.Arch, export: str, fns: dict[str, Any], args: argparse.Namespace,
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.render, encoding="utf-8") as fh:
             saved = json.load(fh)
         print(format_table(saved["rows"], saved["tools"], saved["tol"]))
-        print(format_summary(saved["summary"], saved["tools"]))
+        print(format_summary(summarize(saved["rows"], saved["tools"], saved["tol"]), saved["tools"]))
         return 0
     names = list(models.QUICK) if args.quick else (args.models or list(models.ARCHS))
     unknown = [n for n in names if n not in models.ARCHS]

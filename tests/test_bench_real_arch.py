@@ -104,6 +104,8 @@ def test_pattern_drops_node_names_numbers_and_the_explanation() -> None:
     assert real_arch.pattern_of(detail) == "producer is Concat, consumer is Relu"
     text = real_arch.pattern_of("BN has 24 channels, MatMul 1.5e-3 wide")
     assert text == "BN has # channels, MatMul # wide"
+    text = real_arch.pattern_of("backward: slice 2 of a.cat cannot absorb: 'p_3' is also read by b.c1, d/e_2")
+    assert text == "backward: slice # of <n> cannot absorb: '<t>' is also read by <n>..."
 
 
 def test_table_merges_exports_and_notes_failures() -> None:
