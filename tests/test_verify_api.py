@@ -325,3 +325,18 @@ def test_progress_callback_hears_every_case() -> None:
     heard: list[str] = []
     verify(m, bnfold.fold(m).model, progress=heard.append)
     assert heard == [f"verifying case {k} of 6" for k in range(1, 7)]
+
+
+def test_a_shared_ort_child_never_compares_the_previous_verifications_models() -> None:
+    """Found by the real-architecture benchmark: with a caller's ``proc`` the sessions of the last
+    verification were reused (same keys), so the next one compared the wrong models."""
+    from bnfold.verification.engines import OrtProcess
+
+    m = _classifier()
+    result = bnfold.fold(m)
+    first = next(r for r in result.records if r.folded)
+    with OrtProcess() as proc:
+        assert verify(m, result.model, proc=proc, batch_sizes=[1]).passed
+        assert not verify(m, _corrupt(result.model, first.target), proc=proc,
+                          batch_sizes=[1], localize_failures=False).passed
+        assert verify(m, result.model, proc=proc, batch_sizes=[1]).passed

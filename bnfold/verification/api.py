@@ -123,6 +123,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
     if proc is None:
         proc = engines.OrtProcess()
     proc.start()  # the child imports ORT while the inputs are prepared
+    keys = _session_keys(providers)
+    proc.drop(*keys)  # a caller's child may hold another verification's sessions under these keys
     try:
         a, b = LoadedModel.of(original), LoadedModel.of(folded)
         check_signatures(a.proto, b.proto)
@@ -164,6 +166,14 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
     finally:
         if own:
             proc.close()
+        else:
+            proc.drop(*keys)
+
+
+def _session_keys(providers: Sequence[str]) -> list[str]:
+    """Every session key ``verify`` loads into its ORT child (dropped before and after)."""
+    return [f"{role}:{p}" for role in ("original", "folded") for p in providers] + [
+        "truth", "truth32"]
 
 
 def _counter(progress: Callable[[str], None] | None, total: int) -> Callable[[], None]:
