@@ -93,7 +93,7 @@ def make_tool(name: str) -> Callable[[str, str], dict[str, Any]]:
     """Import ``name`` and return its file-to-file fold; the dict it returns holds tool facts."""
     if name == "bnfold":
         import bnfold
-        from bnfold.model_io import save_model
+        from bnfold.io.model_io import save_model
 
         def run_bnfold(src: str, dst: str) -> dict[str, Any]:
             result = bnfold.fold(src)
