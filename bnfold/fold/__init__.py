@@ -58,6 +58,10 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     if (check or prove) and isinstance(model, onnx.ModelProto) and not copy:
         backup = onnx.ModelProto()
         backup.CopyFrom(proto)
+    pristine = None
+    if prove and backup is None and not isinstance(model, onnx.ModelProto) and _count_bns(proto):
+        pristine = onnx.ModelProto()  # the proofs' original: a copy costs a third of a re-parse
+        pristine.CopyFrom(proto)
     before = skeleton(proto) if check else None
     excluded: dict[tuple[str, str], str] = {}
     original: tuple[onnx.ModelProto, str | None] | None = None
@@ -73,7 +77,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
                                   external_base=base)
         if not prove or not any(r.folded for r in records):
             return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
-        original = original or _original(model, backup)
+        original = original or _original(model, backup, pristine)
         if progress is not None:
             progress(f"proving {sum(r.folded for r in records)} fold(s) on ONNX Runtime")
         proofs = prove_folds(original[0], proto, records, original_base=original[1],
@@ -94,12 +98,15 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
 
 
 def _original(model: ModelLike, backup: onnx.ModelProto | None,
-              ) -> tuple[onnx.ModelProto, str | None]:
-    """The unfolded input for the proofs, and the folder its external data is read from."""
+              pristine: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, str | None]:
+    """The unfolded input for the proofs, and the folder its external data is read from
+    (``pristine``: a copy of a path's model taken before the fold)."""
     if backup is not None:
         return backup, None
     if isinstance(model, onnx.ModelProto):
         return model, None
+    if pristine is not None:
+        return pristine, str(Path(model).parent)
     return load_model(model, load_external_data=False), str(Path(model).parent)
 
 

@@ -27,6 +27,7 @@ from bnfold.fold.region import Region, RegionError, Scope, cut, replaced, scopes
 from bnfold.fold.report import FoldRecord
 from bnfold.graph import subgraphs, value_infos
 from bnfold.verify.compare import abs_errors, default_tolerance
+from bnfold.verify.shared import SharedArrays
 
 Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
@@ -172,12 +173,11 @@ def _process() -> Any:
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
     """Run the chunk as one batched pair of models; per region where the batch fails."""
     try:
-        o_weights: dict[str, np.ndarray] = {}
-        f_weights: dict[str, np.ndarray] = {}
-        o_model = _model([g.original for g in chunk], model, o_weights)
-        f_model = _model([g.folded for g in chunk], model, f_weights)
-        feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
-        outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
+        with SharedArrays() as o_weights, SharedArrays() as f_weights:
+            o_model = _model([g.original for g in chunk], model, o_weights)
+            f_model = _model([g.folded for g in chunk], model, f_weights)
+            feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
+            outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model, proc) for g in chunk]
     proofs = []
@@ -260,12 +260,12 @@ def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
 
 
 def _model(regions: list[Region], source: onnx.ModelProto,
-           weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+           weights: SharedArrays | None = None) -> onnx.ModelProto:
     """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
 
-    With ``weights`` (a dict to fill), large float initializers become graph inputs and their
-    values go into ``weights`` to be fed: the model is then a few KB to serialize and for ORT
-    to parse, instead of two copies of every weight.
+    With ``weights`` (a shared file to fill), large float initializers become graph inputs and
+    their bytes go into ``weights`` to be fed: the model is then a few KB to serialize and for
+    ORT to parse, and each weight is copied once, into the file the ORT child maps.
     """
     model = onnx.ModelProto(ir_version=source.ir_version)
     graph = model.graph
@@ -284,7 +284,7 @@ def _model(regions: list[Region], source: onnx.ModelProto,
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
                     and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
-                weights[rename[t.name]] = numpy_helper.to_array(t)
+                weights.add_tensor(rename[t.name], t)
                 inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
                                                             list(t.dims)))
                 continue
@@ -318,7 +318,7 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
 
 
 def _feeds(model: onnx.ModelProto, seed: int,
-           skip: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+           skip: SharedArrays | None = None) -> dict[str, np.ndarray]:
     """Seeded random activations for the graph inputs (not initializers, not fed weights)."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer} | set(skip or ())
@@ -328,16 +328,17 @@ def _feeds(model: onnx.ModelProto, seed: int,
             continue
         tt = vi.type.tensor_type
         shape = [d.dim_value for d in tt.shape.dim]
-        feeds[vi.name] = rng.normal(0, 1, shape).astype(
-            helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        wide = np.float64 if dtype == np.float64 else np.float32  # float32 draws: half the cost
+        feeds[vi.name] = rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
     return feeds
 
 
 def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
-             weights: tuple[dict, dict] = ({}, {})) -> list[tuple[dict, dict]]:
+             weights: tuple[Any, Any] = ({}, {})) -> list[tuple[dict, dict]]:
     """Both models on ORT (CPU, no graph optimizations) in the child process ``proc``, on each
-    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), sent to
-    the child once per model."""
+    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), handed
+    to the child once per model."""
     keys = ("proof-original", "proof-folded")
     for key, m, w in zip(keys, (o_model, f_model), weights):
         proc.load(key, m.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
