@@ -109,16 +109,26 @@ def _groups(records: list[FoldRecord], o_scopes: dict[str, list[Scope]],
 
 
 def _overlapping(members: list) -> list[list]:
-    """Partition fold members into sets whose replaced nodes share a node."""
-    parts: list[tuple[set[int], list]] = []
-    for m in members:
-        ids = {id(n) for n in m[1]}
-        joined = [p for p in parts if p[0] & ids]
-        for p in joined:
-            parts.remove(p)
-            ids |= p[0]
-        parts.append((ids, [x for p in joined for x in p[1]] + [m]))
-    return [p[1] for p in parts]
+    """Partition fold members into sets whose replaced nodes share a node (union-find over
+    node ids: linear in the folds, where comparing each with every set was quadratic)."""
+    parent = list(range(len(members)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, m in enumerate(members):
+        for n in m[1]:
+            j = owner.setdefault(id(n), i)
+            if j != i:
+                parent[root(i)] = root(j)
+    parts: dict[int, list] = {}
+    for i, m in enumerate(members):
+        parts.setdefault(root(i), []).append(m)
+    return list(parts.values())
 
 
 def _cut_group(part: list, o_scope: Scope, f_scope: Scope, o_base: str | None,

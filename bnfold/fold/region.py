@@ -7,6 +7,7 @@ for subgraphs; every other leaf must be a constant (an initializer, a ``Constant
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -112,11 +113,17 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Elements times element size (strings: their bytes)."""
     if t.data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in t.string_data)
-    try:
-        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except (KeyError, ValueError):  # an unknown dtype: what the proto holds
-        return t.ByteSize()
-    return int(np.prod(t.dims, dtype=np.int64)) * size
+    size = _ITEMSIZE.get(t.data_type)
+    if size is None:
+        try:
+            size = _ITEMSIZE[t.data_type] = onnx.helper.tensor_dtype_to_np_dtype(
+                t.data_type).itemsize
+        except (KeyError, ValueError):  # an unknown dtype: what the proto holds
+            return t.ByteSize()
+    return math.prod(t.dims) * size
+
+
+_ITEMSIZE: dict[int, int] = {}
 
 
 class RegionError(ValueError):
