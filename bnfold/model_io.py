@@ -30,6 +30,7 @@ from bnfold.data_file import (
     data_bytes,
     external_length,
     is_repeated,
+    stored_size,
 )
 from bnfold.errors import InputError, OutputError
 from bnfold.interrupts import cleanup_on_termination
@@ -234,7 +235,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size of all tensors (external data included), without copying."""
-    return sum(t.ByteSize() + external_length(t) for t in _all_tensors(model))
+    return sum(stored_size(t) + external_length(t) for t in _all_tensors(model))
 
 
 def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) -> None:
@@ -250,6 +251,17 @@ def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) ->
 def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_streamed(path: str, model: onnx.ModelProto) -> None:
+    """The single-file model, one initializer at a time (``bnfold.proto_stream``): no second
+    in-memory copy of the weights."""
+    from bnfold.proto_stream import write_model
+
+    with open(path, "wb") as f:
+        write_model(model, f)
         f.flush()
         os.fsync(f.fileno())
 
@@ -364,7 +376,7 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                     _write_with_external(model, tmp_model, os.path.join(tmpdir, location),
                                          location, source)
                 else:
-                    _write_file(tmp_model, model.SerializeToString())
+                    _write_streamed(tmp_model, model)
             except OSError as exc:
                 raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
             yield StagedModel(Path(tmp_model), out, location)

@@ -7,7 +7,6 @@ for subgraphs; every other leaf must be a constant (an initializer, a ``Constant
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -16,6 +15,7 @@ import onnx
 from onnx import external_data_helper as edh
 from onnx import helper
 
+from bnfold.data_file import external_length, stored_size
 from bnfold.fold.bn import label
 from bnfold.graph import GraphKey, ValueInfo, attr, subgraphs
 
@@ -104,26 +104,9 @@ class Region:
     outputs: list[tuple[str, int]] = field(default_factory=list)            # name, dtype
 
     def nbytes(self) -> int:
-        """The bytes of the region's constants, from their dims (``ByteSize`` would walk every
-        tensor's data: 60 ms for ResNet-50's weights)."""
-        return sum(tensor_nbytes(t) for t in self.initializers)
-
-
-def tensor_nbytes(t: onnx.TensorProto) -> int:
-    """Elements times element size (strings: their bytes)."""
-    if t.data_type == onnx.TensorProto.STRING:
-        return sum(len(s) for s in t.string_data)
-    size = _ITEMSIZE.get(t.data_type)
-    if size is None:
-        try:
-            size = _ITEMSIZE[t.data_type] = onnx.helper.tensor_dtype_to_np_dtype(
-                t.data_type).itemsize
-        except (KeyError, ValueError):  # an unknown dtype: what the proto holds
-            return t.ByteSize()
-    return math.prod(t.dims) * size
-
-
-_ITEMSIZE: dict[int, int] = {}
+        """The bytes of the region's constants, from their dims (``ByteSize`` would serialize
+        every weight: 60 ms for ResNet-50's)."""
+        return sum(stored_size(t) + external_length(t) for t in self.initializers)
 
 
 class RegionError(ValueError):
