@@ -182,13 +182,15 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
-               check: bool = True) -> onnx.ModelProto:
+               check: bool = True, weights_in_file: bool = False) -> onnx.ModelProto:
     """Read an ONNX file with its external data, or raise InputError saying why it can't.
 
     With ``load_external_data=False`` the tensors stay external (their locations and lengths
     are still checked); read them relative to the model's folder, and pass that folder as
-    ``source_dir`` to ``save_model``. ``check`` runs onnx.checker on the input so an invalid
-    graph is refused up front.
+    ``source_dir`` to ``save_model``. ``weights_in_file`` (with ``load_external_data=False``):
+    a single file's large weights stay in it too, as external data pointing into the .onnx
+    itself (``bnfold.weights_in_file``): only the graph structure is parsed. ``check`` runs
+    onnx.checker on the input so an invalid graph is refused up front.
     """
     p = Path(path)
     shown = str(path)
@@ -204,7 +206,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     except OSError as exc:  # e.g. a name too long, or a symlink loop
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
-        model = onnx.load_model(str(p), load_external_data=False)
+        model = _parse(p, weights_in_file and not load_external_data)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown}: not a readable ONNX model (protobuf parse failed: "
                          f"{type(exc).__name__}); the file may be truncated or not ONNX") from None
@@ -231,6 +233,18 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
         except (OSError, ValueError) as exc:
             raise InputError(f"{shown}: cannot read external data: {exc}") from None
     return model
+
+
+def _parse(path: Path, weights_in_file: bool) -> onnx.ModelProto:
+    if weights_in_file:
+        from bnfold.weights_in_file import structure_bytes
+
+        data = structure_bytes(path)
+        if data is not None:
+            model = onnx.ModelProto()
+            model.ParseFromString(data)
+            return model
+    return onnx.load_model(str(path), load_external_data=False)
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
@@ -288,7 +302,10 @@ def _kept_files(model: onnx.ModelProto, out: Path, source: Path | None,
     from (under ``source``), and those the file being replaced still reads until it is."""
     kept = [Path(p) for p in protect]
     if source is not None:
-        kept += [source / loc for loc in data_locations(model)]
+        from bnfold.weights_in_file import is_model_file
+
+        kept += [source / loc for loc in data_locations(model)  # the model file itself is
+                 if not (is_model_file(source / loc) and same_file(source / loc, out))]  # staged
     if out.is_file():
         kept += input_files(out)[1:]
     return kept

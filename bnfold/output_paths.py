@@ -74,10 +74,23 @@ def input_files(path: str | os.PathLike[str]) -> list[Path]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = onnx.load_model(str(p), load_external_data=False)
+            model = _structure(p)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError):
         return [p]
-    return [p] + [p.parent / loc for loc in sorted(data_locations(model))]
+    return [p] + [p.parent / loc for loc in sorted(data_locations(model))
+                  if not same_file(p.parent / loc, p)]  # its weights, read in place
+
+
+def _structure(path: Path) -> onnx.ModelProto:
+    """The model's graph without its single-file weights (only locations are needed here)."""
+    from bnfold.weights_in_file import structure_bytes
+
+    data = structure_bytes(path) if path.is_file() else None
+    if data is None:
+        return onnx.load_model(str(path), load_external_data=False)
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    return model
 
 
 def check_destination(out: Path, overwrite: bool) -> Path:

@@ -20,7 +20,8 @@ from bnfold.fold.rules.backward import fold_backward
 from bnfold.fold.rules.forward import fold_forward
 from bnfold.fold.training import protected_names, training_graphs, training_refusal
 from bnfold.graph import GraphIndex, subgraphs, walk_graphs
-from bnfold.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
+from bnfold.model_io import (MIN_OPSET, check_model_proto, default_opset, load_external,
+                             load_model)
 from bnfold.shapes import infer
 from bnfold.skeleton import skeleton
 
@@ -51,8 +52,23 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
 
     ``progress`` (e.g. a CLI's status line) gets a short message as each BN is first looked at
     ("folding BN 3 of 53") and before the proofs run.
+
+    A path is always folded lazily, its weights read from the file as the folds need them
+    (``bnfold.weights_in_file`` for a single file): only the graph structure is parsed, the
+    proofs' original is a copy of that structure, and without ``lazy_external`` the weights
+    no fold changed are read in at the end.
     """
-    base = _external_base(model) if lazy_external else None
+    result = _fold(model, check, copy, prove, progress)
+    if result.external_base is not None and not lazy_external:
+        load_external(result.model, result.external_base)
+        result.external_base = None
+    return result
+
+
+def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
+          progress: Callable[[str], None] | None) -> FoldResult:
+    """``fold`` with a path's weights left on disk (``result.external_base``)."""
+    base = _external_base(model)
     proto = _as_model(model, copy=copy, lazy=base is not None)
     backup = None
     if (check or prove) and isinstance(model, onnx.ModelProto) and not copy:
@@ -60,7 +76,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
         backup.CopyFrom(proto)
     pristine = None
     if prove and backup is None and not isinstance(model, onnx.ModelProto) and _count_bns(proto):
-        pristine = onnx.ModelProto()  # the proofs' original: a copy costs a third of a re-parse
+        pristine = onnx.ModelProto()  # the proofs' original: the structure, weights in the file
         pristine.CopyFrom(proto)
     before = skeleton(proto) if check else None
     excluded: dict[tuple[str, str], str] = {}
@@ -107,7 +123,8 @@ def _original(model: ModelLike, backup: onnx.ModelProto | None,
         return model, None
     if pristine is not None:
         return pristine, str(Path(model).parent)
-    return load_model(model, load_external_data=False), str(Path(model).parent)
+    return (load_model(model, load_external_data=False, weights_in_file=True),
+            str(Path(model).parent))
 
 
 def _fresh(model: ModelLike, backup: onnx.ModelProto | None, proto: onnx.ModelProto,
@@ -158,7 +175,7 @@ def _as_model(model: ModelLike, *, copy: bool, lazy: bool = False) -> onnx.Model
         dup.CopyFrom(model)
         return dup
     if isinstance(model, (str, Path, os.PathLike)):
-        return load_model(model, load_external_data=not lazy)
+        return load_model(model, load_external_data=not lazy, weights_in_file=lazy)
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
