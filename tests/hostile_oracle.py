@@ -150,6 +150,10 @@ def judge(case: Case, folded: onnx.ModelProto) -> Verdict:
                     v.detail.append(f"output {name} missing in the folded model")
                     continue
                 r64, g64 = r.astype(np.float64), got[name].astype(np.float64)
+                if name in orig and orig[name].shape != r64.shape:
+                    raise Unrunnable(f"engines disagree on the original's {name} shape: "
+                                     f"{orig[name].shape} on {orig_engine.kind} vs {r64.shape} "
+                                     f"on {ref_engine.kind} (ConvTranspose auto_pad, say)")
                 if r64.shape != g64.shape:
                     v.error = float("inf")
                     v.detail.append(f"{name}: shape {r64.shape} vs {g64.shape} ({conds})")
