@@ -42,6 +42,8 @@ from bnfold.output_paths import (  # check_output_paths, input_files: part of th
     input_files,
     same_file,
 )
+from bnfold.proto_stream import write_file as _write_streamed  # one initializer at a time
+from bnfold.weights_in_file import is_model_file, parse_structure
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
@@ -206,7 +208,9 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     except OSError as exc:  # e.g. a name too long, or a symlink loop
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
-        model = _parse(p, weights_in_file and not load_external_data)
+        model = parse_structure(p) if weights_in_file and not load_external_data else None
+        if model is None:
+            model = onnx.load_model(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown}: not a readable ONNX model (protobuf parse failed: "
                          f"{type(exc).__name__}); the file may be truncated or not ONNX") from None
@@ -235,18 +239,6 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     return model
 
 
-def _parse(path: Path, weights_in_file: bool) -> onnx.ModelProto:
-    if weights_in_file:
-        from bnfold.weights_in_file import structure_bytes
-
-        data = structure_bytes(path)
-        if data is not None:
-            model = onnx.ModelProto()
-            model.ParseFromString(data)
-            return model
-    return onnx.load_model(str(path), load_external_data=False)
-
-
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size of all tensors (external data included), without copying."""
     return sum(stored_size(t) + external_length(t) for t in _all_tensors(model))
@@ -265,17 +257,6 @@ def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) ->
 def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_streamed(path: str, model: onnx.ModelProto) -> None:
-    """The single-file model, one initializer at a time (``bnfold.proto_stream``): no second
-    in-memory copy of the weights."""
-    from bnfold.proto_stream import write_model
-
-    with open(path, "wb") as f:
-        write_model(model, f)
         f.flush()
         os.fsync(f.fileno())
 
@@ -302,8 +283,6 @@ def _kept_files(model: onnx.ModelProto, out: Path, source: Path | None,
     from (under ``source``), and those the file being replaced still reads until it is."""
     kept = [Path(p) for p in protect]
     if source is not None:
-        from bnfold.weights_in_file import is_model_file
-
         kept += [source / loc for loc in data_locations(model)  # the model file itself is
                  if not (is_model_file(source / loc) and same_file(source / loc, out))]  # staged
     if out.is_file():

@@ -83,14 +83,10 @@ def input_files(path: str | os.PathLike[str]) -> list[Path]:
 
 def _structure(path: Path) -> onnx.ModelProto:
     """The model's graph without its single-file weights (only locations are needed here)."""
-    from bnfold.weights_in_file import structure_bytes
+    from bnfold.weights_in_file import parse_structure
 
-    data = structure_bytes(path) if path.is_file() else None
-    if data is None:
-        return onnx.load_model(str(path), load_external_data=False)
-    model = onnx.ModelProto()
-    model.ParseFromString(data)
-    return model
+    model = parse_structure(path) if path.is_file() else None
+    return model if model is not None else onnx.load_model(str(path), load_external_data=False)
 
 
 def check_destination(out: Path, overwrite: bool) -> Path:

@@ -11,6 +11,7 @@ own record, the graph's remaining fields, then the model's. The bytes are exactl
 from __future__ import annotations
 
 import math
+import os
 from typing import BinaryIO
 
 from google.protobuf import unknown_fields
@@ -104,3 +105,11 @@ def write_model(model: Message, f: BinaryIO) -> int:
         written += f.write(init_tag) + f.write(varint(n)) + _write_tensor(t, f)
     written += f.write(tail) + f.write(m_after.SerializeToString())
     return written
+
+
+def write_file(path: str, model: Message) -> None:
+    """``model`` into the file at ``path``, synced to disk."""
+    with open(path, "wb") as f:
+        write_model(model, f)
+        f.flush()
+        os.fsync(f.fileno())

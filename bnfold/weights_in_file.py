@@ -18,6 +18,8 @@ import mmap
 import os
 from typing import Iterator
 
+import onnx
+
 from bnfold.proto_stream import varint
 
 MIN_BYTES = 1024  # raw data at least this large stays in the file
@@ -140,3 +142,13 @@ def _model(buf: memoryview, size: int, location: str) -> bytes | None:
                 changed = True
         out.append(_len_record(_MODEL_GRAPH, b"".join(graph)))
     return b"".join(out) if changed else None
+
+
+def parse_structure(path: str | os.PathLike[str]) -> onnx.ModelProto | None:
+    """The model at ``path`` parsed with its large weights left in the file, or None."""
+    data = structure_bytes(path)
+    if data is None:
+        return None
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    return model
