@@ -40,8 +40,13 @@ def _tool(name: str) -> Callable[[str, str], None]:
         import bnfold
         from bnfold.model_io import save_model
 
-        # what `bnfold fold IN -o OUT --no-verify` does after parsing its options
-        return lambda i, o: save_model(bnfold.fold(i).model, o, overwrite=True)
+        def fold_to_file(i: str, o: str) -> None:
+            # what `bnfold fold IN -o OUT --no-verify` does after parsing its options: a lazy
+            # fold (weights read from the input as needed), saved with the rest copied from it
+            result = bnfold.fold(i, lazy_external=True)
+            save_model(result.model, o, overwrite=True, source_dir=result.external_base)
+
+        return fold_to_file
     if name == "onnxoptimizer":
         import onnxoptimizer
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx import external_data_helper as edh
 from onnx import numpy_helper
 
 from bnfold.verify import engines
@@ -73,3 +74,24 @@ def test_child_feeds_mapped_arrays_and_reloads_them_after_a_crash() -> None:
         with pytest.raises(engines.Crashed):
             proc.run("m", x)
         np.testing.assert_array_equal(proc.run("m", x)["y"], w + 1)  # reloaded from the file
+
+
+def test_an_external_tensor_is_copied_from_its_file_at_its_offset(tmp_path) -> None:
+    w = np.arange(300, dtype=np.float32).reshape(3, 100)
+    (tmp_path / "d.bin").write_bytes(b"x" * 10 + w.tobytes() + b"tail")
+    t = numpy_helper.from_array(w, "w")
+    edh.set_external_data(t, "d.bin", offset=10, length=w.nbytes)
+    t.ClearField("raw_data")
+    t.data_location = T.EXTERNAL
+    with SharedArrays() as shared:
+        shared.add("first", np.ones(3, np.float16))  # the copy starts on an aligned offset
+        shared.add_tensor("w", t, str(tmp_path))
+        np.testing.assert_array_equal(shared.arrays()["w"], w)
+        assert shared.entries[1][3] % 64 == 0
+        t.raw_data = b"0"
+        edh.set_external_data(t, "d.bin", offset=10, length=w.nbytes - 4)
+        t.ClearField("raw_data")
+        with pytest.raises(ValueError, match="external data of 1196 bytes"):
+            shared.add_tensor("short", t, str(tmp_path))
+        with pytest.raises(ValueError, match="folder is unknown"):
+            shared.add_tensor("nowhere", t)

@@ -80,3 +80,26 @@ def test_lazy_fold_saves_unchanged_weights_from_the_file_even_in_place(tmp_path:
     written = onnx.load(str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert max_error(model, written) < tolerance(model)
+
+
+def test_proof_copies_large_original_weights_file_to_file(tmp_path: Path, monkeypatch) -> None:
+    """A 256 KB weight left in the file reaches the ORT child without passing through Python."""
+    from bnfold.verify.shared import SharedArrays
+
+    b = Builder()
+    y = b.input("x", ["N", 128, 4, 4])
+    b.output(b.bn(b.conv(y, 128, 128, k=2, pads=0), 128))
+    model = b.model()
+    path = _save(model, tmp_path / "m.onnx")
+    copied = []
+    real = SharedArrays._copy_external
+
+    def spy(self, name, tensor, *args):  # noqa: ANN001, ANN002, ANN202
+        copied.append(name)
+        return real(self, name, tensor, *args)
+
+    monkeypatch.setattr(SharedArrays, "_copy_external", spy)
+    result = bnfold.fold(path)
+    assert result.records[0].folded and result.records[0].proof_engine == "onnxruntime"
+    assert len(copied) == 1  # the original conv weight; the folded one is in the proto
+    assert max_error(model, result.model) < tolerance(model)

@@ -31,7 +31,7 @@ from bnfold.verify.shared import SharedArrays
 
 Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
-_BATCH_BYTES = 512 << 20  # tensor bytes per batched proof model (protobuf caps a model at 2 GiB)
+_BATCH_BYTES = 64 << 20  # weight bytes per batched proof pair: bounds the ORT child's memory
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _FED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 _FED_BYTES = 64 << 10  # initializers larger than this are fed to the batched proof, not parsed
@@ -294,12 +294,12 @@ def _model(regions: list[Region], source: onnx.ModelProto,
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
                     and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
-                weights.add_tensor(rename[t.name], t)
+                weights.add_tensor(rename[t.name], t, region.base_dir)
                 inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
                                                             list(t.dims)))
                 continue
             copy = graph.initializer.add()
-            copy.CopyFrom(t)
+            copy.CopyFrom(region.inline(t))
             copy.name = rename[t.name]
         inputs += [helper.make_tensor_value_info(rename[n], d, s) for n, d, s in region.inputs]
         outputs += [helper.make_tensor_value_info(f"r{i}_{n}", d, None)

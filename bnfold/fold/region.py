@@ -20,6 +20,7 @@ from bnfold.fold.bn import label
 from bnfold.graph import GraphKey, ValueInfo, attr, subgraphs
 
 _DATA_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+_READ_LATE = 64 << 10  # external weights larger than this are read when the proof runs
 _MAX_WALK = 32  # nodes between a BN and the node it was folded into (chained folds)
 
 
@@ -102,6 +103,11 @@ class Region:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     inputs: list[tuple[str, int, list[int]]] = field(default_factory=list)  # name, dtype, shape
     outputs: list[tuple[str, int]] = field(default_factory=list)            # name, dtype
+    base_dir: str | None = None  # where initializers still external are read from
+
+    def inline(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """``tensor`` (one of ``initializers``) with its data in the proto."""
+        return _inline(tensor, self.base_dir)
 
     def nbytes(self) -> int:
         """The bytes of the region's constants, from their dims (``ByteSize`` would serialize
@@ -159,7 +165,7 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
     """
     known = {n: d for n, d, _ in like.inputs} | dict(like.outputs) if like else {}
     sizes = {n: shape for n, _, shape in like.inputs} if like else {}
-    region = Region()
+    region = Region(base_dir=base_dir)
     seen: set[str] = set()
     picked: dict[int, onnx.NodeProto] = {}
     stack = list(outputs)
@@ -190,7 +196,10 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
             for _, sub in subgraphs(node):
                 stack.extend(free_names(sub))
         elif name in owner.initializers and name not in owner.overridable:
-            region.initializers.append(_inline(owner.initializers[name], base_dir))
+            tensor = owner.initializers[name]
+            # a large weight still in a file stays there: the proof copies it file to file
+            lazy = base_dir is not None and external_length(tensor) > _READ_LATE
+            region.initializers.append(tensor if lazy else _inline(tensor, base_dir))
         else:
             raise RegionError(f"the region reads {name!r}, which is neither its activation "
                               "input nor a constant")

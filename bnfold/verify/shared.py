@@ -13,8 +13,10 @@ import tempfile
 from typing import Iterator
 import numpy as np
 import onnx
+from onnx import external_data_helper as edh
 from onnx import numpy_helper
 
+from bnfold.data_file import external_info
 from bnfold.verify.ort_child import map_shared
 
 _ALIGN = 64  # every array starts on a cache line (ORT and numpy want aligned data)
@@ -59,14 +61,19 @@ class SharedArrays:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add_tensor(self, name: str, tensor: onnx.TensorProto) -> None:
+    def add_tensor(self, name: str, tensor: onnx.TensorProto, base_dir: str | None = None,
+                   ) -> None:
         """``tensor``'s data under ``name``: its raw bytes as stored (ONNX raw data is little
-        endian), else its typed fields converted once."""
+        endian), copied file to file when still external (relative to ``base_dir``), else its
+        typed fields converted once."""
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
         shape = tuple(int(d) for d in tensor.dims)
-        if tensor.HasField("raw_data"):
+        want = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if edh.uses_external_data(tensor):
+            self._copy_external(name, tensor, base_dir, dtype, shape, want)
+        elif tensor.HasField("raw_data"):
             data = tensor.raw_data
-            if len(data) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            if len(data) != want:
                 raise ValueError(f"{tensor.name!r}: raw data of {len(data)} bytes for "
                                  f"shape {shape}")
             self._write(name, dtype, shape, data)
@@ -78,14 +85,41 @@ class SharedArrays:
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         self._write(name, array.dtype, array.shape, array.tobytes())
 
-    def _write(self, name: str, dtype: np.dtype, shape: tuple[int, ...], data: bytes) -> None:
+    def _copy_external(self, name: str, tensor: onnx.TensorProto, base_dir: str | None,
+                       dtype: np.dtype, shape: tuple[int, ...], want: int) -> None:
+        """An external tensor's bytes straight from its data file (never through Python)."""
+        if base_dir is None:
+            raise ValueError(f"{tensor.name!r} is stored externally and its folder is unknown")
+        info = external_info(tensor)
+        length = want if info.length is None else info.length
+        if length != want:
+            raise ValueError(f"{tensor.name!r}: external data of {length} bytes for shape {shape}")
+        self._pad()
+        self._names.add(name)
+        self.entries.append((name, dtype.str, tuple(shape), self.nbytes))
+        self._file.flush()
+        with open(os.path.join(base_dir, info.location), "rb") as src:
+            offset, left = info.offset or 0, length
+            while left:  # in the kernel, page cache to page cache
+                done = os.sendfile(self._file.fileno(), src.fileno(), offset, left)
+                if done <= 0:
+                    raise ValueError(f"{tensor.name!r}: external data ends before its length")
+                offset, left = offset + done, left - done
+        self._file.seek(0, os.SEEK_END)
+        self.nbytes += length
+
+    def _pad(self) -> None:
         pad = -self.nbytes % _ALIGN
         if pad:
             self._file.write(b"\0" * pad)
+            self.nbytes += pad
+
+    def _write(self, name: str, dtype: np.dtype, shape: tuple[int, ...], data: bytes) -> None:
+        self._pad()
         self._names.add(name)
-        self.entries.append((name, dtype.str, tuple(shape), self.nbytes + pad))
+        self.entries.append((name, dtype.str, tuple(shape), self.nbytes))
         self._file.write(data)
-        self.nbytes += pad + len(data)
+        self.nbytes += len(data)
 
     def spec(self) -> tuple[str, str, list[tuple[str, str, tuple[int, ...], int]]]:
         """("shared", path, entries): the picklable description the child maps."""
