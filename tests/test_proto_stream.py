@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -56,3 +57,11 @@ def test_varint_encodes_like_protobuf() -> None:
         msg = TensorProto()
         msg.dims.append(n)
         assert msg.SerializeToString() == b"\x08" + varint(n)
+
+
+def test_raw_data_that_disagrees_with_its_dims_is_refused_not_written_corrupt() -> None:
+    model = _model()
+    big = model.graph.initializer[1]
+    big.raw_data = big.raw_data[:-4]
+    with pytest.raises(ValueError, match="raw data for dims"):
+        write_model(model, io.BytesIO())
