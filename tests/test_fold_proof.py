@@ -380,3 +380,18 @@ def test_batched_proof_hands_weights_over_in_a_shared_file(monkeypatch):
     result = bnfold.fold(b.model())
     assert result.records[0].proof_engine == "onnxruntime" and len(handed) == 2
     assert all(isinstance(f, SharedArrays) and len(f) >= 1 for f in handed)
+
+
+def test_proof_batches_are_capped_in_regions(monkeypatch):
+    """ORT's session creation is super-linear in the node count: 5 folds with a cap of 2
+    regions per batch take 3 batched pairs of sessions."""
+    monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(5):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    loads = record_loads(monkeypatch)
+    result = bnfold.fold(b.model())
+    assert len(result.folded) == 5 and all(r.proof_engine for r in result.records)
+    assert len(loads) == 6
