@@ -83,7 +83,9 @@ def worker(path: str, prove: bool, repeat: int) -> dict[str, float]:
 def measure(path: str, prove: bool, repeat: int) -> dict[str, float]:
     code = (f"import sys, json; sys.path.insert(0, {HERE!r}); import fold_scaling as f; "
             f"print('RESULT', json.dumps(f.worker({path!r}, {prove!r}, {repeat})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # this bnfold
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         raise SystemExit(f"worker failed on {path}: {out.stderr.strip()[-400:]}")

@@ -74,8 +74,9 @@ def peak_rss_mb(path: str, out: str) -> float:
         f"save_model(r.model, {out!r}, overwrite=True, source_dir=r.external_base)",
         "print((ft._rss_kb('VmHWM') - base) / 1e3)",
     ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # this bnfold
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.strip())
+                                check=True, env=env).stdout.strip())
 
 
 def main(argv: list[str]) -> int:
