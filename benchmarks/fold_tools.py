@@ -40,8 +40,13 @@ def _tool(name: str) -> Callable[[str, str], None]:
         import bnfold
         from bnfold.io.model_io import save_model
 
-        # what `bnfold fold IN -o OUT --no-verify` does after parsing its options
-        return lambda i, o: save_model(bnfold.fold(i).model, o, overwrite=True)
+        def fold_to_file(i: str, o: str) -> None:
+            # what `bnfold fold IN -o OUT --no-verify` does after parsing its options: a lazy
+            # fold (weights read from the input as needed), saved with the rest copied from it
+            result = bnfold.fold(i, lazy_external=True)
+            save_model(result.model, o, overwrite=True, source_dir=result.external_base)
+
+        return fold_to_file
     if name == "onnxoptimizer":
         import onnxoptimizer
 
@@ -107,12 +112,20 @@ def worker(tool: str, src: str, dst: str, repeat: int) -> dict[str, Any]:
     return {"times_s": times, "base_rss_mb": base / 1e6, "peak_rss_mb": peak / 1e6}
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a worker: it imports the same bnfold as this process (not whichever
+    checkout the virtual environment has installed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
 def run_tool(tool: str, src: str, dst: str, repeat: int, timeout: float) -> dict[str, Any]:
     """Run one tool in a fresh interpreter; a crash or timeout becomes an ``error`` entry."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", tool, src, dst, str(repeat)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              check=False, env=_child_env())
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -18,21 +18,25 @@ sys.path.insert(0, HERE)
 
 # (label, module file suffix, function name): summed cumulative time over all calls
 PHASES = [
-    ("fold(path) (total, includes load_model)", "bnfold/folding/__init__.py", "fold"),
-    ("  load_model", "bnfold/io/model_io.py", "load_model"),
-    ("    onnx.load parse", "onnx/__init__.py", "load_model"),
-    ("    onnx.checker on input file", "bnfold/io/model_io.py", "_check_graph"),
-    ("    UTF-8 walk of every field (_check_text)", "bnfold/io/model_io.py", "_check_text"),
+    ("fold(path) (total)", "bnfold/folding/__init__.py", "fold"),
+    ("  load_model (structure; weights stay in the file)", "bnfold/io/model_io.py", "load_model"),
+    ("    wire scan of the file (weights_in_file)", "bnfold/io/weights_in_file.py",
+     "structure_bytes"),
     ("  shape inference (shapes.infer)", "bnfold/graph/shapes.py", "infer"),
     ("  rules (_fold_graph)", "bnfold/folding/__init__.py", "_fold_graph"),
+    ("    float64 scaling (math.scale_conv_out)", "bnfold/folding/math.py", "scale_conv_out"),
     ("    cast_exact", "bnfold/folding/rewrite.py", "cast_exact"),
-    ("    remove_orphans", "bnfold/folding/rewrite.py", "remove_orphans"),
+    ("    write_tensor (folded weight into the proto)", "bnfold/folding/rewrite.py", "write_tensor"),
     ("  skeleton (data-free copy for checks)", "bnfold/io/skeleton.py", "skeleton"),
     ("  check_folded (checker + strict shape inference)", "bnfold/folding/check.py", "check_folded"),
+    ("  proofs (proof.prove)", "bnfold/folding/proof.py", "prove"),
+    ("    regions cut (_groups, original weights read)", "bnfold/folding/proof.py", "_groups"),
+    ("    proof models + weights into /dev/shm (_model)", "bnfold/folding/proof.py", "_model"),
+    ("    random feeds (_feeds)", "bnfold/folding/proof.py", "_feeds"),
+    ("    ORT child: sessions and runs (_run_ort)", "bnfold/folding/proof.py", "_run_ort"),
+    ("    verdicts (_judge)", "bnfold/folding/proof.py", "_judge"),
     ("save_model (total)", "bnfold/io/model_io.py", "save_model"),
-    ("SerializeToString (all callers)", "~",
-     "<method 'SerializeToString' of 'google._upb._message.Message' objects>"),
-    ("CopyFrom (all callers)", "~", "<method 'CopyFrom' of 'google._upb._message.Message' objects>"),
+    ("  streamed write (proto_stream.write_model)", "bnfold/io/proto_stream.py", "write_model"),
     ("fsync (all callers)", "~", "<built-in method posix.fsync>"),
 ]
 
@@ -45,7 +49,8 @@ def profile(path: str, out: str) -> tuple[float, dict[str, float]]:
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    save_model(bnfold.fold(path).model, out, overwrite=True)
+    result = bnfold.fold(path, lazy_external=True)  # as `bnfold fold` does
+    save_model(result.model, out, overwrite=True, source_dir=result.external_base)
     prof.disable()
     wall = time.perf_counter() - start
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
@@ -65,11 +70,13 @@ def peak_rss_mb(path: str, out: str) -> float:
         "import fold_tools as ft",
         "ft._reset_peak_rss()",
         "base = ft._rss_kb('VmRSS')",
-        f"save_model(bnfold.fold({path!r}).model, {out!r}, overwrite=True)",
+        f"r = bnfold.fold({path!r}, lazy_external=True)",
+        f"save_model(r.model, {out!r}, overwrite=True, source_dir=r.external_base)",
         "print((ft._rss_kb('VmHWM') - base) / 1e3)",
     ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # this bnfold
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.strip())
+                                check=True, env=env).stdout.strip())
 
 
 def main(argv: list[str]) -> int:

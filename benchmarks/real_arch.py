@@ -5,7 +5,7 @@ torchvision and timm networks with random weights and random BN statistics
 torch's TorchScript exporter), small inputs. Every tool (``real_arch_tools``) folds every export
 in this process; per tool: BN left, error against the original on ONNX Runtime (optimizations
 disabled, the export's fixed random input, relative to the output's peak), onnx.checker with
-strict shape inference, median time. bnfold also reports its own verdict (``bnfold.verification``)
+strict shape inference, median time. bnfold also reports its own verdict (``bnfold.verify``)
 and a reason for every BN it keeps; the summary groups those reasons: the fold engine's work list.
 
 Needs torchvision and timm (see README, Benchmarks). Usage:

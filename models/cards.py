@@ -160,7 +160,7 @@ Test inputs: `models/{f.test_file}` (key `input`), labels `models/digits_test_la
 ## Training
 
 Adam with cosine learning-rate decay, {loss} loss, {cfg}; exported by
-`bnfold.exporting.exporter` (dynamo exporter, BN kept, dynamic batch).
+`bnfold.export` (dynamo exporter, BN kept, dynamic batch).
 
 Regenerate: `{REGENERATE.format(name=f.name)}`
 
@@ -205,7 +205,7 @@ def write_index() -> None:
     INDEX_MD.write_text(f"""# Model zoo: small BatchNorm models trained on scikit-learn's digits
 
 Each model is a small PyTorch network with BatchNorm in a different place, trained on the
-digits data set that ships inside scikit-learn (no download), exported with `bnfold.exporting.exporter`
+digits data set that ships inside scikit-learn (no download), exported with `bnfold.export`
 (every BN kept, dynamic batch axis, input `input`, output `output`), and measured before and
 after `bnfold fold` on the held-out test split. All figures below come from the run that
 wrote the files (`models/cards.json`); each card has the details.

@@ -231,12 +231,13 @@ def test_in_place_failing_mid_write_leaves_the_original_byte_identical(tmp_path,
     model = write(tmp_path / "m.onnx")
     before = snapshot(tmp_path)
 
-    def half_write(path: str, data: bytes) -> None:
+    def half_write(path: str, model: onnx.ModelProto) -> None:
+        data = model.SerializeToString()
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(model_io, "_write_file", half_write)
+    monkeypatch.setattr(model_io, "_write_streamed", half_write)
     assert_clean_error(invoke(["fold", "-q", model, "--in-place"]), "Input/output error")
     assert snapshot(tmp_path) == before
 

@@ -338,3 +338,60 @@ def test_forward_fold_proof_runs_on_a_capped_spatial_size(monkeypatch):
     result = bnfold.fold(model)
     assert result.records[0].folded and result.records[0].direction == "forward"
     assert shapes and all(s[2] <= 8 and s[3] <= 8 for s in shapes if len(s) == 4), shapes
+
+
+def test_one_wrong_fold_in_a_combined_proof_is_localized_and_undone_alone(monkeypatch):
+    """Five folds proved in one batched pair of sessions; the one wrong fold (5 channels) is
+    found by its own outputs and rerun alone; the other four stay folded and proven."""
+    b = Builder()
+    y = b.input("x", ["N", 2, 5, 5])
+    c = 2
+    for out in (3, 4, 5, 6, 7):
+        y = b.bn(b.conv(y, c, out), out)
+        c = out
+    b.output(y)
+    model = b.model()
+    corrupt_bn(monkeypatch, 5, scale=1.02)
+    loads = record_loads(monkeypatch)
+    result = bnfold.fold(model)
+    rec = by_channels(result, model)
+    assert rec[5].reason is Reason.PROOF_FAILED and "max abs error" in rec[5].detail
+    assert all(rec[c].folded and rec[c].proof_engine == "onnxruntime" for c in (3, 4, 6, 7))
+    # batch of five, the failing region alone, then the refold's batch of four
+    assert [k for k, _ in loads] == ["proof-original", "proof-folded"] * 3
+    assert count_bn(result.model) == 1
+    assert max_error(model, result.model) < tolerance(model)
+
+
+def test_batched_proof_hands_weights_over_in_a_shared_file(monkeypatch):
+    from bnfold.verification.shared import SharedArrays
+
+    handed = []
+    real_load = OrtProcess.load
+
+    def recording(self, key, source, label, chain, opt_level, fixed=None):  # noqa: ANN001, ANN202
+        handed.append(fixed)
+        return real_load(self, key, source, label, chain, opt_level, fixed)
+
+    monkeypatch.setattr(OrtProcess, "load", recording)
+    b = Builder()
+    y = b.input("x", ["N", 128, 4, 4])
+    b.output(b.bn(b.conv(y, 128, 128, k=2, pads=0), 128))
+    result = bnfold.fold(b.model())
+    assert result.records[0].proof_engine == "onnxruntime" and len(handed) == 2
+    assert all(isinstance(f, SharedArrays) and len(f) >= 1 for f in handed)
+
+
+def test_proof_batches_are_capped_in_regions(monkeypatch):
+    """ORT's session creation is super-linear in the node count: 5 folds with a cap of 2
+    regions per batch take 3 batched pairs of sessions."""
+    monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(5):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    loads = record_loads(monkeypatch)
+    result = bnfold.fold(b.model())
+    assert len(result.folded) == 5 and all(r.proof_engine for r in result.records)
+    assert len(loads) == 6

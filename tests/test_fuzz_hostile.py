@@ -1,6 +1,6 @@
 """Trust campaign (issue 10): hostile graphs must never give a wrong model or a PASS on one.
 
-Properties, for every generated case: ``bnfold.folding`` raises nothing but BnfoldError; every BN
+Properties, for every generated case: ``bnfold.fold`` raises nothing but BnfoldError; every BN
 (in every graph, subgraph and function) is folded or has a reason; the folded model has no
 checker error the input lacks and no dangling training_info binding; it matches the original
 on all paths (tests/hostile_oracle.py); a fold by path leaves every input file unchanged; with

@@ -128,7 +128,7 @@ def measure_variants(variants: Sequence[tuple[str, str]], *, providers: Sequence
 def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
     """Paired latency of ``original`` vs ``folded`` (paths or ModelProtos) on ONNX Runtime.
 
-    With ``folded=None`` the original is folded on the fly with ``bnfold.folding``. Options are
+    With ``folded=None`` the original is folded on the fly with ``bnfold.fold``. Options are
     those of :func:`measure_variants` (providers, opt_levels, threads, batch_sizes, warmup,
     runs, shapes, dims, processes, isolate, allow_spinning, seed, confidence, progress).
     """
@@ -142,7 +142,7 @@ def benchmark(original: Any, folded: Any = None, **options: Any) -> BenchResult:
             from bnfold.folding import fold
 
             if progress:
-                progress(f"folding {orig_path} with bnfold.folding")
+                progress(f"folding {orig_path} with bnfold.fold")
             res = fold(orig_path if not isinstance(original, onnx.ModelProto) else original)
             fold_info = {"bn_before": res.bn_before, "bn_after": res.bn_after}
             folded = res.model

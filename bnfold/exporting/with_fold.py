@@ -80,7 +80,7 @@ def torch_fusion(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Torc
 def export_and_fold(model: torch.nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                     path: str | os.PathLike[str], folded_path: str | os.PathLike[str] | None = None,
                     **export_options: Any) -> ExportFoldResult:
-    """Export ``model`` to ``path`` (see ``bnfold.exporting.exporter``), fold that file into ``folded_path``
+    """Export ``model`` to ``path`` (see ``bnfold.export``), fold that file into ``folded_path``
     (default PATH.folded.onnx) with ``bnfold.fold_file`` (verified), compare with PyTorch."""
     import torch
 

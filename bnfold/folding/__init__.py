@@ -22,7 +22,8 @@ from bnfold.folding.rules.carry import Plan
 from bnfold.folding.rules.carry import apply as apply_plan
 from bnfold.folding.training import protected_names, training_graphs, training_refusal
 from bnfold.graph.index import GraphIndex, subgraphs, walk_graphs
-from bnfold.io.model_io import MIN_OPSET, check_model_proto, default_opset, load_model
+from bnfold.io.model_io import (MIN_OPSET, check_model_proto, default_opset, load_external,
+                                load_model)
 from bnfold.graph.shapes import infer
 from bnfold.io.skeleton import skeleton
 
@@ -58,13 +59,32 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
 
     ``progress`` (e.g. a CLI's status line) gets a short message as each BN is first looked at
     ("folding BN 3 of 53") and before the proofs run.
+
+    A path is always folded lazily, its weights read from the file as the folds need them
+    (``bnfold.io.weights_in_file`` for a single file): only the graph structure is parsed, the
+    proofs' original is a copy of that structure, and without ``lazy_external`` the weights
+    no fold changed are read in at the end.
     """
-    base = _external_base(model) if lazy_external else None
+    result = _fold(model, check, copy, prove, progress, reparam)
+    if result.external_base is not None and not lazy_external:
+        load_external(result.model, result.external_base)
+        result.external_base = None
+    return result
+
+
+def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
+          progress: Callable[[str], None] | None, reparam: bool) -> FoldResult:
+    """``fold`` with a path's weights left on disk (``result.external_base``)."""
+    base = _external_base(model)
     proto = _as_model(model, copy=copy, lazy=base is not None)
     backup = None
     if (check or prove) and isinstance(model, onnx.ModelProto) and not copy:
         backup = onnx.ModelProto()
         backup.CopyFrom(proto)
+    pristine = None
+    if prove and backup is None and not isinstance(model, onnx.ModelProto) and _count_bns(proto):
+        pristine = onnx.ModelProto()  # the proofs' original: the structure, weights in the file
+        pristine.CopyFrom(proto)
     before = skeleton(proto) if check else None
     excluded: dict[tuple[str, str], tuple[Reason, str]] = {}
     unmerged: dict[tuple[str, str], str] = {}  # BNs of reparam merges whose proof failed
@@ -81,7 +101,7 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
                                   external_base=base)
         if not prove or not any(r.folded for r in records):
             return FoldResult(model=proto, records=records, warnings=notes, external_base=base)
-        original = original or _original(model, backup)
+        original = original or _original(model, backup, pristine)
         if progress is not None:
             progress(f"proving {sum(r.folded for r in records)} fold(s) on ONNX Runtime")
         proofs = prove_folds(original[0], proto, records, original_base=original[1],
@@ -104,14 +124,18 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
 
 
 def _original(model: ModelLike, backup: onnx.ModelProto | None,
-              ) -> tuple[onnx.ModelProto, str | None]:
-    """The unfolded input for the proofs, and the folder its external data is read from."""
+              pristine: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, str | None]:
+    """The unfolded input for the proofs, and the folder its external data is read from
+    (``pristine``: a copy of a path's model taken before the fold)."""
     if backup is not None:
         return backup, None
     if isinstance(model, onnx.ModelProto):
         return model, None
+    if pristine is not None:
+        return pristine, str(Path(model).parent)
     # checked when first loaded (``_as_model``): the proofs' copy need not run the checker again
-    return load_model(model, load_external_data=False, check=False), str(Path(model).parent)
+    return (load_model(model, load_external_data=False, check=False, weights_in_file=True),
+            str(Path(model).parent))
 
 
 def _fresh(model: ModelLike, backup: onnx.ModelProto | None, proto: onnx.ModelProto,
@@ -162,7 +186,7 @@ def _as_model(model: ModelLike, *, copy: bool, lazy: bool = False) -> onnx.Model
         dup.CopyFrom(model)
         return dup
     if isinstance(model, (str, Path, os.PathLike)):
-        return load_model(model, load_external_data=not lazy)
+        return load_model(model, load_external_data=not lazy, weights_in_file=lazy)
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 

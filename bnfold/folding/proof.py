@@ -28,10 +28,14 @@ from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_regio
 from bnfold.folding.report import FoldRecord, Reason
 from bnfold.graph.index import subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
+from bnfold.verification.shared import SharedArrays
 
 Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
-_BATCH_BYTES = 512 << 20  # tensor bytes per batched proof model (protobuf caps a model at 2 GiB)
+_BATCH_BYTES = 64 << 20  # weight bytes per batched proof pair: bounds the ORT child's memory
+# regions per batch: ORT's session creation grows faster than its node count (1.0 s for 1,500
+# regions, 6.5 s for 4,500), so batches stay small enough to keep the proofs linear
+_BATCH_REGIONS = 256
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _FED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 _FED_BYTES = 64 << 10  # initializers larger than this are fed to the batched proof, not parsed
@@ -118,16 +122,26 @@ def _groups(records: list[FoldRecord], o_scopes: dict[str, list[Scope]],
 
 
 def _overlapping(members: list) -> list[list]:
-    """Partition fold members into sets whose replaced nodes share a node."""
-    parts: list[tuple[set[int], list]] = []
-    for m in members:
-        ids = {id(n) for n in m[1]}
-        joined = [p for p in parts if p[0] & ids]
-        for p in joined:
-            parts.remove(p)
-            ids |= p[0]
-        parts.append((ids, [x for p in joined for x in p[1]] + [m]))
-    return [p[1] for p in parts]
+    """Partition fold members into sets whose replaced nodes share a node (union-find over
+    node ids: linear in the folds, where comparing each with every set was quadratic)."""
+    parent = list(range(len(members)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, m in enumerate(members):
+        for n in m[1]:
+            j = owner.setdefault(id(n), i)
+            if j != i:
+                parent[root(i)] = root(j)
+    parts: dict[int, list] = {}
+    for i, m in enumerate(members):
+        parts.setdefault(root(i), []).append(m)
+    return list(parts.values())
 
 
 def _cut_group(part: list, o_scope: Scope, f_scope: Scope, o_base: str | None,
@@ -149,11 +163,12 @@ def _cut_group(part: list, o_scope: Scope, f_scope: Scope, o_base: str | None,
 
 
 def _chunks(groups: list[_Group]) -> list[list[_Group]]:
+    """Batches of at most ``_BATCH_BYTES`` of weights and ``_BATCH_REGIONS`` regions."""
     chunks: list[list[_Group]] = [[]]
     size = 0
     for g in groups:
         n = g.original.nbytes() + g.folded.nbytes()
-        if chunks[-1] and size + n > _BATCH_BYTES:
+        if chunks[-1] and (size + n > _BATCH_BYTES or len(chunks[-1]) >= _BATCH_REGIONS):
             chunks.append([])
             size = 0
         chunks[-1].append(g)
@@ -182,15 +197,14 @@ def _process() -> Any:
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
     """Run the chunk as one batched pair of models; per region where the batch fails."""
     try:
-        o_weights: dict[str, np.ndarray] = {}
-        f_weights: dict[str, np.ndarray] = {}
-        o_model = _model([g.original for g in chunk], model, o_weights)
-        f_model = _model([g.folded for g in chunk], model, f_weights)
-        feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
-        outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
+        with SharedArrays() as o_weights, SharedArrays() as f_weights:
+            o_model = _model([g.original for g in chunk], model, o_weights)
+            f_model = _model([g.folded for g in chunk], model, f_weights)
+            feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
+            outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
+            truths = _float32_truth(proc, o_model, feeds, o_weights)
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model, proc) for g in chunk]
-    truths = _float32_truth(proc, o_model, feeds, o_weights)
     proofs = []
     for i, g in enumerate(chunk):
         names = [f"r{i}_{o}" for o, _ in g.original.outputs]
@@ -277,14 +291,16 @@ def _against_truth(proof: Proof, o_model: onnx.ModelProto, feeds: list[dict],
 
 
 def _float32_truth(proc: Any, o_model: onnx.ModelProto, feeds: list[dict],
-                   weights: dict[str, np.ndarray]) -> list[dict] | None:
+                   weights: dict[str, np.ndarray] | SharedArrays) -> list[dict] | None:
     """The original proof model's outputs computed in float32, when it has float16/bfloat16
     outputs (else, or when it cannot run, None): the truth ``_precision`` judges by."""
     if not any(o.type.tensor_type.elem_type in _LOW for o in o_model.graph.output):
         return None
     from bnfold.verification.truth import widened_model
 
-    def wide(values: dict) -> dict:
+    def wide(values: dict | SharedArrays) -> dict:
+        if isinstance(values, SharedArrays):
+            values = values.arrays()
         return {k: v.astype(np.float32) if _narrow(v) else v for k, v in values.items()}
 
     key = "proof-truth"
@@ -320,12 +336,12 @@ def _precision(proof: Proof, pairs: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _model(regions: list[Region], source: onnx.ModelProto,
-           weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+           weights: SharedArrays | None = None) -> onnx.ModelProto:
     """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
 
-    With ``weights`` (a dict to fill), large float initializers become graph inputs and their
-    values go into ``weights`` to be fed: the model is then a few KB to serialize and for ORT
-    to parse, instead of two copies of every weight.
+    With ``weights`` (a shared file to fill), large float initializers become graph inputs and
+    their bytes go into ``weights`` to be fed: the model is then a few KB to serialize and for
+    ORT to parse, and each weight is copied once, into the file the ORT child maps.
     """
     model = onnx.ModelProto(ir_version=source.ir_version)
     graph = model.graph
@@ -344,12 +360,12 @@ def _model(regions: list[Region], source: onnx.ModelProto,
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
                     and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
-                weights[rename[t.name]] = numpy_helper.to_array(t)
+                weights.add_tensor(rename[t.name], t, region.base_dir)
                 inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
                                                             list(t.dims)))
                 continue
             copy = graph.initializer.add()
-            copy.CopyFrom(t)
+            copy.CopyFrom(region.inline(t))
             copy.name = rename[t.name]
         inputs += [helper.make_tensor_value_info(rename[n], d, s) for n, d, s in region.inputs]
         outputs += [helper.make_tensor_value_info(f"r{i}_{n}", d, None)
@@ -378,7 +394,7 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
 
 
 def _feeds(model: onnx.ModelProto, seed: int,
-           skip: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+           skip: SharedArrays | None = None) -> dict[str, np.ndarray]:
     """Seeded random activations for the graph inputs (not initializers, not fed weights)."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer} | set(skip or ())
@@ -388,16 +404,17 @@ def _feeds(model: onnx.ModelProto, seed: int,
             continue
         tt = vi.type.tensor_type
         shape = [d.dim_value for d in tt.shape.dim]
-        feeds[vi.name] = rng.normal(0, 1, shape).astype(
-            helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        wide = np.float64 if dtype == np.float64 else np.float32  # float32 draws: half the cost
+        feeds[vi.name] = rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
     return feeds
 
 
 def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
-             weights: tuple[dict, dict] = ({}, {})) -> list[tuple[dict, dict]]:
+             weights: tuple[Any, Any] = ({}, {})) -> list[tuple[dict, dict]]:
     """Both models on ORT (CPU, no graph optimizations) in the child process ``proc``, on each
-    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), sent to
-    the child once per model."""
+    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), handed
+    to the child once per model."""
     keys = ("proof-original", "proof-folded")
     for key, m, w in zip(keys, (o_model, f_model), weights):
         proc.load(key, m.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],

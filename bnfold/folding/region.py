@@ -15,10 +15,12 @@ import onnx
 from onnx import external_data_helper as edh
 from onnx import helper
 
+from bnfold.io.data_file import external_length, stored_size
 from bnfold.folding.bn import label
 from bnfold.graph.index import GraphKey, ValueInfo, attr, subgraphs
 
 _DATA_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+_READ_LATE = 64 << 10  # external weights larger than this are read when the proof runs
 _CAPPABLE = _DATA_OPS + ("Add", "Identity")  # on the data path: a capped spatial size is fine
 _MAX_WALK = 32  # nodes between a BN and the node it was folded into (chained folds)
 
@@ -35,6 +37,16 @@ class Scope:
         self.inputs = {i.name for i in graph.input}
         self.overridable = self.inputs if ir_version >= 4 else set()
         self.input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+        self._consumers: dict[str, list[onnx.NodeProto]] | None = None
+
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        """The nodes reading each name, built once per scope (not once per fold)."""
+        if self._consumers is None:
+            self._consumers = {}
+            for n in self.graph.node:
+                for name in set(n.input):
+                    self._consumers.setdefault(name, []).append(n)
+        return self._consumers
 
     def chain(self) -> Iterator["Scope"]:
         scope: Scope | None = self
@@ -92,16 +104,16 @@ class Region:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     inputs: list[tuple[str, int, list[int]]] = field(default_factory=list)  # name, dtype, shape
     outputs: list[tuple[str, int]] = field(default_factory=list)            # name, dtype
+    base_dir: str | None = None  # where initializers still external are read from
+
+    def inline(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """``tensor`` (one of ``initializers``) with its data in the proto."""
+        return _inline(tensor, self.base_dir)
 
     def nbytes(self) -> int:
-        return sum(t.ByteSize() + edh_length(t) for t in self.initializers)
-
-
-def edh_length(t: onnx.TensorProto) -> int:
-    for entry in t.external_data:
-        if entry.key == "length":
-            return int(entry.value)
-    return 0
+        """The bytes of the region's constants, from their dims (``ByteSize`` would serialize
+        every weight: 60 ms for ResNet-50's)."""
+        return sum(stored_size(t) + external_length(t) for t in self.initializers)
 
 
 class RegionError(ValueError):
@@ -140,10 +152,7 @@ def _walk(scope: Scope, bn_output: str, target: str, direction: str,
     if bn is None:
         raise RegionError(f"BN output {bn_output!r} not found in the original graph")
     nodes, cur = [bn], bn
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in scope.graph.node:
-        for name in set(n.input):
-            consumers.setdefault(name, []).append(n)
+    consumers = scope.consumers()
     for _ in range(_MAX_WALK):
         if direction == "backward":
             nxt = _upstream(scope, cur)
@@ -205,7 +214,7 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
     """
     known = {n: d for n, d, _ in like.inputs} | dict(like.outputs) if like else {}
     sizes = {n: shape for n, _, shape in like.inputs} if like else {}
-    region = Region()
+    region = Region(base_dir=base_dir)
     seen: set[str] = set()
     picked: dict[int, onnx.NodeProto] = {}
     stack = list(outputs)
@@ -236,7 +245,10 @@ def cut(scope: Scope, outputs: list[str], frontier: list[str], readers: dict[str
             for _, sub in subgraphs(node):
                 stack.extend(free_names(sub))
         elif name in owner.initializers and name not in owner.overridable:
-            region.initializers.append(_inline(owner.initializers[name], base_dir))
+            tensor = owner.initializers[name]
+            # a large weight still in a file stays there: the proof copies it file to file
+            lazy = base_dir is not None and external_length(tensor) > _READ_LATE
+            region.initializers.append(tensor if lazy else _inline(tensor, base_dir))
         else:
             raise RegionError(f"the region reads {name!r}, which is neither its activation "
                               "input nor a constant")

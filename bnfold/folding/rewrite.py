@@ -1,8 +1,10 @@
 """Edits to one graph during a fold: new constants, removed nodes, renamed tensors, cleanup."""
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections import Counter
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import onnx
@@ -63,6 +65,8 @@ class Rewriter:
         self.ir_version = ir_version
         self.taken = taken_names
         self.orphan_candidates: set[str] = set()
+        self._nodes: Positions | None = None
+        self._infos: Positions | None = None
 
     def fresh_name(self, base: str) -> str:
         name = f"{base}_bnfold"
@@ -98,16 +102,50 @@ class Rewriter:
 
     def remove_node(self, node: onnx.NodeProto) -> None:
         self.orphan_candidates.update(n for n in node.input if n)
-        for i, n in enumerate(self.graph.node):
-            if n is node:
-                del self.graph.node[i]
-                return
+        if self._nodes is None:
+            self._nodes = Positions(self.graph.node, id)
+        self._nodes.delete(id(node))
 
     def drop_value_info(self, name: str) -> None:
-        for i, vi in enumerate(self.graph.value_info):
-            if vi.name == name:
-                del self.graph.value_info[i]
-                return
+        if self._infos is None:
+            self._infos = Positions(self.graph.value_info, lambda vi: vi.name)
+        self._infos.delete(name)
+
+
+class Positions:
+    """Where each entry of a repeated field sits, so that deleting one costs a lookup, not a
+    scan of the whole field (a scan per fold made folding n BNs O(n²): 1.3 s of 5 s at 1,500).
+
+    Built on first use; positions stay valid across deletions through this object (each
+    shifts the later ones by one). An edit made elsewhere makes an answer stale: that is
+    detected (the entry found there has another key) and the map is rebuilt.
+    """
+
+    def __init__(self, field: Any, key: Callable[[Any], Hashable]) -> None:
+        self.field, self.key = field, key
+        self._build()
+
+    def _build(self) -> None:
+        self.at: dict[Hashable, tuple[int, Any]] = {}  # key -> (position when built, entry)
+        for i, entry in enumerate(self.field):  # the entry is held: an id() key stays unique
+            self.at.setdefault(self.key(entry), (i, entry))
+        self.gone: list[int] = []  # built positions deleted since, sorted
+
+    def delete(self, key: Hashable) -> bool:
+        """Delete the first entry with ``key``; False if there is none."""
+        for attempt in range(2):
+            hit = self.at.get(key)
+            if hit is not None:
+                built = hit[0]
+                now = built - bisect.bisect_left(self.gone, built)
+                if now < len(self.field) and self.key(self.field[now]) == key:
+                    del self.field[now]
+                    del self.at[key]
+                    bisect.insort(self.gone, built)
+                    return True
+            if attempt == 0:
+                self._build()  # edited elsewhere, or a duplicate key's next entry: look again
+        return False
 
 
 def set_attr(node: onnx.NodeProto, name: str, value: object) -> None:

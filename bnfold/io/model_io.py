@@ -30,6 +30,7 @@ from bnfold.io.data_file import (
     data_bytes,
     external_length,
     is_repeated,
+    stored_size,
 )
 from bnfold.errors import InputError, OutputError
 from bnfold.io.interrupts import cleanup_on_termination
@@ -41,6 +42,8 @@ from bnfold.io.output_paths import (  # check_output_paths, input_files: part of
     input_files,
     same_file,
 )
+from bnfold.io.proto_stream import write_file as _write_streamed  # one initializer at a time
+from bnfold.io.weights_in_file import is_model_file, parse_structure
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
@@ -181,13 +184,15 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
-               check: bool = True) -> onnx.ModelProto:
+               check: bool = True, weights_in_file: bool = False) -> onnx.ModelProto:
     """Read an ONNX file with its external data, or raise InputError saying why it can't.
 
     With ``load_external_data=False`` the tensors stay external (their locations and lengths
     are still checked); read them relative to the model's folder, and pass that folder as
-    ``source_dir`` to ``save_model``. ``check`` runs onnx.checker on the input so an invalid
-    graph is refused up front.
+    ``source_dir`` to ``save_model``. ``weights_in_file`` (with ``load_external_data=False``):
+    a single file's large weights stay in it too, as external data pointing into the .onnx
+    itself (``bnfold.io.weights_in_file``): only the graph structure is parsed. ``check`` runs
+    onnx.checker on the input so an invalid graph is refused up front.
     """
     p = Path(path)
     shown = str(path)
@@ -203,7 +208,9 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     except OSError as exc:  # e.g. a name too long, or a symlink loop
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
-        model = onnx.load_model(str(p), load_external_data=False)
+        model = parse_structure(p) if weights_in_file and not load_external_data else None
+        if model is None:
+            model = onnx.load_model(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{shown}: not a readable ONNX model (protobuf parse failed: "
                          f"{type(exc).__name__}); the file may be truncated or not ONNX") from None
@@ -234,7 +241,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size of all tensors (external data included), without copying."""
-    return sum(t.ByteSize() + external_length(t) for t in _all_tensors(model))
+    return sum(stored_size(t) + external_length(t) for t in _all_tensors(model))
 
 
 def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) -> None:
@@ -276,7 +283,8 @@ def _kept_files(model: onnx.ModelProto, out: Path, source: Path | None,
     from (under ``source``), and those the file being replaced still reads until it is."""
     kept = [Path(p) for p in protect]
     if source is not None:
-        kept += [source / loc for loc in data_locations(model)]
+        kept += [source / loc for loc in data_locations(model)  # the model file itself is
+                 if not (is_model_file(source / loc) and same_file(source / loc, out))]  # staged
     if out.is_file():
         kept += input_files(out)[1:]
     return kept
@@ -364,7 +372,7 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                     _write_with_external(model, tmp_model, os.path.join(tmpdir, location),
                                          location, source)
                 else:
-                    _write_file(tmp_model, model.SerializeToString())
+                    _write_streamed(tmp_model, model)
             except OSError as exc:
                 raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
             yield StagedModel(Path(tmp_model), out, location)

@@ -74,10 +74,19 @@ def input_files(path: str | os.PathLike[str]) -> list[Path]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = onnx.load_model(str(p), load_external_data=False)
+            model = _structure(p)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError):
         return [p]
-    return [p] + [p.parent / loc for loc in sorted(data_locations(model))]
+    return [p] + [p.parent / loc for loc in sorted(data_locations(model))
+                  if not same_file(p.parent / loc, p)]  # its weights, read in place
+
+
+def _structure(path: Path) -> onnx.ModelProto:
+    """The model's graph without its single-file weights (only locations are needed here)."""
+    from bnfold.io.weights_in_file import parse_structure
+
+    model = parse_structure(path) if path.is_file() else None
+    return model if model is not None else onnx.load_model(str(path), load_external_data=False)
 
 
 def check_destination(out: Path, overwrite: bool) -> Path:

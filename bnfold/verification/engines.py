@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from bnfold.errors import BnfoldError, InputError, first_line
+from bnfold.verification.shared import SharedArrays
 
 CHILD = Path(__file__).with_name("ort_child.py")
 REFERENCE = "onnx.reference"  # the engine name cases carry when ORT lacks a kernel
@@ -150,12 +151,16 @@ class OrtProcess:
         return last
 
     def load(self, key: str, source: str | bytes, label: str, chain: Sequence[str],
-             opt_level: str, fixed: Mapping[str, np.ndarray] | None = None) -> None:
+             opt_level: str, fixed: Mapping[str, np.ndarray] | SharedArrays | None = None,
+             ) -> None:
         """Create the session ``key``; InputError when ORT refuses the model, NoKernel when it
         lacks a kernel, Crashed when the child dies, BnfoldError when the provider is not used.
 
-        ``fixed``: inputs fed to every run of this session (sent to the child once)."""
-        self._loaded[key] = (source, list(chain), opt_level, label, dict(fixed or {}))
+        ``fixed``: inputs fed to every run of this session, sent to the child once (pickled,
+        or as a ``SharedArrays`` file the child maps; it must stay open while the session may
+        be reloaded after a crash)."""
+        kept = fixed if isinstance(fixed, SharedArrays) else dict(fixed or {})
+        self._loaded[key] = (source, list(chain), opt_level, label, kept)
         self._ensure(key)
 
     def _ensure(self, key: str) -> None:
@@ -163,7 +168,8 @@ class OrtProcess:
             return
         source, chain, opt_level, label, fixed = self._loaded[key]
         try:
-            enabled = self._call(label, "load", key, source, chain, opt_level, fixed)
+            sent = fixed.spec() if isinstance(fixed, SharedArrays) else fixed
+            enabled = self._call(label, "load", key, source, chain, opt_level, sent)
         except RuntimeError as exc:
             raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
         self._live.add(key)

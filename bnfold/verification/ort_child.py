@@ -7,8 +7,8 @@ only numpy and onnxruntime are imported here: the start-up costs one ORT import,
 
 Protocol: pickled tuples on stdin, one pickled reply per command on the original stdout (native
 code printing to stdout is redirected to stderr so it cannot corrupt replies).
-  ("load", key, model path or bytes, [providers], opt level, {fixed input: array})
-                                                              -> ("ok", enabled providers)
+  ("load", key, model path or bytes, [providers], opt level, {fixed input: array}
+   or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
@@ -33,6 +33,27 @@ def _load(source: str | bytes, providers: list[str], opt_level: str) -> Any:
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[opt_level])
     so.log_severity_level = 3
     return ort.InferenceSession(source, so, providers=providers)
+
+
+def map_shared(spec: Any) -> dict[str, Any]:
+    """The arrays of a ``bnfold.verification.shared.SharedArrays`` file, mapped copy-on-write: read
+    in place (no copy), and writable for ORT without changing the file."""
+    import mmap
+
+    import numpy as np
+
+    _, path, entries = spec
+    if not entries:
+        return {}
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        buf = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
+    out = {}
+    for name, dtype, shape, offset in entries:
+        count = int(np.prod(shape, dtype=np.int64))
+        out[name] = np.frombuffer(buf, dtype=np.dtype(dtype), count=count,
+                                  offset=offset).reshape(shape)
+    return out
 
 
 def _ort_value(arr: Any) -> Any:
@@ -77,7 +98,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 _, key, source, providers, opt_level, fixed = msg
                 sessions.pop(key, None)
                 sessions[key] = _load(source, providers, opt_level)
-                fixed_feeds[key] = fixed
+                fixed_feeds[key] = map_shared(fixed) if isinstance(fixed, tuple) else fixed
                 reply = ("ok", sessions[key].get_providers())
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))

@@ -1,0 +1,154 @@
+"""Parse a single-file model without its weights: each large main-graph initializer becomes
+external data that points into the .onnx file itself (offset and length of its raw bytes).
+
+Folding touches the weights of a few nodes per BN; parsing every weight into memory, then
+copying them for the proofs and once more for the save, made the fold of a 100 MB model cost
+4-6x its size in memory. Read this way the model is its graph structure (a few hundred KB);
+a fold reads the weights it changes from the file, the proofs read the originals from it,
+and the save copies the rest from it (bnfold's existing lazy external-data path).
+
+The protobuf wire format is walked directly: the model's records, the graph's records, each
+initializer's records (nothing else is decoded). Anything unexpected (a deprecated group
+record, a truncated length, a tensor that already uses external data) returns None and the
+caller parses the file normally.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Iterator
+
+import onnx
+
+from bnfold.io.proto_stream import varint
+
+MIN_BYTES = 1024  # raw data at least this large stays in the file
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+_RAW_DATA, _EXTERNAL_DATA, _DATA_LOCATION = 9, 13, 14
+_EXTERNAL = 1  # TensorProto.EXTERNAL
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Malformed
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _records(buf: memoryview, i: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, record start, value start, value end) of each record."""
+    while i < end:
+        start = i
+        tag, i = _varint(buf, i, end)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, j = _varint(buf, i, end)
+        elif wire == 1:
+            j = i + 8
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            j = i + n
+        elif wire == 5:
+            j = i + 4
+        else:  # groups (3, 4) or garbage
+            raise _Malformed
+        if j > end:
+            raise _Malformed
+        yield field, wire, start, i, j
+        i = j
+
+
+def _len_record(field: int, payload: bytes) -> bytes:
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def _entry(key: str, value: str) -> bytes:
+    """A StringStringEntryProto (key = 1, value = 2) as an external_data record."""
+    body = _len_record(1, key.encode()) + _len_record(2, value.encode())
+    return _len_record(_EXTERNAL_DATA, body)
+
+
+def _tensor(buf: memoryview, start: int, end: int, location: str) -> bytes | None:
+    """The tensor's records with its raw data replaced by a reference into the file, or None
+    to keep it as it is (small, typed fields, or already external)."""
+    kept, raw = [], None
+    for field, wire, rec, value, stop in _records(buf, start, end):
+        if field in (_EXTERNAL_DATA, _DATA_LOCATION):
+            return None
+        if field == _RAW_DATA and wire == 2:
+            raw = (value, stop - value)
+        else:
+            kept.append(bytes(buf[rec:stop]))
+    if raw is None or raw[1] < MIN_BYTES:
+        return None
+    refs = (_entry("location", location) + _entry("offset", str(raw[0]))
+            + _entry("length", str(raw[1])))
+    return b"".join(kept) + refs + varint(_DATA_LOCATION << 3) + varint(_EXTERNAL)
+
+
+MODEL_FILES: set[str] = set()  # resolved paths of model files read this way (see is_model_file)
+
+
+def is_model_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a model file whose weights a model read by ``structure_bytes``
+    still reads: a save may replace it (the new file is complete before the rename), unlike
+    an external data file another model could still need."""
+    return os.path.realpath(path) in MODEL_FILES
+
+
+def structure_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    """The model at ``path`` serialized with its large main-graph weights left in the file,
+    or None when the file is not one this reads (parse it normally then)."""
+    location = os.path.basename(os.fspath(path))
+    MODEL_FILES.add(os.path.realpath(path))
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return None
+        with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+            buf = memoryview(mm)
+            try:
+                return _model(buf, size, location)
+            except _Malformed:
+                return None
+            finally:
+                buf.release()
+
+
+def _model(buf: memoryview, size: int, location: str) -> bytes | None:
+    out, changed = [], False
+    for field, wire, rec, value, stop in _records(buf, 0, size):
+        if field != _MODEL_GRAPH or wire != 2:
+            out.append(bytes(buf[rec:stop]))
+            continue
+        graph = []
+        for gfield, gwire, grec, gvalue, gstop in _records(buf, value, stop):
+            t = (_tensor(buf, gvalue, gstop, location)
+                 if gfield == _GRAPH_INITIALIZER and gwire == 2 else None)
+            if t is None:
+                graph.append(bytes(buf[grec:gstop]))
+            else:
+                graph.append(_len_record(_GRAPH_INITIALIZER, t))
+                changed = True
+        out.append(_len_record(_MODEL_GRAPH, b"".join(graph)))
+    return b"".join(out) if changed else None
+
+
+def parse_structure(path: str | os.PathLike[str]) -> onnx.ModelProto | None:
+    """The model at ``path`` parsed with its large weights left in the file, or None."""
+    data = structure_bytes(path)
+    if data is None:
+        return None
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    return model

@@ -1,0 +1,44 @@
+"""Rewriter deletions by position: the right entry goes, in any order, after outside edits too."""
+from __future__ import annotations
+
+from onnx import helper
+
+from bnfold.folding.rewrite import Positions, Rewriter
+
+
+def _graph(n: int):  # noqa: ANN202
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(n)]
+    infos = [helper.make_empty_tensor_value_info(f"t{i}") for i in range(n)]
+    return helper.make_graph(nodes, "g", [], [], value_info=infos)
+
+
+def test_nodes_deleted_in_any_order_leave_exactly_the_others() -> None:
+    g = _graph(10)
+    rw = Rewriter(g, set(), 8)
+    held = list(g.node)
+    for i in (7, 0, 9, 3, 4):
+        rw.remove_node(held[i])
+    assert [n.name for n in g.node] == ["n1", "n2", "n5", "n6", "n8"]
+    assert rw.orphan_candidates == {"t7", "t0", "t9", "t3", "t4"}
+
+
+def test_a_deletion_made_elsewhere_is_noticed_and_the_map_rebuilt() -> None:
+    g = _graph(6)
+    rw = Rewriter(g, set(), 8)
+    held = list(g.node)
+    rw.remove_node(held[1])
+    del g.node[0]  # not through the rewriter: every built position after it is now off by one
+    rw.remove_node(held[4])
+    rw.drop_value_info("t2")
+    del g.value_info[0]
+    rw.drop_value_info("t5")
+    assert [n.name for n in g.node] == ["n2", "n3", "n5"]
+    assert [v.name for v in g.value_info] == ["t1", "t3", "t4"]
+
+
+def test_deleting_a_key_not_there_changes_nothing() -> None:
+    g = _graph(3)
+    positions = Positions(g.value_info, lambda v: v.name)
+    assert not positions.delete("absent")
+    assert positions.delete("t1") and not positions.delete("t1")
+    assert [v.name for v in g.value_info] == ["t0", "t2"]

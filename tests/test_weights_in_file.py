@@ -1,0 +1,105 @@
+"""A single-file model read as its structure: weights point into the .onnx, and everything
+that reads them (load, fold, proofs, save, in place) gets the same bytes as a full parse."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper as edh
+from onnx import numpy_helper
+
+import bnfold
+from bnfold.io.model_io import load_model, save_model
+from bnfold.io.output_paths import input_files
+from bnfold.io.weights_in_file import MIN_BYTES, structure_bytes
+from modelgen import Builder, max_error, tolerance
+
+
+def _model() -> onnx.ModelProto:
+    b = Builder()
+    y = b.input("x", ["N", 16, 6, 6])
+    y = b.bn(b.conv(y, 16, 32), 32)  # a 32x16x3x3 weight: 18 KB, left in the file
+    b.output(b.bn(b.conv(y, 32, 4, k=1, pads=0), 4))  # 512 B: small, parsed
+    return b.model()
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def test_large_weights_point_into_the_file_at_their_raw_bytes(tmp_path: Path) -> None:
+    path = _save(_model(), tmp_path / "m.onnx")
+    lazy = onnx.ModelProto()
+    lazy.ParseFromString(structure_bytes(path))
+    kept_out = [edh.uses_external_data(t) for t in lazy.graph.initializer]
+    assert any(kept_out)
+    assert kept_out == [int(np.prod(t.dims)) * 4 >= MIN_BYTES for t in lazy.graph.initializer]
+    full = onnx.load(str(path))
+    edh.load_external_data_for_model(lazy, str(tmp_path))
+    for t in lazy.graph.initializer:
+        t.ClearField("data_location")
+    assert lazy.SerializeToString() == full.SerializeToString()
+
+
+def test_a_file_with_only_small_weights_or_not_onnx_is_parsed_normally(tmp_path: Path) -> None:
+    b = Builder()
+    b.output(b.bn(b.conv(b.input("x", ["N", 2, 4, 4]), 2, 2), 2))
+    assert structure_bytes(_save(b.model(), tmp_path / "small.onnx")) is None
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x0b\x0c not protobuf")  # a group start tag: refused, not misread
+    assert structure_bytes(junk) is None
+
+
+def test_load_model_weights_in_file_checks_the_references(tmp_path: Path) -> None:
+    path = _save(_model(), tmp_path / "m.onnx")
+    lazy = load_model(path, load_external_data=False, weights_in_file=True)
+    assert any(edh.uses_external_data(t) for t in lazy.graph.initializer)
+    assert input_files(path) == [path]  # its own weights are no data file of its own
+
+
+def test_fold_by_path_equals_fold_in_memory(tmp_path: Path) -> None:
+    model = _model()
+    path = _save(model, tmp_path / "m.onnx")
+    by_path, in_memory = bnfold.fold(path), bnfold.fold(model)
+    assert [r.folded for r in by_path.records] == [True, True]
+    assert by_path.external_base is None
+    assert not any(edh.uses_external_data(t) for t in by_path.model.graph.initializer)
+    for a, b in zip(by_path.model.graph.initializer, in_memory.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    assert max_error(model, by_path.model) < tolerance(model)
+
+
+def test_lazy_fold_saves_unchanged_weights_from_the_file_even_in_place(tmp_path: Path) -> None:
+    model = _model()
+    path = _save(model, tmp_path / "m.onnx")
+    result = bnfold.fold(path, lazy_external=True)
+    assert result.external_base == str(tmp_path)
+    save_model(result.model, path, source_dir=result.external_base)  # over its own source
+    written = onnx.load(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert max_error(model, written) < tolerance(model)
+
+
+def test_proof_copies_large_original_weights_file_to_file(tmp_path: Path, monkeypatch) -> None:
+    """A 256 KB weight left in the file reaches the ORT child without passing through Python."""
+    from bnfold.verification.shared import SharedArrays
+
+    b = Builder()
+    y = b.input("x", ["N", 128, 4, 4])
+    b.output(b.bn(b.conv(y, 128, 128, k=2, pads=0), 128))
+    model = b.model()
+    path = _save(model, tmp_path / "m.onnx")
+    copied = []
+    real = SharedArrays._copy_external
+
+    def spy(self, name, tensor, *args):  # noqa: ANN001, ANN002, ANN202
+        copied.append(name)
+        return real(self, name, tensor, *args)
+
+    monkeypatch.setattr(SharedArrays, "_copy_external", spy)
+    result = bnfold.fold(path)
+    assert result.records[0].folded and result.records[0].proof_engine == "onnxruntime"
+    assert len(copied) == 1  # the original conv weight; the folded one is in the proto
+    assert max_error(model, result.model) < tolerance(model)
