@@ -150,8 +150,8 @@ def test_the_package_exports_the_pipeline() -> None:
 def test_fold_file_parses_and_checks_the_input_a_pinned_number_of_times(
         model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Input parsed by onnx.load_model 3 times (5 before issue 15, 4 before the structure-only
-    reads of single-file models, ``io/weights_in_file.py``), onnx.checker 5 runs (input twice, the fold's before/after check, the folded file;
-    7 before): a new re-read of the input shows up here."""
+    reads of single-file models, ``io/weights_in_file.py``), onnx.checker 5 runs (input twice,
+    the fold's before/after check, the folded file; 7 before): a new re-read shows up here."""
     import onnx.checker
 
     parses: dict[str, int] = {}
