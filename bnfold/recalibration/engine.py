@@ -71,23 +71,36 @@ def _data_source(data: DataArg, specs: list, batch_size: int | None,
     return fresh
 
 
-def _measure(proc: Any, key: str, path: str, stats: dict[str, np.ndarray], wanted: list[str],
+def _ort_errors(exc: Exception) -> InputError:
+    """An ORT crash or missing kernel as one clear input error."""
+    from bnfold.verification.engines import Crashed
+
+    if isinstance(exc, Crashed):
+        return InputError(f"{exc}; recalibration needs ONNX Runtime to run the model")
+    return InputError(f"onnxruntime has no kernel for this model ({exc}); recalibration "
+                      "needs ONNX Runtime to run it")
+
+
+def _measure(proc: Any, key: str, stats: dict[str, np.ndarray], wanted: list[str],
              feeds: Iterable[dict]) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
-    """(feed, the BN inputs ``wanted``) per feed, run with ``stats`` in ORT's child process.
-    An ORT crash or refusal is one clear input error."""
+    """(feed, the BN inputs ``wanted``) per feed, run in ORT's child process on the session
+    ``key`` with ``stats`` (every BN's current statistics, graph inputs) fed alongside."""
     from bnfold.verification.engines import Crashed, NoKernel
 
     try:
-        proc.load(key, path, "the model", ["CPUExecutionProvider"], "disabled", fixed=stats)
         for feed in feeds:
-            yield feed, proc.run(key, feed, wanted)
-    except Crashed as exc:
-        raise InputError(f"{exc}; recalibration needs ONNX Runtime to run the model") from None
-    except NoKernel as exc:
-        raise InputError(f"onnxruntime has no kernel for this model ({exc}); recalibration "
-                         "needs ONNX Runtime to run it") from None
-    finally:
-        proc.drop(key)
+            yield feed, proc.run(key, {**feed, **stats}, wanted)
+    except (Crashed, NoKernel) as exc:
+        raise _ort_errors(exc) from None
+
+
+def _open(proc: Any, path: str) -> None:
+    from bnfold.verification.engines import Crashed, NoKernel
+
+    try:
+        proc.load("measured", path, "the model", ["CPUExecutionProvider"], "disabled")
+    except (Crashed, NoKernel) as exc:
+        raise _ort_errors(exc) from None
 
 
 def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
@@ -132,12 +145,13 @@ def recalibrate(model: onnx.ModelProto | str | os.PathLike, data: DataArg, *,
     with tempfile.TemporaryDirectory(prefix="bnfold-recalibrate-") as tmp, OrtProcess() as proc:
         path = os.path.join(tmp, "measured.onnx")
         save_model(m.model, path, overwrite=True)
+        _open(proc, path)  # one session for every pass: the statistics are inputs, not weights
         for level in range(n_levels):
             group = [k for k in live if m.levels[k] == level]
             estimators = {k: Estimator(mode, convention, *old[k], momentum=momentum) for k in group}
             wanted = sorted({name for k in group for name in m.outputs(k)})
             batches = samples = 0
-            for feed, values in _measure(proc, f"pass{level}", path, stats, wanted, source()):
+            for feed, values in _measure(proc, "measured", stats, wanted, source()):
                 for k in group:
                     moments = m.moments(k, values)
                     if moments.count:
