@@ -223,3 +223,4 @@ def test_bn_concat_conv_folds_forward_with_identity_for_the_other_input():
     b.output(b.conv(y, 6, 2, k=1, pads=0))
     rec = only_record(folded_ok(b.model()))
     assert rec.direction == "forward" and rec.via[0].startswith("Concat")
+

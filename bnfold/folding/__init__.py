@@ -96,7 +96,7 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
             if problem:
                 kept = backup if backup is not None else _as_model(model, copy=True,
                                                                    lazy=base is not None)
-                return FoldResult(model=kept, records=[_undo(r, problem) for r in records],
+                return FoldResult(model=kept, records=_undo_all(records, problem),
                                   warnings=notes + [f"folded model failed its check: {problem}"],
                                   external_base=base)
         if not prove or not any(r.folded for r in records):
@@ -114,8 +114,8 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
             kept = backup if backup is not None else _as_model(model, copy=True,
                                                                lazy=base is not None)
             problem = "a fold whose proof failed could not be undone alone; nothing folded"
-            return FoldResult(model=kept, records=[_undo(r, problem, Reason.PROOF_FAILED)
-                                                   for r in records],
+            return FoldResult(model=kept, records=_undo_all(records, problem,
+                                                                 Reason.PROOF_FAILED),
                               warnings=notes + [problem], external_base=base)
         merges = {(r.graph, r.bn_output) for r in records if r.direction == "reparam"}
         unmerged.update({k: d for k, (_, d) in failed.items() if k in merges})
@@ -194,7 +194,14 @@ def _undo(record: FoldRecord, problem: str, reason: Reason = Reason.CHECK_FAILED
     if not record.folded:
         return record
     return FoldRecord(bn=record.bn, graph=record.graph, reason=reason, detail=problem,
-                      bn_output=record.bn_output)
+                      bn_output=record.bn_output, op=record.op)
+
+
+def _undo_all(records: list[FoldRecord], problem: str,
+              reason: Reason = Reason.CHECK_FAILED) -> list[FoldRecord]:
+    """Every record as kept: BNs with ``reason``; decomposed Mul/Add folds (no BN) vanish, as
+    any Mul/Add that does not fold has no record."""
+    return [_undo(r, problem, reason) for r in records if r.op == "BatchNormalization"]
 
 
 def _all_names(graph: onnx.GraphProto, names: set[str]) -> set[str]:

@@ -58,7 +58,7 @@ def _bias_edits(g: GraphIndex, node: onnx.NodeProto, b_new: np.ndarray, bias: np
         add, index = home
         value = cast_exact(bias, dtype, f"{label(add)} bias", notes)
         return [edit, Edit(add, consts=[(index, value, add.input[index])])]
-    if rank == 2:
+    if rank == 2 and g.rank(node.input[0]) == 2:  # inferred, not guessed: Gemm needs rank 2
         refusal = _bf16_gemm(g, dtype)
         if refusal:
             return refusal
