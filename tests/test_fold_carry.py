@@ -8,7 +8,7 @@ import pytest
 
 import bnfold
 from bnfold import Reason
-from modelgen import Builder
+from modelgen import Builder, run
 from test_fold import folded_ok, only_record
 
 
@@ -224,3 +224,38 @@ def test_bn_concat_conv_folds_forward_with_identity_for_the_other_input():
     rec = only_record(folded_ok(b.model()))
     assert rec.direction == "forward" and rec.via[0].startswith("Concat")
 
+
+def sliced_bn_conv(bound_input: bool) -> onnx.ModelProto:
+    """x -> Slice(channels 2:6) -> BN -> Conv; the Slice bounds are computed as TorchScript
+    writes them (Unsqueeze of a scalar Constant), or read from a graph input (``bound_input``),
+    so shape inference leaves every dim of the BN input unknown."""
+    b = Builder(seed=11)
+    x = b.input("x", ["N", 8, 6, 6])
+
+    def bound(v: int) -> str:
+        scalar = b.node("Constant", [], value=onnx.numpy_helper.from_array(np.array(v, np.int64)))
+        return b.node("Unsqueeze", [scalar, b.const(np.array([0]), "ax", np.int64)])
+
+    end = b.input("end", [1], np.int64) if bound_input else bound(6)
+    y = b.node("Slice", [x, bound(2), end, bound(1)])
+    b.output(b.conv(b.bn(y, 4), 4, 5, pads=0))
+    return b.model()
+
+
+def test_bn_after_computed_slice_bounds_folds_with_its_real_shape():
+    from bnfold.graph.shapes import infer
+
+    model = sliced_bn_conv(bound_input=False)
+    bn_input = next(n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization")
+    assert infer(model)[()].shapes[bn_input] == [None, 4, 6, 6]
+    rec = only_record(folded_ok(model))
+    assert rec.direction == "forward" and rec.target.startswith("Conv")
+
+
+def test_bn_input_of_unknown_dims_takes_its_channel_count_from_the_bn():
+    model = sliced_bn_conv(bound_input=True)
+    result = bnfold.fold(model)
+    feeds = {"x": np.random.default_rng(0).normal(size=(2, 8, 6, 6)).astype(np.float32),
+             "end": np.array([6], np.int64)}
+    assert result.bn_after == 0, [r.to_dict() for r in result.records]
+    np.testing.assert_allclose(run(result.model, feeds)[0], run(model, feeds)[0], atol=1e-4)

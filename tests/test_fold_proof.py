@@ -395,3 +395,18 @@ def test_proof_batches_are_capped_in_regions(monkeypatch):
     result = bnfold.fold(b.model())
     assert len(result.folded) == 5 and all(r.proof_engine for r in result.records)
     assert len(loads) == 6
+
+
+def test_fold_after_matmul_on_symbolic_tokens_is_proven():
+    """x [N, T, 16] -> MatMul -> Reshape [-1, 8] -> BN: both leading dims are symbolic (as in
+    a TorchScript LeViT); the proof gives them concrete sizes instead of refusing."""
+    b = Builder(seed=12)
+    x = b.input("x", ["N", "T", 16])
+    y = b.node("MatMul", [x, b.const(b.weights((16, 8)))])
+    b.output(b.bn(b.node("Reshape", [y, b.const(np.array([-1, 8]), "s", np.int64)]), 8))
+    model = b.model()
+    result = bnfold.fold(model)
+    rec = result.records[0]
+    assert rec.folded and rec.proof_engine == "onnxruntime", rec.to_dict()
+    assert count_bn(result.model) == 0
+    assert max_error(model, result.model) <= tolerance(model)

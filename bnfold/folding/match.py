@@ -40,8 +40,12 @@ def _guess_rank(g: GraphIndex, node: onnx.NodeProto | None, depth: int = 0) -> i
 
 
 def _bn_map(g: GraphIndex, bn: BnAffine, neighbour: onnx.NodeProto | None) -> carry.MapOf:
+    """The BN's map over its input; an unknown channel dim is the BN's channel count (a BN
+    only runs on an input with that many channels), other unknown dims take the fill."""
     def of(fill: commute.Fill) -> ElementAffine | Refusal:
         shape = commute.dims(g, bn.x, fill)
+        if shape is not None and len(shape) >= 2 and g.shape(bn.x)[1] is None:
+            shape = (shape[0], bn.channels) + shape[2:]
         if shape is None:
             rank = _guess_rank(g, neighbour)
             if rank is None and neighbour is not None and neighbour.op_type in (

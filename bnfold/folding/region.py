@@ -415,8 +415,9 @@ def _conv_extent(scope: Scope, nodes: list[onnx.NodeProto]) -> int | None:
 
 def _frontier_shape(scope: Scope, name: str, reader: onnx.NodeProto,
                     cap_spatial: bool, conv_extent: int | None = None) -> list[int]:
-    """Concrete dims of an activation input: inferred where known; else batch 2, channels and
-    spatial sizes from the reading node (large enough for its kernel, stride and dilation).
+    """Concrete dims of an activation input: inferred where known; else batch 2 (and 2 for a
+    stacked MatMul's other leading dims), channels and spatial sizes from the reading node
+    (large enough for its kernel, stride and dilation).
 
     ``cap_spatial``: a Conv's spatial extent is cut to that size too (a per-channel fold does
     not depend on it; border and interior outputs are both there), which makes the proof of
@@ -450,6 +451,8 @@ def _frontier_shape(scope: Scope, name: str, reader: onnx.NodeProto,
         elif i == len(shape) - 1 and op in ("Gemm", "MatMul"):
             filled.append(_k(reader, w) if not (op == "Gemm" and attr(reader, "transA", 0))
                           else 2)
+        elif op == "MatMul":  # a batch dim of a stacked MatMul (tokens): any size runs it
+            filled.append(2)
         elif op in ("Conv", "ConvTranspose") and w and i >= 2:
             filled.append(_spatial(reader, w, i))
         elif i >= 2:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import onnx
 
 from bnfold.graph.index import GraphKey, walk_graphs
+from bnfold.graph.shape_constants import fold_for_inference
 from bnfold.io.skeleton import skeleton
 
 Shape = list[int | None]
@@ -39,6 +40,7 @@ def infer(model: onnx.ModelProto) -> dict[GraphKey, GraphShapes]:
             if out.type.HasField("tensor_type"):
                 out.type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
                 out.type.tensor_type.ClearField("shape")
+    fold_for_inference(bare)  # computed Slice bounds / Reshape targets, readable by inference
     inferred = _run(bare)
     declared = dict(walk_graphs(model.graph))
     result: dict[GraphKey, GraphShapes] = {}

@@ -247,13 +247,29 @@ def _moved_back(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
     if isinstance(index, Refusal):
         return index
     if index.shape != emap.shape:
-        return _mismatch(node, f"input {list(in_shape)} moves to {list(index.shape)}, "
-                               f"the map covers {list(emap.shape)}")
+        emap = _refilled(g, node, emap, index.shape)
+    if isinstance(emap, Refusal):
+        return emap
     scale, shift = emap.full()
     s_in, t_in = np.empty(index.size), np.empty(index.size)
     s_in[index.reshape(-1)], t_in[index.reshape(-1)] = scale.reshape(-1), shift.reshape(-1)
     return Step([(node.input[0], ElementAffine(in_shape, s_in.reshape(in_shape),
                                                t_in.reshape(in_shape)).compact())])
+
+
+def _refilled(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
+              moved: tuple[int, ...]) -> ElementAffine | Refusal:
+    """``emap`` over ``moved``, the shape the node's filled input moves to, when the two differ
+    only in dims inference left unknown on the output (each side got its own fill, e.g. N*T
+    rows from [N, T, C]) and the map does not vary along them; else a mismatch."""
+    out = g.shape(node.output[0])
+    differ = [i for i, (a, b) in enumerate(zip(moved, emap.shape)) if a != b]
+    size_one = all(np.shape(_padded(a, len(moved)))[i] == 1 for a in (emap.scale, emap.shift)
+                   for i in differ) if len(moved) == len(emap.shape) else False
+    if out is None or not size_one or any(out[i] is not None for i in differ):
+        return _mismatch(node, f"input moves to {list(moved)}, the map covers "
+                               f"{list(emap.shape)}")
+    return ElementAffine(moved, emap.scale, emap.shift)
 
 
 def _within_channel(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, other: str,
