@@ -30,7 +30,9 @@ def commuting(b: Builder, x: str, op: str, c: int, hw: int) -> str:
     if op == "reshape_pair":
         flat = b.node("Reshape", [x, b.const(np.array([0, c, -1]), "s", np.int64)])
         return b.node("Reshape", [flat, b.const(np.array([0, c, hw, hw]), "s", np.int64)])
-    const = b.rng.uniform(0.5, 1.5, (c, 1, 1)) * b.rng.choice([-1, 1], (c, 1, 1))
+    const = b.rng.uniform(0.5, 1.5, (c, 1, 1))
+    if op == "add":  # a Mul keeps the scale's sign (``sign`` draws it), so a MaxPool after it
+        const *= b.rng.choice([-1, 1], (c, 1, 1))  # commutes exactly when the test expects
     return b.node("Add" if op == "add" else "Mul", [x, b.const(const)])
 
 
