@@ -116,13 +116,13 @@ def _cached(plan: Plan, key: tuple | None, compute: Callable[[], object]) -> obj
     other walk's results are reused: within one walk every absorber computes its own."""
     if key is None:
         return compute()
-    if key in plan.memo and plan.memo[key][0] is not plan:
+    if key in plan.memo and plan.memo[key][0] != id(plan):
         _, result, notes = plan.memo[key]
         plan.notes += notes
         return result
     before = len(plan.notes)
     result = compute()
-    plan.memo[key] = (plan, result, plan.notes[before:])
+    plan.memo[key] = (id(plan), result, plan.notes[before:])
     return result
 
 
@@ -269,6 +269,7 @@ def _matched(walk: Callable[[Plan, commute.Fill], Refusal | None],
         plans.append(plan)
         if not fill.used:
             break
+    plans[0].memo.clear()  # the plan keeps its own edits; the memo would keep them twice
     if len(plans) == 2 and not _same_vectors(*plans):
         return Refusal(Reason.CHANNEL_MISMATCH, "the map reaching the absorber depends on an "
                                                 "unknown dimension (tried 1 and 2)")
