@@ -259,3 +259,55 @@ def test_bn_input_of_unknown_dims_takes_its_channel_count_from_the_bn():
              "end": np.array([6], np.int64)}
     assert result.bn_after == 0, [r.to_dict() for r in result.records]
     np.testing.assert_allclose(run(result.model, feeds)[0], run(model, feeds)[0], atol=1e-4)
+
+def _counting(monkeypatch, module, name: str) -> list[int]:  # noqa: ANN001
+    calls = [0]
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls[0] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_an_open_batch_dim_scales_each_absorbed_weight_once(monkeypatch):
+    """Both walks (unknown dims as 1, then 2) reach the same Conv with the same map: the
+    second reuses the first's float64 weights instead of scaling them again."""
+    from bnfold.folding.rules import absorb_conv, absorb_linear
+
+    conv_out = _counting(monkeypatch, absorb_conv, "out_edit")
+    linear_in = _counting(monkeypatch, absorb_linear, "in_edit")
+    b = Builder(seed=7)
+    x = b.input("x", ["N", 3, 6, 6])
+    y = b.node("Relu", [b.bn(b.conv(x, 3, 4), 4)])
+    y = b.bn(b.node("Flatten", [b.node("GlobalAveragePool", [y])]), 4)
+    b.output(b.node("Gemm", [y, b.const(b.weights((4, 5)))]))
+    result = folded_ok(b.model())
+    assert [r.direction for r in result.records] == ["backward", "forward"]
+    assert (conv_out[0], linear_in[0]) == (1, 1)
+
+
+def test_edits_are_reused_only_by_the_other_walk_and_only_for_the_same_map():
+    """The memo of ``carry._cached``: the other walk's result (and its notes) for an equal
+    map; a different map, or the same walk, computes again."""
+    from bnfold.folding.rules import carry
+
+    seed = onnx.helper.make_node("Relu", ["a"], ["b"])
+    memo: dict = {}
+    first, second = (carry.Plan(seed, "backward", 0, memo=memo) for _ in range(2))
+    computed = []
+
+    def compute(value: float):  # noqa: ANN202
+        def run():  # noqa: ANN202
+            computed.append(value)
+            (first if len(computed) == 1 else second).notes.append(f"note {value}")
+            return value
+        return run
+    key = lambda v: ("conv_out", 1, carry._key((np.full(3, v), np.zeros(3))))  # noqa: E731
+    assert carry._cached(first, key(2.0), compute(2.0)) == 2.0
+    assert carry._cached(second, key(2.0), compute(2.0)) == 2.0
+    assert computed == [2.0] and second.notes == ["note 2.0"]
+    assert carry._cached(second, key(3.0), compute(3.0)) == 3.0
+    assert carry._cached(second, key(3.0), compute(3.0)) == 3.0  # same walk: its own
+    assert computed == [2.0, 3.0, 3.0]

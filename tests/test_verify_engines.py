@@ -116,3 +116,15 @@ def test_child_that_exits_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
         proc.load("a", _relu().SerializeToString(), "the original model m.onnx", CPU, "disabled")
     assert str(exc.value) == ("onnxruntime crashed (exit status 1: no onnxruntime here) on the "
                               "original model m.onnx")
+
+
+def test_child_sessions_free_activations_after_each_run():
+    """No arena and no memory pattern in the ORT child: a run's activations are not held at
+    the largest run's peak while both models of a verification stay loaded."""
+    from bnfold.verification import ort_child
+
+    session = ort_child._load(_relu().SerializeToString(), list(CPU), "disabled")
+    options = session.get_session_options()
+    assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (False, False)
+    out = ort_child._run(session, {"x": np.array([[-1.0, 0.0, 2.0]], np.float32)}, None)
+    np.testing.assert_array_equal(out["y"], [[0.0, 0.0, 2.0]])

@@ -327,6 +327,9 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
                 refused[id(node)] = FoldRecord(bn=label(node), graph=path, reason=reason,
                                                detail=detail, bn_output=node.output[0])
                 continue
+            if _near(g, node) & touched:
+                changed = True  # its plan would reach a node this pass changed: match it next pass
+                continue
             outcome = _guarded(g, node, ctx) or match_bn(g, node, ctx.notes)
             if isinstance(outcome, FoldRecord):
                 refused[id(node)] = _with_path(outcome, path)
@@ -373,6 +376,9 @@ def _fold_decomposed(graph: onnx.GraphProto, path: str, ctx: _Context,
                                                                                          "ai.onnx")]:
             if (path, node.output[0]) in ctx.exclude or _guarded(g, node, ctx):
                 continue
+            if _near(g, node) & touched:
+                changed = True
+                continue
             plan = match_decomposed(g, node)
             if plan is None or _plan_guarded(g, plan, ctx):
                 continue
@@ -389,11 +395,19 @@ def _fold_decomposed(graph: onnx.GraphProto, path: str, ctx: _Context,
 
 def _reach(g: GraphIndex, plan: Plan) -> set[int]:
     """Ids of the nodes a plan reads or rewrites, with their readers and producers."""
-    nodes = plan.nodes
-    ids = {id(n) for n in nodes}
-    for n in nodes:
-        ids |= {id(r) for o in n.output for r in g.consumers(o)}
-        ids |= {id(p) for p in map(g.producer, n.input) if p is not None}
+    ids: set[int] = set()
+    for n in plan.nodes:
+        ids |= _near(g, n)
+    return ids
+
+
+def _near(g: GraphIndex, node: onnx.NodeProto) -> set[int]:
+    """Ids of ``node``, its readers and its producers: every plan seeded at ``node`` reaches
+    them (``_reach``), so where they meet a fold of this pass the plan would be put off; the
+    seed is then put off before its (float64) plan is computed at all."""
+    ids = {id(node)}
+    ids |= {id(r) for o in node.output for r in g.consumers(o)}
+    ids |= {id(p) for p in map(g.producer, node.input) if p is not None}
     return ids
 
 

@@ -34,8 +34,8 @@ MAX_HIST_ELEMENTS = 200_000  # per output, enough for a histogram without holdin
 
 @dataclass
 class LoadedModel:
-    """A model argument: what ORT loads (path or proto), and a proto (external data left on disk)
-    for signatures. ``fold_file`` makes one for its input and hands it to ``probe_size`` and
+    """A model argument: what ORT loads (path or proto), and a proto for signatures (a path's
+    structure only: external data and a single file's large weights stay on disk). ``fold_file`` makes one for its input and hands it to ``probe_size`` and
     ``verify``, so the input is parsed and checked once for both."""
 
     source: str | onnx.ModelProto
@@ -50,8 +50,8 @@ class LoadedModel:
             return arg
         if isinstance(arg, onnx.ModelProto):
             return cls(arg, f"<in-memory model {arg.graph.name or 'unnamed'}>", arg)
-        path = str(arg)
-        return cls(path, path, load_model(path, load_external_data=False))
+        path = str(arg)  # ORT reads the file itself: here only the structure is needed
+        return cls(path, path, load_model(path, load_external_data=False, weights_in_file=True))
 
 
 def _original_crashed(exc: engines.Crashed) -> InputError:

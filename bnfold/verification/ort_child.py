@@ -32,6 +32,11 @@ def _load(source: str | bytes, providers: list[str], opt_level: str) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[opt_level])
     so.log_severity_level = 3
+    # No arena and no memory pattern: activations are freed after each run instead of held at
+    # the largest run's peak (ResNet-50 verification: child peak 656 -> 398 MB, no slower);
+    # the arithmetic is the same.
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
     return ort.InferenceSession(source, so, providers=providers)
 
 

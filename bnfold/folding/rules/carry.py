@@ -45,6 +45,7 @@ class Plan:
     removed: list[tuple[onnx.NodeProto, int]] = field(default_factory=list)  # (node, data input)
     notes: list[str] = field(default_factory=list)
     region_inputs: list[str] = field(default_factory=list)
+    memo: dict = field(default_factory=dict, repr=False)  # absorber edits, shared by both walks
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -89,6 +90,42 @@ def _record_vector(plan: Plan, emap: ElementAffine, axis: int) -> None:
         plan.vectors.append(found)
 
 
+def _key(vectors: tuple[np.ndarray, np.ndarray] | None) -> tuple | None:
+    """The exact value of a (scale, shift) pair as a dict key (None: not cacheable)."""
+    if vectors is None:
+        return None
+    return tuple((v.shape, v.dtype.str, v.tobytes()) for v in vectors)
+
+
+def _linear_key(kind: str, node: onnx.NodeProto, emap: ElementAffine,
+                home: tuple[onnx.NodeProto, int] | None) -> tuple | None:
+    """What a Gemm/MatMul edit depends on besides the graph: the map's rank and its vectors
+    over the first and last axes (the only axes ``absorb_linear`` reads), and the bias home."""
+    rank = len(emap.shape)
+    first, last = _key(emap.along(0)), _key(emap.along(rank - 1))
+    if first is None and last is None:
+        return None
+    home_key = None if home is None else (id(home[0]), home[1])
+    return kind, id(node), rank, first, last, home_key
+
+
+def _cached(plan: Plan, key: tuple | None, compute: Callable[[], object]) -> object:
+    """An absorber's edits computed once per match: ``_matched`` walks twice (unknown dims
+    set to 1, then 2) and where the same map reaches the same node its float64 weights are
+    the same, so the second walk reuses them (and replays the notes they wrote). Only the
+    other walk's results are reused: within one walk every absorber computes its own."""
+    if key is None:
+        return compute()
+    if key in plan.memo and plan.memo[key][0] != id(plan):
+        _, result, notes = plan.memo[key]
+        plan.notes += notes
+        return result
+    before = len(plan.notes)
+    result = compute()
+    plan.memo[key] = (id(plan), result, plan.notes[before:])
+    return result
+
+
 def _absorb_back(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, reader: onnx.NodeProto,
                  plan: Plan) -> Refusal | None:
     if node.op_type in CONVS:
@@ -97,14 +134,17 @@ def _absorb_back(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, reade
             return Refusal(Reason.CHANNEL_MISMATCH,
                            f"the map over {label(node)}'s output {list(emap.shape)} varies along "
                            "axes other than channel axis 1")
-        edits = absorb_conv.out_edit(g, node, *st, plan.notes)
+        edits = _cached(plan, ("conv_out", id(node), _key(st)),
+                        lambda: absorb_conv.out_edit(g, node, *st, plan.notes))
         edits = edits if isinstance(edits, Refusal) else [edits]
         axis = 1
     else:
         home = None
         if node.op_type == "MatMul" and plan.removed and plan.removed[-1][0] is reader:
             home = (reader, 1 - plan.removed[-1][1])  # keep the bias Add: it holds the new bias
-        edits = absorb_linear.out_edit(g, node, emap, plan.notes, home, plan.may_insert)
+        edits = _cached(plan, _linear_key("linear_out", node, emap, home),
+                        lambda: absorb_linear.out_edit(g, node, emap, plan.notes, home,
+                                                       plan.may_insert))
         if home is not None and not isinstance(edits, Refusal):
             plan.removed.pop()
             plan.via.append(reader)
@@ -168,11 +208,14 @@ def _absorb_forward(g: GraphIndex, node: onnx.NodeProto, tensor: str, emap: Elem
             return Refusal(Reason.CHANNEL_MISMATCH,
                            f"the map over {label(node)}'s input {list(emap.shape)} varies along "
                            "axes other than channel axis 1")
-        edits = absorb_conv.in_edit(g, node, *st, plan.notes)
+        edits = _cached(plan, ("conv_in", id(node), _key(st)),
+                        lambda: absorb_conv.in_edit(g, node, *st, plan.notes))
         edits = edits if isinstance(edits, Refusal) else [edits]
         axis = 1
     else:
-        edits = absorb_linear.in_edit(g, node, emap, plan.notes, plan.may_insert)
+        edits = _cached(plan, _linear_key("linear_in", node, emap, None),
+                        lambda: absorb_linear.in_edit(g, node, emap, plan.notes,
+                                                      plan.may_insert))
         axis = len(emap.shape) - 1
     if isinstance(edits, Refusal):
         return edits
@@ -226,6 +269,7 @@ def _matched(walk: Callable[[Plan, commute.Fill], Refusal | None],
         plans.append(plan)
         if not fill.used:
             break
+    plans[0].memo.clear()  # the plan keeps its own edits; the memo would keep them twice
     if len(plans) == 2 and not _same_vectors(*plans):
         return Refusal(Reason.CHANNEL_MISMATCH, "the map reaching the absorber depends on an "
                                                 "unknown dimension (tried 1 and 2)")
@@ -250,7 +294,7 @@ def match_backward(g: GraphIndex, seed: onnx.NodeProto, data_index: int,
         return _back(g, data, emap, seed, plan, fill)
 
     return _matched(walk, {"seed": seed, "direction": "backward", "data_index": data_index,
-                           "may_insert": may_insert})
+                           "may_insert": may_insert, "memo": {}})
 
 
 def match_forward(g: GraphIndex, seed: onnx.NodeProto, data_index: int,
@@ -265,7 +309,7 @@ def match_forward(g: GraphIndex, seed: onnx.NodeProto, data_index: int,
         return _forward(g, seed.output[0], emap, plan, fill, 0)
 
     return _matched(walk, {"seed": seed, "direction": "forward", "data_index": data_index,
-                           "may_insert": may_insert})
+                           "may_insert": may_insert, "memo": {}})
 
 
 def apply(g: GraphIndex, plan: Plan, rw: Rewriter, notes: list[str]) -> None:
