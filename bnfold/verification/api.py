@@ -35,8 +35,9 @@ MAX_HIST_ELEMENTS = 200_000  # per output, enough for a histogram without holdin
 @dataclass
 class LoadedModel:
     """A model argument: what ORT loads (path or proto), and a proto for signatures (a path's
-    structure only: external data and a single file's large weights stay on disk). ``fold_file`` makes one for its input and hands it to ``probe_size`` and
-    ``verify``, so the input is parsed and checked once for both."""
+    structure only: external data and a single file's large weights stay on disk).
+    ``fold_file`` makes one for its input and hands it to ``probe_size`` and ``verify``, so the
+    input is parsed and checked once for both."""
 
     source: str | onnx.ModelProto
     label: str
