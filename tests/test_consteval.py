@@ -1,8 +1,12 @@
 """Constant subgraphs: evaluated under the model's own opsets and confirmed by ONNX Runtime."""
 from __future__ import annotations
 
+import os
+import signal
+
 import ml_dtypes
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -10,6 +14,7 @@ import bnfold
 import bnfold.graph.consteval
 from bnfold.graph.consteval import evaluate
 from bnfold.folding.report import Reason
+from bnfold.verification import engines, shared_child
 from modelgen import Builder, random_feeds, run
 
 
@@ -60,7 +65,8 @@ def test_ai_onnx_spelled_domain_is_the_default_domain():
 
 def test_disagreement_with_ort_keeps_the_bn_and_says_why(monkeypatch):
     real = bnfold.graph.consteval._run_ort
-    monkeypatch.setattr(bnfold.graph.consteval, "_run_ort", lambda m: real(m) + np.float32(0.5))
+    monkeypatch.setattr(bnfold.graph.consteval, "_run_ort",
+                        lambda m: {k: v + np.float32(0.5) for k, v in real(m).items()})
     b = Builder(seed=2)
     y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
     params = b.bn_params(3)
@@ -100,3 +106,52 @@ def test_evaluated_model_carries_the_ir_version():
     out = evaluate([node], {"a": np.ones(2, np.float32)}, "o",
                    opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
     assert out.value.tolist() == [-1.0, -1.0]
+
+
+class _KillsOn(engines.OrtProcess):
+    """An ORT child that is killed (SIGKILL) as it is handed a model holding ``op``: the crash
+    bnfold sees when ORT segfaults on an odd constant subgraph."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op, self.loads = op, 0
+
+    def load(self, key, source, *args, **kwargs):  # noqa: ANN001, ANN201 - as OrtProcess.load
+        self.loads += 1
+        if any(n.op_type == self.op for n in onnx.load_from_string(source).graph.node):
+            child = self._start()
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        return super().load(key, source, *args, **kwargs)
+
+
+def _two_computed_bns() -> onnx.ModelProto:
+    """Two Conv+BN; the first BN's bias is computed with a Neg, the second's with an Add."""
+    b = Builder(seed=4)
+    y = b.input("x", [1, 3, 4, 4])
+    for op, extra in (("Neg", []), ("Add", [b.const(np.full(3, 0.25))])):
+        y = b.conv(y, 3, 3)
+        params = b.bn_params(3)
+        params[1] = b.node(op, [params[1]] + extra)
+        y = b.bn(y, 3, params=params)
+    b.output(y)
+    return b.model()
+
+
+def test_ort_crash_on_a_constant_is_a_reason_not_bnfolds_death(monkeypatch):
+    with _KillsOn("Neg") as proc:
+        monkeypatch.setattr(shared_child, "shared_process", lambda: proc)
+        result = bnfold.fold(_two_computed_bns())
+        assert proc.loads == 3  # both constants in one model, then each alone to find the culprit
+    kept, folded = result.records
+    assert kept.reason is Reason.DYNAMIC_PARAMS
+    assert "ONNX Runtime crashed evaluating it (SIGKILL)" in kept.detail
+    assert folded.folded and result.bn_after == 1
+
+
+def test_all_constant_subgraphs_of_a_graph_share_one_ort_session(monkeypatch):
+    with _KillsOn("no such op") as proc:
+        monkeypatch.setattr(shared_child, "shared_process", lambda: proc)
+        result = bnfold.fold(_two_computed_bns())
+        assert proc.loads == 1
+    assert result.bn_after == 0

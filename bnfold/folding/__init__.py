@@ -255,6 +255,7 @@ def _fold_functions(model: onnx.ModelProto, ctx: "_Context", records: list[FoldR
                        ctx.base_dir)
         sub.notes, sub.protected, sub.exclude = ctx.notes, ctx.protected, ctx.exclude
         sub.seen, sub.reparam, sub.unmerged = ctx.seen, ctx.reparam, ctx.unmerged
+        sub.const_memo = ctx.const_memo
         _fold_graph(body, function_path(f), sub, None, records)
         write_back(f, body)
 
@@ -276,13 +277,14 @@ class _Context:
         self.seen = _Seen(None, 0)
         self.reparam = True
         self.unmerged: dict[tuple[str, str], str] = {}
+        self.const_memo: dict = {}  # constant subgraphs evaluated by earlier passes, by content
 
     def index(self, graph: onnx.GraphProto, outer: GraphIndex | None) -> GraphIndex:
         shapes, dtypes, mismatches = self.per_graph.get(id(graph), (graph, ({}, {}, {})))[1]
         return GraphIndex(graph, ir_version=self.ir_version, opset=self.opset,
                           shapes=dict(shapes), dtypes=dict(dtypes), outer=outer,
                           base_dir=self.base_dir, opset_imports=self.opset_imports,
-                          mismatches=mismatches)
+                          mismatches=mismatches, const_memo=self.const_memo)
 
 
 class _Seen:

@@ -14,7 +14,6 @@ kernel for its dtype. Folds whose proof fails are undone by the caller.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ from bnfold.folding.report import FoldRecord, Reason
 from bnfold.graph.index import subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
 from bnfold.verification.shared import SharedArrays
+from bnfold.verification.shared_child import shared_process
 
 Key = tuple[str, str]  # (graph path, BN output tensor)
 SEEDS = (0, 1)
@@ -80,7 +80,7 @@ def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[Fold
     for g in groups:
         if g.error:
             proofs.update({k: Proof(False, detail=f"not proven: {g.error}") for k in g.keys})
-    proc = _process()  # ORT in a child: a segfault on a region is not bnfold's death
+    proc = shared_process()  # ORT in a child: a segfault on a region is not bnfold's death
     for chunk in _chunks(ready):
         for g, proof in zip(chunk, _run_chunk(chunk, original, proc)):
             proofs.update({k: proof for k in g.keys})
@@ -174,24 +174,6 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
         chunks[-1].append(g)
         size += n
     return [c for c in chunks if c]
-
-
-_PROCESS: list[Any] = []
-
-
-def _process() -> Any:
-    """The ORT child process the proofs use, started on first use and kept for later folds
-    (a start costs an ORT import); it holds no session between proofs and exits with bnfold.
-    A child that crashed is restarted by ``OrtProcess`` itself."""
-    if not _PROCESS or _PROCESS[0][1] != os.getpid():  # not inherited across a fork
-        import atexit
-
-        from bnfold.verification.engines import OrtProcess
-
-        proc = OrtProcess()
-        atexit.register(proc.close)
-        _PROCESS[:] = [(proc, os.getpid())]
-    return _PROCESS[0][0]
 
 
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:

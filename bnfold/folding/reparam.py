@@ -323,4 +323,5 @@ def _reindex(g: GraphIndex) -> GraphIndex:
     """A fresh index of the edited graph with the same shapes, dtypes and scope."""
     return GraphIndex(g.graph, ir_version=g.ir_version, opset=g.opset, shapes=g.shapes,
                       dtypes=g.dtypes, outer=g.outer, base_dir=g.base_dir,
-                      opset_imports=g.opset_imports, mismatches=g.mismatches)
+                      opset_imports=g.opset_imports, mismatches=g.mismatches,
+                      const_memo=g.const_memo)

@@ -10,11 +10,14 @@ Every walk is iterative: a chain of thousands of nodes cannot overflow.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    from bnfold.graph.consteval import Evaluated
 
 # Pure ops whose outputs are constant when all their inputs are (Shape needs a static shape).
 _FOLDABLE_OPS = frozenset({
@@ -25,6 +28,7 @@ _FOLDABLE_OPS = frozenset({
 })
 _MAX_EVAL_ELEMENTS = 1 << 24
 _MAX_CACHED_BYTES = 1 << 16
+_MAX_BATCH_LEAF_ELEMENTS = 1 << 14  # a subgraph evaluated ahead, in the batch, reads at most this
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
@@ -63,11 +67,14 @@ class GraphIndex:
                  dtypes: dict[str, int] | None = None, outer: "GraphIndex | None" = None,
                  base_dir: str | None = None,
                  opset_imports: Sequence[onnx.OperatorSetIdProto] | None = None,
-                 mismatches: dict[str, str] | None = None) -> None:
+                 mismatches: dict[str, str] | None = None,
+                 const_memo: dict | None = None) -> None:
         """``base_dir``: the folder external initializer data is read from (a lazy load).
         ``opset_imports``: the model's, for evaluating constant subgraphs (default: ai.onnx
         at ``opset``). ``mismatches``: tensors whose declared shape or dtype contradicts
-        shape inference, with the numbers (``bnfold.graph.shapes``)."""
+        shape inference, with the numbers (``bnfold.graph.shapes``). ``const_memo``: evaluated
+        constant subgraphs by content, shared by the indexes of one fold (default: the outer
+        index's, else a new one; ``bnfold.graph.consteval``)."""
         self.graph = graph
         self.base_dir = base_dir
         self.ir_version = ir_version
@@ -103,6 +110,10 @@ class GraphIndex:
             self.shapes.setdefault(t.name, list(t.dims))
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._problems: dict[str, str] = {}
+        self._batched = False  # the graph's small constant subgraphs were evaluated together
+        self._evaluated: dict[str, tuple[Evaluated, frozenset[str]]] = {}  # with their leaves
+        self.const_memo = (const_memo if const_memo is not None
+                           else outer.const_memo if outer is not None else {})
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         return self._producer.get(name)
@@ -119,6 +130,8 @@ class GraphIndex:
         """Drop a cached constant after its tensor was rewritten."""
         self._const_cache.pop(name, None)
         self._problems.pop(name, None)
+        for out in [o for o, (_, leaves) in self._evaluated.items() if name in leaves | {o}]:
+            del self._evaluated[out]
 
     def is_graph_output(self, name: str) -> bool:
         return name in self.outputs
@@ -184,6 +197,46 @@ class GraphIndex:
             return value
         if not self._computed(self.producer(name)):
             return self._leaf(name)
+        if not self._batched:
+            self._batched = True
+            self._evaluate_batch(name)
+        out = self._evaluated.pop(name, (None, None))[0] or self._evaluate_alone(name)
+        if out is None:
+            return None
+        if out.value is None:
+            self._problems[name] = out.problem
+            return None
+        return out.value if out.value.size <= _MAX_EVAL_ELEMENTS else None
+
+    def _evaluate_batch(self, name: str) -> None:
+        """Evaluate ``name`` and every other small constant subgraph of the graph that a
+        non-constant op reads (BN parameters, biases) as one model: one ORT session per index,
+        not one per constant. A subgraph reading more than ``_MAX_BATCH_LEAF_ELEMENTS`` values
+        waits until it is asked for (its weights are then read)."""
+        from bnfold.graph.consteval import Subgraph, evaluate_all
+
+        roots = [name] + [o for n in self.graph.node if self._computed(n) for o in n.output
+                          if o != name and (o in self.outputs or not all(
+                              self._computed(c) for c in self.consumers(o)))]
+        batch: list[Subgraph] = []
+        for root in roots:
+            if self._leaf_elements(root) > _MAX_BATCH_LEAF_ELEMENTS:
+                continue
+            nodes, leaves = self._constant_subgraph(root)
+            if nodes is not None:
+                ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
+                batch.append(Subgraph(ordered, leaves, root))
+        if batch:
+            found = evaluate_all(batch, opset_imports=self.opset_imports,
+                                 ir_version=self.ir_version, memo=self.const_memo)
+            self._evaluated = {s.output: (found[s.output], frozenset(s.leaves)) for s in batch
+                               if s.output == name or found[s.output].value is None
+                               or found[s.output].value.nbytes <= _MAX_CACHED_BYTES}
+
+    def _evaluate_alone(self, name: str) -> "Evaluated | None":
+        """``name``'s subgraph as a model of its own; None when it is not constant at all."""
+        from bnfold.graph.consteval import Subgraph, evaluate_all
+
         nodes, leaves = self._constant_subgraph(name)
         if nodes is None:
             return None
@@ -192,14 +245,26 @@ class GraphIndex:
             self._problems[name] = f"its constant inputs hold {size} values, too many to evaluate"
             return None
         ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
-        from bnfold.graph.consteval import evaluate
+        return evaluate_all([Subgraph(ordered, leaves, name)], opset_imports=self.opset_imports,
+                            ir_version=self.ir_version, memo=self.const_memo)[name]
 
-        out = evaluate(ordered, leaves, name, opset_imports=self.opset_imports,
-                       ir_version=self.ir_version)
-        if out.value is None:
-            self._problems[name] = out.problem
-            return None
-        return out.value if out.value.size <= _MAX_EVAL_ELEMENTS else None
+    def _leaf_elements(self, name: str) -> int:
+        """How many values ``name``'s constant subgraph starts from, from declared shapes
+        (nothing is read); a leaf of unknown shape (an inline Constant) counts as none."""
+        total, seen, stack = 0, set(), [name]
+        while stack:
+            tensor = stack.pop()
+            if not tensor or tensor in seen:
+                continue
+            seen.add(tensor)
+            node = self.producer(tensor)
+            if self._computed(node):
+                stack.extend(node.input[:1] if node.op_type == "CastLike" else node.input)
+                continue
+            shape = self.shape(tensor)
+            if shape is not None and all(isinstance(d, int) for d in shape):
+                total += int(np.prod(shape, dtype=np.int64))
+        return total
 
     def _computed(self, node: onnx.NodeProto | None) -> bool:
         """A pure op whose output is constant when its inputs are (evaluated as a subgraph)."""
