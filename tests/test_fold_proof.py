@@ -139,13 +139,13 @@ def test_wrong_constant_evaluation_is_caught_by_the_parameter_subgraph_proof(mon
 
     import bnfold.graph.consteval as consteval
 
-    real = consteval.evaluate
+    real = consteval.evaluate_all
 
     def doubled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a wrong constant folder
-        out = real(*args, **kwargs)
-        return out if out.value is None else dataclasses.replace(out, value=out.value * 2)
+        return {name: out if out.value is None else dataclasses.replace(out, value=out.value * 2)
+                for name, out in real(*args, **kwargs).items()}
 
-    monkeypatch.setattr(consteval, "evaluate", doubled)
+    monkeypatch.setattr(consteval, "evaluate_all", doubled)
     result = bnfold.fold(model)
     assert result.records[0].reason is Reason.PROOF_FAILED
     assert max_error(model, result.model) < tolerance(model)
