@@ -20,6 +20,7 @@ from bnfold.errors import InputError
 from bnfold.inputs import ShapeRequest, check_signatures, graph_inputs
 from bnfold.verification import compare, engines, explain, feeds, runner
 from bnfold.verification.localize import localize, not_a_fold
+from bnfold.verification.random_ops import random_outputs
 from bnfold.verification.report import Accuracy, Case, OutputCheck, Report
 from bnfold.verification.sizes import SizeChoice, choose_size
 
@@ -155,7 +156,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
             if pair is None:
                 break
             failed = _run_cases(report, pair, provider, sets, (truth, truth32), label_arr,
-                                atol, rtol, _counter(progress, len(sets) * len(providers)))
+                                atol, rtol, _counter(progress, len(sets) * len(providers)),
+                                random=random_outputs(a.proto))
             if report.crash is not None:
                 break
             failure = failure or failed
@@ -225,11 +227,13 @@ def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], prov
                sets: list[tuple[str, list[dict]]],
                truths: tuple[explain.GroundTruth, explain.GroundTruth],
                label_arr: np.ndarray | None, atol: float | None, rtol: float | None,
-               tick: Callable[[], None] = lambda: None) -> tuple[str, bool, dict] | None:
+               tick: Callable[[], None] = lambda: None, random: frozenset[str] = frozenset(),
+               ) -> tuple[str, bool, dict] | None:
     """Run and judge every input set on one provider; returns the first failing case's provider,
     whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
     when ORT crashes on the folded model. ``truths``: the float64 truth (for failures) and the
-    float32 one (precision of float16/bfloat16 outputs)."""
+    float32 one (precision of float16/bfloat16 outputs). ``random``: the outputs a random op
+    reaches (``random_ops.random_outputs``), nondeterministic when two original runs differ."""
     ra, rb = pair
     truth, truth32 = truths
     failure = None
@@ -253,7 +257,7 @@ def _run_cases(report: Report, pair: tuple[engines.Runner, engines.Runner], prov
                 again = engines.run_chunks(ra, chunks)
             except engines.Crashed as exc:
                 raise _original_crashed(exc) from None
-            checks = explain.mark_nondeterministic(checks, ref, again, atol, rtol)
+            checks = explain.mark_nondeterministic(checks, ref, again, atol, rtol, random)
             if not all(c.within_tolerance or c.nondeterministic for c in checks):
                 checks = explain.add_truth(checks, ref, got, truth.run(chunks), truth.engine)
         if any(c.dtype in compare.UNIT_ROUNDOFF and c.within_tolerance for c in checks):

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -27,12 +27,21 @@ def _moved(a: np.ndarray, b: np.ndarray, atol: float | None, rtol: float | None)
     return compare.compare(a, b, t_atol, t_rtol).mismatched > 0
 
 
+def _differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
 def mark_nondeterministic(checks: list[OutputCheck], ref: Mapping[str, np.ndarray],
                           again: Mapping[str, np.ndarray], atol: float | None,
-                          rtol: float | None) -> list[OutputCheck]:
-    """``checks`` with every failing output whose two original runs differ marked as such."""
+                          rtol: float | None, random: Collection[str] = ()) -> list[OutputCheck]:
+    """``checks`` with every failing output whose two original runs differ beyond tolerance
+    marked as such; for an output a random op reaches (``random``,
+    ``random_ops.random_outputs``), whose two runs differ at all: one re-run landing within
+    tolerance by chance does not make the folded run's distance the fold's error."""
     return [dataclasses.replace(c, nondeterministic=True)
-            if not c.within_tolerance and _moved(ref[c.output], again[c.output], atol, rtol)
+            if not c.within_tolerance and (
+                _moved(ref[c.output], again[c.output], atol, rtol)
+                or (c.output in random and _differs(ref[c.output], again[c.output])))
             else c for c in checks]
 
 
