@@ -1,12 +1,15 @@
 """Which graph outputs of a model depend on a random op, found from the graph alone.
 
 Verify judges a fold by comparing the folded model with the original; an output fed by an
-unseeded ``RandomNormalLike`` (or Dropout in training mode, Bernoulli...) differs run to run, so
-verify runs the original again and leaves out outputs that move. One re-run of such an output
-can land within tolerance by chance while the folded run does not; tolerance is then the wrong
+unseeded ``RandomNormalLike`` (or Dropout in training mode, Bernoulli...) can differ run to run,
+so verify runs the original again and leaves out outputs that move. On ONNX Runtime the two
+sessions of one child draw in lockstep (every unseeded kernel of a process starts from the
+process's seed) until the re-run puts the original one draw ahead; on onnx.reference every draw
+is fresh. Either way one re-run can land within tolerance by chance while the folded run does
+not (the hostile fuzz once saw verify FAIL an exact fold so); tolerance is then the wrong
 yardstick, and ``explain.mark_nondeterministic`` asks of these outputs only whether the
-original moved at all. Outputs no random op reaches keep the tolerance test, so an accelerator's
-rounding-level run-to-run jitter never hides a wrong fold.
+original moved at all. Outputs no random op reaches keep the tolerance test, so an
+accelerator's rounding-level run-to-run jitter never hides a wrong fold.
 """
 from __future__ import annotations
 
