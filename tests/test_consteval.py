@@ -155,3 +155,24 @@ def test_all_constant_subgraphs_of_a_graph_share_one_ort_session(monkeypatch):
         result = bnfold.fold(_two_computed_bns())
         assert proc.loads == 1
     assert result.bn_after == 0
+
+
+def test_the_batch_holds_the_constants_non_constant_ops_read_not_activation_chains(monkeypatch):
+    """Add/Reshape over activations are computed ops too: they are left out in one linear pass,
+    and only the BN's computed parameter goes to the evaluator."""
+    b = Builder(seed=5)
+    y = b.input("x", [1, 3, 4, 4])
+    for _ in range(50):
+        y = b.node("Add", [y, b.const(np.full((1, 3, 1, 1), 0.01))])
+    y = b.conv(y, 3, 3)
+    params = b.bn_params(3)
+    params[1] = b.node("Neg", [params[1]])
+    b.output(b.bn(y, 3, params=params))
+    seen = []
+    real = bnfold.graph.consteval.evaluate_all
+    monkeypatch.setattr(bnfold.graph.consteval, "evaluate_all",
+                        lambda subgraphs, **kw: seen.append([s.output for s in subgraphs])
+                        or real(subgraphs, **kw))
+    result = bnfold.fold(b.model())
+    assert result.bn_after == 0
+    assert seen and all(outputs == [params[1]] for outputs in seen)

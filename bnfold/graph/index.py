@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from bnfold.graph.values import constant_node_value, tensor_value
+from bnfold.graph.values import sparse_array  # noqa: F401 - re-exported: read here before
 
 if TYPE_CHECKING:
     from bnfold.graph.consteval import Evaluated
@@ -215,12 +217,13 @@ class GraphIndex:
         waits until it is asked for (its weights are then read)."""
         from bnfold.graph.consteval import Subgraph, evaluate_all
 
-        roots = [name] + [o for n in self.graph.node if self._computed(n) for o in n.output
-                          if o != name and (o in self.outputs or not all(
+        sizes = self._constant_sizes()
+        roots = [name] + [o for o, n in sizes.items() if o != name and n <= _MAX_BATCH_LEAF_ELEMENTS
+                          and (o in self.outputs or not all(
                               self._computed(c) for c in self.consumers(o)))]
         batch: list[Subgraph] = []
         for root in roots:
-            if self._leaf_elements(root) > _MAX_BATCH_LEAF_ELEMENTS:
+            if sizes.get(root, 0) > _MAX_BATCH_LEAF_ELEMENTS:
                 continue
             nodes, leaves = self._constant_subgraph(root)
             if nodes is not None:
@@ -248,23 +251,41 @@ class GraphIndex:
         return evaluate_all([Subgraph(ordered, leaves, name)], opset_imports=self.opset_imports,
                             ir_version=self.ir_version, memo=self.const_memo)[name]
 
-    def _leaf_elements(self, name: str) -> int:
-        """How many values ``name``'s constant subgraph starts from, from declared shapes
-        (nothing is read); a leaf of unknown shape (an inline Constant) counts as none."""
-        total, seen, stack = 0, set(), [name]
-        while stack:
-            tensor = stack.pop()
-            if not tensor or tensor in seen:
+    def _constant_sizes(self) -> dict[str, int]:
+        """Every computed tensor whose inputs all look constant, with how many values its
+        subgraph starts from (an upper bound: a shared leaf counts once per use). One pass in
+        graph order from declared shapes, nothing read: linear, where walking back from each
+        tensor would be quadratic on long chains of Add/Reshape over activations."""
+        sizes: dict[str, int] = {}
+        for node in self.graph.node:
+            if not self._computed(node):
                 continue
-            seen.add(tensor)
-            node = self.producer(tensor)
-            if self._computed(node):
-                stack.extend(node.input[:1] if node.op_type == "CastLike" else node.input)
-                continue
-            shape = self.shape(tensor)
-            if shape is not None and all(isinstance(d, int) for d in shape):
-                total += int(np.prod(shape, dtype=np.int64))
-        return total
+            total: int | None = 0
+            for i, x in enumerate(node.input):
+                if not x or (node.op_type == "CastLike" and i == 1):
+                    continue
+                n = sizes[x] if x in sizes else self._leaf_size(x)
+                if n is None:
+                    total = None
+                    break
+                total += n
+            if total is not None:
+                sizes[node.output[0]] = total
+        return sizes
+
+    def _leaf_size(self, name: str) -> int | None:
+        """Values in a tensor that looks like a constant leaf (from its declared shape; 0 when
+        unknown), or None for an activation."""
+        node = self.producer(name)
+        if node is None:
+            if name in self.inputs and not (name in self.initializers
+                                            and not self.is_overridable_input(name)):
+                return None
+        elif node.op_type not in ("Constant", "Shape") or node.domain not in ("", "ai.onnx"):
+            return None
+        shape = self.shape(name)
+        known = shape is not None and all(isinstance(d, int) for d in shape)
+        return int(np.prod(shape, dtype=np.int64)) if known else 0
 
     def _computed(self, node: onnx.NodeProto | None) -> bool:
         """A pure op whose output is constant when its inputs are (evaluated as a subgraph)."""
@@ -328,7 +349,7 @@ class GraphIndex:
         if node.domain not in ("", "ai.onnx"):
             return None
         if node.op_type == "Constant":
-            return _constant_node_value(node, self.base_dir)
+            return constant_node_value(node, self.base_dir)
         if node.op_type == "Shape":
             return self._static_shape(node)
         return None
@@ -345,51 +366,6 @@ class GraphIndex:
 def _is_identity(node: onnx.NodeProto | None) -> bool:
     return (node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx")
             and len(node.input) == 1)
-
-
-def tensor_value(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray | None:
-    """The tensor's array; external data is read relative to ``base_dir`` (the model's
-    folder, where loading checked it), never the current directory: without a folder the
-    value is unknown (None)."""
-    if onnx.external_data_helper.uses_external_data(tensor):
-        if base_dir is None:
-            return None
-        return numpy_helper.to_array(tensor, base_dir)
-    return numpy_helper.to_array(tensor)
-
-
-def sparse_array(sparse: onnx.SparseTensorProto, base_dir: str | None) -> np.ndarray | None:
-    """A sparse tensor as a dense array (zeros where no value is given); its indices are
-    linear (NNZ,) or coordinates (NNZ, rank), as the ONNX spec allows."""
-    values = tensor_value(sparse.values, base_dir)
-    indices = tensor_value(sparse.indices, base_dir)
-    if values is None or indices is None:
-        return None
-    dims = tuple(int(d) for d in sparse.dims)
-    dense = np.zeros(dims, dtype=values.dtype)
-    idx = np.asarray(indices, dtype=np.int64)
-    if idx.ndim == 2:
-        dense[tuple(idx.T)] = values.reshape(-1)
-    else:
-        dense.reshape(-1)[idx.reshape(-1)] = values.reshape(-1)
-    return dense
-
-
-def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return tensor_value(a.t, base_dir)
-        if a.name == "sparse_value":
-            return sparse_array(a.sparse_tensor, base_dir)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), dtype=np.int64)
-    return None
 
 
 GraphKey = tuple[tuple[int, str], ...]  # (node index, attribute name) steps from the main graph
