@@ -214,17 +214,14 @@ class GraphIndex:
         """Evaluate ``name`` and every other small constant subgraph of the graph that a
         non-constant op reads (BN parameters, biases) as one model: one ORT session per index,
         not one per constant. A subgraph reading more than ``_MAX_BATCH_LEAF_ELEMENTS`` values
-        waits until it is asked for (its weights are then read)."""
+        (``name``'s too) waits until it is asked for, and is evaluated alone."""
         from bnfold.graph.consteval import Subgraph, evaluate_all
 
-        sizes = self._constant_sizes()
-        roots = [name] + [o for o, n in sizes.items() if o != name and n <= _MAX_BATCH_LEAF_ELEMENTS
-                          and (o in self.outputs or not all(
-                              self._computed(c) for c in self.consumers(o)))]
+        roots = [o for o, n in self._constant_sizes().items() if n <= _MAX_BATCH_LEAF_ELEMENTS
+                 and (o == name or o in self.outputs
+                      or not all(self._computed(c) for c in self.consumers(o)))]
         batch: list[Subgraph] = []
         for root in roots:
-            if sizes.get(root, 0) > _MAX_BATCH_LEAF_ELEMENTS:
-                continue
             nodes, leaves = self._constant_subgraph(root)
             if nodes is not None:
                 ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
