@@ -176,3 +176,19 @@ def test_the_batch_holds_the_constants_non_constant_ops_read_not_activation_chai
     result = bnfold.fold(b.model())
     assert result.bn_after == 0
     assert seen and all(outputs == [params[1]] for outputs in seen)
+
+
+def test_a_constant_too_big_for_the_batch_is_evaluated_alone_with_its_size_check(monkeypatch):
+    import bnfold.graph.index as index
+
+    b = Builder(seed=6)
+    y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
+    params = b.bn_params(3)
+    params[1] = b.node("Neg", [params[1]])  # reads 3 values
+    b.output(b.bn(y, 3, params=params))
+    monkeypatch.setattr(index, "_MAX_BATCH_LEAF_ELEMENTS", 2)
+    assert bnfold.fold(b.model()).bn_after == 0
+    monkeypatch.setattr(index, "_MAX_EVAL_ELEMENTS", 2)
+    [record] = bnfold.fold(b.model()).records
+    assert record.reason is Reason.DYNAMIC_PARAMS
+    assert "its constant inputs hold 3 values, too many to evaluate" in record.detail
