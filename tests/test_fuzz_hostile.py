@@ -270,6 +270,9 @@ def test_random_ops_never_make_verify_blame_an_exact_fold(case):
         return
     loc = report.localization
     assert loc is None or loc.bn is None, f"verify blames {loc.bn} for a nondeterministic output"
+    # the blame is the rare end of it: an exact fold FAILed first (on onnx.reference, whose
+    # draws are fresh each run, one re-run of the original landed within tolerance by chance)
+    assert report.passed, report.summary()
 
 
 # --- corrupted folds: the pipeline must catch them or not make them ---------------------------
