@@ -31,7 +31,7 @@ from bnfold.folding.bn import BnAffine, Refusal, label, read_bn
 from bnfold.folding.report import FoldRecord, Reason
 from bnfold.folding.rewrite import Rewriter, cast_exact, set_attr
 from bnfold.folding.rules.common import declared_shapes_agree, elem_type, per_channel, weight
-from bnfold.folding.rules.validate import conv_channels
+from bnfold.folding.rules.validate import conv_weight
 from bnfold.graph.index import GraphIndex, attr
 
 _DEFAULT = ("", "ai.onnx")
@@ -174,12 +174,10 @@ def _no(detail: str) -> Refusal:
 
 
 def _read_conv(g: GraphIndex, node: onnx.NodeProto) -> _Conv | Refusal:
-    w = weight(g, node, 1, "weight")
-    if isinstance(w, Refusal):
-        return w
-    channels = conv_channels(g, node, w)
-    if isinstance(channels, Refusal):
-        return channels
+    found = conv_weight(g, node)
+    if isinstance(found, Refusal):
+        return found
+    w, _ = found  # the channels only need to be valid here
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
         b = weight(g, node, 2, "bias")

@@ -88,17 +88,21 @@ def is_repeated(field: FieldDescriptor) -> bool:
     return field.label == field.LABEL_REPEATED
 
 
-def _copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
+def copy_field(dst, fd, value) -> None:  # noqa: ANN001 (a protobuf message, descriptor, value)
+    """Set field ``fd`` of message ``dst`` to ``value`` (from ``ListFields``), whatever its kind."""
+    if is_repeated(fd):
+        getattr(dst, fd.name).extend(value)
+    elif fd.message_type is not None:
+        getattr(dst, fd.name).CopyFrom(value)
+    else:
+        setattr(dst, fd.name, value)
+
+
+def copy_fields(src: Message, dst: Message, skip: frozenset[str] = frozenset()) -> None:
     """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
     for field, value in src.ListFields():
-        if field.name in skip:
-            continue
-        if is_repeated(field):
-            getattr(dst, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
+        if field.name not in skip:
+            copy_field(dst, field, value)
 
 
 def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
@@ -130,7 +134,7 @@ class DataWriter:
         if raw is None and not copy_from:
             out.CopyFrom(src)
             return out
-        _copy_fields(src, out, frozenset({"raw_data", "float_data", "int32_data", "int64_data",
+        copy_fields(src, out, frozenset({"raw_data", "float_data", "int32_data", "int64_data",
                                           "double_data", "uint64_data", "data_location",
                                           "external_data"}))
         pad = (-self.f.tell()) % _ALIGN
@@ -165,7 +169,7 @@ class DataWriter:
 
     def attribute(self, src: onnx.AttributeProto) -> onnx.AttributeProto:
         out = onnx.AttributeProto()
-        _copy_fields(src, out, frozenset({"t", "tensors", "g", "graphs"}))
+        copy_fields(src, out, frozenset({"t", "tensors", "g", "graphs"}))
         if src.HasField("t"):
             out.t.CopyFrom(self.tensor(src.t))
         out.tensors.extend(self.tensor(t) for t in src.tensors)
@@ -176,23 +180,23 @@ class DataWriter:
 
     def node(self, src: onnx.NodeProto) -> onnx.NodeProto:
         out = onnx.NodeProto()
-        _copy_fields(src, out, frozenset({"attribute"}))
+        copy_fields(src, out, frozenset({"attribute"}))
         out.attribute.extend(self.attribute(a) for a in src.attribute)
         return out
 
     def graph(self, src: onnx.GraphProto) -> onnx.GraphProto:
         out = onnx.GraphProto()
-        _copy_fields(src, out, frozenset({"initializer", "node"}))
+        copy_fields(src, out, frozenset({"initializer", "node"}))
         out.initializer.extend(self.tensor(t) for t in src.initializer)
         out.node.extend(self.node(n) for n in src.node)
         return out
 
     def model(self, src: onnx.ModelProto) -> onnx.ModelProto:
         out = onnx.ModelProto()
-        _copy_fields(src, out, frozenset({"graph", "functions"}))
+        copy_fields(src, out, frozenset({"graph", "functions"}))
         out.graph.CopyFrom(self.graph(src.graph))
         for fn in src.functions:
             copy = out.functions.add()
-            _copy_fields(fn, copy, frozenset({"node"}))
+            copy_fields(fn, copy, frozenset({"node"}))
             copy.node.extend(self.node(n) for n in fn.node)
         return out

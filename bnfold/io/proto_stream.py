@@ -18,7 +18,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 from onnx import helper
 
-from bnfold.io.data_file import is_repeated
+from bnfold.io.data_file import copy_field
 
 _LEN = 2  # wire type of a length-delimited field (bytes, strings, messages)
 _RAW_DATA = 9  # TensorProto.raw_data
@@ -45,13 +45,7 @@ def _split(msg: Message, field_number: int) -> tuple[Message, Message]:
     for fd, value in msg.ListFields():
         if fd.number == field_number:
             continue
-        dst = before if fd.number < field_number else after
-        if is_repeated(fd):
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
+        copy_field(before if fd.number < field_number else after, fd, value)
     return before, after
 
 

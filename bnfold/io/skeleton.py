@@ -13,7 +13,7 @@ import tempfile
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-from bnfold.io.data_file import is_repeated
+from bnfold.io.data_file import copy_fields
 
 SKELETON_FILE = "bnfold-skeleton.bin"
 _SMALL = 4096  # bytes: tensors up to this size are copied whole (shape inputs need values)
@@ -29,18 +29,6 @@ class CheckFailed(Exception):
     """onnx.checker (or strict shape inference) rejected the model; the message is onnx's."""
 
 
-def _copy_except(dst, src, skip: str) -> None:  # noqa: ANN001
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if is_repeated(fd):
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def _nbytes(t: onnx.TensorProto) -> int:
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
@@ -52,8 +40,8 @@ def _nbytes(t: onnx.TensorProto) -> int:
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose large raw or external main-graph initializers carry no data."""
     sk = onnx.ModelProto()
-    _copy_except(sk, model, "graph")
-    _copy_except(sk.graph, model.graph, "initializer")
+    copy_fields(model, sk, frozenset({"graph"}))
+    copy_fields(model.graph, sk.graph, frozenset({"initializer"}))
     for t in model.graph.initializer:
         if uses_external_data(t) or (t.HasField("raw_data") and _nbytes(t) > _SMALL):
             h = sk.graph.initializer.add()

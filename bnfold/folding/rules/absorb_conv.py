@@ -17,7 +17,7 @@ from bnfold.folding.report import Reason
 from bnfold.folding.rewrite import cast_exact
 from bnfold.folding.rules.common import elem_type, weight
 from bnfold.folding.rules.edit import Edit
-from bnfold.folding.rules.validate import conv_channels, vector_of
+from bnfold.folding.rules.validate import conv_weight, vector_of
 from bnfold.graph.index import GraphIndex, attr
 
 
@@ -35,12 +35,10 @@ def _bias(g: GraphIndex, node: onnx.NodeProto, n: int) -> np.ndarray | Refusal:
 def out_edit(g: GraphIndex, node: onnx.NodeProto, s: np.ndarray, t: np.ndarray,
              notes: list[str]) -> Edit | Refusal:
     """The edit that makes ``node`` compute s * conv(x) + t (per output channel)."""
-    w = weight(g, node, 1, "weight")
-    if isinstance(w, Refusal):
-        return w
-    channels = conv_channels(g, node, w)
-    if isinstance(channels, Refusal):
-        return channels
+    found = conv_weight(g, node)
+    if isinstance(found, Refusal):
+        return found
+    w, channels = found
     group, _, out_channels = channels
     if out_channels != s.shape[0]:
         return Refusal(Reason.CHANNEL_MISMATCH,
@@ -78,12 +76,10 @@ def in_edit(g: GraphIndex, node: onnx.NodeProto, s: np.ndarray, t: np.ndarray,
     """The edit that makes a Conv read x instead of s * x + t (per input channel)."""
     if node.op_type != "Conv":
         return Refusal(Reason.NO_FOLDABLE_NEIGHBOUR, specific=False)
-    w = weight(g, node, 1, "weight")
-    if isinstance(w, Refusal):
-        return w
-    channels = conv_channels(g, node, w)
-    if isinstance(channels, Refusal):
-        return channels
+    found = conv_weight(g, node)
+    if isinstance(found, Refusal):
+        return found
+    w, channels = found
     group, c_in, _ = channels
     if c_in != s.shape[0]:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} reads {c_in} "

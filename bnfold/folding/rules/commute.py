@@ -286,6 +286,21 @@ def _within_channel(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, ot
     return Step([(other, ElementAffine.per_channel(shape, *st))])
 
 
+def _sliced(emap: ElementAffine, axis: int,
+            parts: list[tuple[str, tuple[int, ...]]]) -> Step:
+    """``emap`` cut along ``axis`` into consecutive slices, one per (tensor, shape) of ``parts``
+    (Concat's inputs, Split's outputs)."""
+    rank = len(emap.shape)
+    scale, shift = _padded(emap.scale, rank), _padded(emap.shift, rank)
+    pairs, start = [], 0
+    for name, shape in parts:
+        cut = (slice(None),) * axis + (slice(start, start + shape[axis]),)
+        pairs.append((name, ElementAffine(shape, *(a if a.shape[axis] == 1 else a[cut]
+                                                   for a in (scale, shift)))))
+        start += shape[axis]
+    return Step(pairs)
+
+
 def _concat_back(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
                  fill: Fill) -> Step | Refusal:
     rank = len(emap.shape)
@@ -296,14 +311,7 @@ def _concat_back(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
     if any(s is None or len(s) != rank for s in shapes) or sum(
             s[axis] for s in shapes) != emap.shape[axis]:
         return _mismatch(node, f"input shapes {shapes} do not make {list(emap.shape)}")
-    pairs, start = [], 0
-    for name, shape in zip(node.input, shapes):
-        cut = slice(start, start + shape[axis])
-        parts = [a if a.shape[axis] == 1 else a[(slice(None),) * axis + (cut,)]
-                 for a in (_padded(emap.scale, rank), _padded(emap.shift, rank))]
-        pairs.append((name, ElementAffine(shape, *parts)))
-        start += shape[axis]
-    return Step(pairs)
+    return _sliced(emap, axis, list(zip(node.input, shapes)))
 
 
 def back_step(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
@@ -350,14 +358,7 @@ def _split_forward(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine,
     if any(s is None or len(s) != rank for s in shapes) or sum(
             s[axis] for s in shapes) != emap.shape[axis]:
         return _mismatch(node, f"output shapes {shapes} do not split {list(emap.shape)}")
-    pairs, start = [], 0
-    for name, shape in zip(node.output, shapes):
-        cut = slice(start, start + shape[axis])
-        parts = [a if a.shape[axis] == 1 else a[(slice(None),) * axis + (cut,)]
-                 for a in (_padded(emap.scale, rank), _padded(emap.shift, rank))]
-        pairs.append((name, ElementAffine(shape, *parts)))
-        start += shape[axis]
-    return Step(pairs)
+    return _sliced(emap, axis, list(zip(node.output, shapes)))
 
 
 def _concat_forward(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, tensor: str,

@@ -11,6 +11,7 @@ import onnx
 
 from bnfold.folding.bn import Refusal, label
 from bnfold.folding.report import Reason
+from bnfold.folding.rules.common import weight
 from bnfold.graph.index import GraphIndex, attr
 
 
@@ -68,3 +69,13 @@ def linear_k(g: GraphIndex, node: onnx.NodeProto, b: np.ndarray, trans_b: int) -
     if k_a is not None and k_a != k_b:
         return _invalid(node, f"A has K={k_a}, B {list(b.shape)} (transB={trans_b}) has K={k_b}")
     return None
+
+
+def conv_weight(g: GraphIndex, node: onnx.NodeProto,
+                ) -> tuple[np.ndarray, tuple[int, int, int]] | Refusal:
+    """A Conv/ConvTranspose's constant weight and its (group, input, output) channels."""
+    w = weight(g, node, 1, "weight")
+    if isinstance(w, Refusal):
+        return w
+    channels = conv_channels(g, node, w)
+    return channels if isinstance(channels, Refusal) else (w, channels)
