@@ -192,3 +192,70 @@ def test_a_constant_too_big_for_the_batch_is_evaluated_alone_with_its_size_check
     [record] = bnfold.fold(b.model()).records
     assert record.reason is Reason.DYNAMIC_PARAMS
     assert "its constant inputs hold 3 values, too many to evaluate" in record.detail
+
+
+def _transposed_weight_mlp(b: Builder, layers: int) -> onnx.ModelProto:
+    """MatMul(x, Transpose(W)) -> BN per layer, as TorchScript exports a Linear: every weight
+    is a computed constant."""
+    x = b.input("x", [2, 4])
+    for _ in range(layers):
+        w = b.node("Transpose", [b.const(b.weights((4, 4)))], perm=[1, 0])
+        x = b.bn(b.node("MatMul", [x, w]), 4)
+    b.output(x)
+    return b.model()
+
+
+def _evaluated_batches(monkeypatch) -> list[list[str]]:
+    seen: list[list[str]] = []
+    real = bnfold.graph.consteval.evaluate_all
+    monkeypatch.setattr(bnfold.graph.consteval, "evaluate_all",
+                        lambda subgraphs, **kw: seen.append([s.output for s in subgraphs])
+                        or real(subgraphs, **kw))
+    return seen
+
+
+def test_large_computed_weights_are_evaluated_together_not_one_session_each(monkeypatch):
+    import bnfold.graph.index as index
+
+    monkeypatch.setattr(index, "_MAX_BATCH_LEAF_ELEMENTS", 8)  # each 4x4 weight is "large"
+    model = _transposed_weight_mlp(Builder(seed=7), 3)
+    seen = _evaluated_batches(monkeypatch)
+    result = bnfold.fold(model)
+    assert result.bn_after == 0, [r.to_dict() for r in result.records]
+    weights = [n.output[0] for n in model.graph.node if n.op_type == "Transpose"]
+    firsts = [batch for batch in seen if set(batch) & set(weights)]
+    assert sorted(firsts[0]) == sorted(weights)  # all three in the first evaluation
+    feeds = random_feeds(model, 2)
+    np.testing.assert_allclose(run(result.model, feeds)[0], run(model, feeds)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_the_weight_batch_is_bounded_by_its_value_budget(monkeypatch):
+    import bnfold.graph.index as index
+
+    monkeypatch.setattr(index, "_MAX_BATCH_LEAF_ELEMENTS", 8)
+    monkeypatch.setattr(index, "_MAX_WEIGHT_BATCH_ELEMENTS", 32)  # two 4x4 weights per batch
+    model = _transposed_weight_mlp(Builder(seed=8), 3)
+    seen = _evaluated_batches(monkeypatch)
+    assert bnfold.fold(model).bn_after == 0
+    weights = {n.output[0] for n in model.graph.node if n.op_type == "Transpose"}
+    sizes = [len(set(batch) & weights) for batch in seen if set(batch) & weights]
+    assert max(sizes) == 2 and sum(sizes) >= 3
+
+
+def test_a_constant_an_add_adds_to_an_activation_joins_the_batch(monkeypatch):
+    """Gather(table, idx) added to an activation (an attention bias): a non-constant Add reads
+    it, so it is evaluated with the graph's batch, not in a session of its own."""
+    b = Builder(seed=9)
+    y = b.conv(b.input("x", [1, 3, 4, 4]), 3, 3)
+    bias = b.node("Gather", [b.const(b.weights((3, 4, 4))), b.const(np.array([2, 0, 1]), "i",
+                                                                   np.int64)], axis=0)
+    y = b.node("Add", [y, b.node("Unsqueeze", [bias, b.const(np.array([0]), "a", np.int64)])])
+    params = b.bn_params(3)
+    params[1] = b.node("Neg", [params[1]])
+    b.output(b.bn(y, 3, params=params))
+    model = b.model()
+    seen = _evaluated_batches(monkeypatch)
+    bnfold.fold(model)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert add.input[1] in seen[0] and params[1] in seen[0]

@@ -224,6 +224,8 @@ def _disagreement(reference: np.ndarray, runtime: np.ndarray) -> str:
         return f"dtype {reference.dtype} vs {runtime.dtype}"
     if reference.shape != runtime.shape:
         return f"shape {list(reference.shape)} vs {list(runtime.shape)}"
+    if reference.tobytes() == runtime.tobytes():  # the usual case (a Transpose, a Cast): exact
+        return ""
     if reference.dtype.kind != "f":
         same = np.array_equal(reference, runtime)
         return "" if same else f"{int(np.count_nonzero(reference != runtime))} values differ"

@@ -19,7 +19,7 @@ from bnfold.graph.values import constant_node_value, tensor_value
 from bnfold.graph.values import sparse_array  # noqa: F401 - re-exported: read here before
 
 if TYPE_CHECKING:
-    from bnfold.graph.consteval import Evaluated
+    from bnfold.graph.consteval import Evaluated, Subgraph
 
 # Pure ops whose outputs are constant when all their inputs are (Shape needs a static shape).
 _FOLDABLE_OPS = frozenset({
@@ -31,6 +31,11 @@ _FOLDABLE_OPS = frozenset({
 _MAX_EVAL_ELEMENTS = 1 << 24
 _MAX_CACHED_BYTES = 1 << 16
 _MAX_BATCH_LEAF_ELEMENTS = 1 << 14  # a subgraph evaluated ahead, in the batch, reads at most this
+# a larger subgraph computing a layer's weight (Transpose(W) before a MatMul) is evaluated when
+# first asked for, with the other such weights of the graph up to this many values: one ORT
+# session per batch of weights, not one per weight
+_MAX_WEIGHT_BATCH_ELEMENTS = 1 << 22
+_WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
@@ -114,6 +119,7 @@ class GraphIndex:
         self._problems: dict[str, str] = {}
         self._batched = False  # the graph's small constant subgraphs were evaluated together
         self._evaluated: dict[str, tuple[Evaluated, frozenset[str]]] = {}  # with their leaves
+        self._weights_asked: set[str] = set()  # large subgraphs evaluated (or being) once
         self.const_memo = (const_memo if const_memo is not None
                            else outer.const_memo if outer is not None else {})
 
@@ -202,7 +208,7 @@ class GraphIndex:
         if not self._batched:
             self._batched = True
             self._evaluate_batch(name)
-        out = self._evaluated.pop(name, (None, None))[0] or self._evaluate_alone(name)
+        out = self._evaluated.pop(name, (None, None))[0] or self._evaluate_weights(name)
         if out is None:
             return None
         if out.value is None:
@@ -212,14 +218,17 @@ class GraphIndex:
 
     def _evaluate_batch(self, name: str) -> None:
         """Evaluate ``name`` and every other small constant subgraph of the graph that a
-        non-constant op reads (BN parameters, biases) as one model: one ORT session per index,
+        non-constant op reads (BN parameters, biases, an attention bias an Add adds to an
+        activation) as one model: one ORT session per index,
         not one per constant. A subgraph reading more than ``_MAX_BATCH_LEAF_ELEMENTS`` values
         (``name``'s too) waits until it is asked for, and is evaluated alone."""
         from bnfold.graph.consteval import Subgraph, evaluate_all
 
-        roots = [o for o, n in self._constant_sizes().items() if n <= _MAX_BATCH_LEAF_ELEMENTS
+        sizes = self._constant_sizes()
+        roots = [o for o, n in sizes.items() if n <= _MAX_BATCH_LEAF_ELEMENTS
                  and (o == name or o in self.outputs
-                      or not all(self._computed(c) for c in self.consumers(o)))]
+                      or not all(self._computed(c) and c.output[0] in sizes
+                                 for c in self.consumers(o)))]
         batch: list[Subgraph] = []
         for root in roots:
             nodes, leaves = self._constant_subgraph(root)
@@ -233,9 +242,12 @@ class GraphIndex:
                                if s.output == name or found[s.output].value is None
                                or found[s.output].value.nbytes <= _MAX_CACHED_BYTES}
 
-    def _evaluate_alone(self, name: str) -> "Evaluated | None":
-        """``name``'s subgraph as a model of its own; None when it is not constant at all."""
-        from bnfold.graph.consteval import Subgraph, evaluate_all
+    def _evaluate_weights(self, name: str) -> "Evaluated | None":
+        """``name``'s subgraph, too large for the graph's batch, evaluated with the other large
+        constant subgraphs a Conv/ConvTranspose/Gemm/MatMul reads that are not evaluated yet
+        (up to ``_MAX_WEIGHT_BATCH_ELEMENTS`` values in all): their values wait in
+        ``_evaluated`` until asked for. None when ``name`` is not constant at all."""
+        from bnfold.graph.consteval import evaluate_all
 
         nodes, leaves = self._constant_subgraph(name)
         if nodes is None:
@@ -244,9 +256,38 @@ class GraphIndex:
         if size > _MAX_EVAL_ELEMENTS:
             self._problems[name] = f"its constant inputs hold {size} values, too many to evaluate"
             return None
-        ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
-        return evaluate_all([Subgraph(ordered, leaves, name)], opset_imports=self.opset_imports,
-                            ir_version=self.ir_version, memo=self.const_memo)[name]
+        batch = [self._subgraph(name, nodes, leaves)]
+        self._weights_asked.add(name)
+        for root in self._pending_weights(_MAX_WEIGHT_BATCH_ELEMENTS - size):
+            more, more_leaves = self._constant_subgraph(root)
+            if more is not None:
+                batch.append(self._subgraph(root, more, more_leaves))
+                self._weights_asked.add(root)
+        found = evaluate_all(batch, opset_imports=self.opset_imports, ir_version=self.ir_version,
+                             memo=self.const_memo)
+        self._evaluated.update((s.output, (found[s.output], frozenset(s.leaves)))
+                               for s in batch[1:])
+        return found[name]
+
+    def _subgraph(self, name: str, nodes: dict[int, onnx.NodeProto],
+                  leaves: dict[str, np.ndarray]) -> "Subgraph":
+        from bnfold.graph.consteval import Subgraph
+
+        return Subgraph(sorted(nodes.values(), key=lambda n: self._position[id(n)]), leaves, name)
+
+    def _pending_weights(self, budget: int) -> list[str]:
+        """Large computed constants a weight-reading op reads, not yet evaluated or asked for,
+        in graph order, as many as ``budget`` values allow (sizes from declared shapes)."""
+        picked: list[str] = []
+        for root, n in self._constant_sizes().items():
+            if (n <= _MAX_BATCH_LEAF_ELEMENTS or n > budget or root in self._weights_asked
+                    or root in self._evaluated or root in self._const_cache
+                    or not any(c.op_type in _WEIGHT_READERS and c.domain in ("", "ai.onnx")
+                               for c in self.consumers(root))):
+                continue
+            picked.append(root)
+            budget -= n
+        return picked
 
     def _constant_sizes(self) -> dict[str, int]:
         """Every computed tensor whose inputs all look constant, with how many values its
