@@ -311,3 +311,40 @@ def test_a_spatial_constant_on_the_data_path_is_proven_at_its_own_size():
     terms = [b.bn(b.conv(x, 4, 4, 3, pads=1), 4), b.const(np.ones((6, 6)), "plane"), b.bn(x, 4)]
     b.output(_sum(b, terms, "left"))
     merged_ok(b.model(), ["Conv"])
+
+
+def _repvgg_chain(blocks: int, *, parallel: bool = False) -> onnx.ModelProto:
+    """``blocks`` RepVGG blocks in a row (Relu between them), or with ``parallel`` all reading
+    the input and concatenated (then each merge rewrites the readers of what the next reads)."""
+    b = Builder(seed=11)
+    x = b.input("x", ["N", 4, 7, 7])
+    outs = []
+    for _ in range(blocks):
+        terms = [b.bn(b.conv(x, 4, 4, 3, pads=1, bias=False), 4),
+                 b.bn(b.conv(x, 4, 4, 1, pads=0, bias=False), 4), b.bn(x, 4)]
+        y = b.node("Relu", [_sum(b, terms, "left")])
+        outs.append(y)
+        x = x if parallel else y
+    b.output(b.node("Concat", outs, axis=1) if parallel else x)
+    return b.model()
+
+
+def _index_builds(monkeypatch) -> list[int]:
+    import bnfold.folding.reparam as reparam
+
+    built: list[int] = []
+    real = reparam._reindex
+    monkeypatch.setattr(reparam, "_reindex", lambda g: built.append(1) or real(g))
+    return built
+
+
+def test_a_chain_of_blocks_merges_without_an_index_rebuild_per_merge(monkeypatch):
+    built = _index_builds(monkeypatch)
+    merged_ok(_repvgg_chain(6), ["Conv", "Relu"] * 6)
+    assert built == []  # the trees are disjoint: what each merge looks up is unchanged
+
+
+def test_a_tree_reading_what_an_earlier_merge_rewrote_gets_a_fresh_index(monkeypatch):
+    built = _index_builds(monkeypatch)
+    merged_ok(_repvgg_chain(3, parallel=True), ["Conv", "Relu"] * 3 + ["Concat"])
+    assert len(built) == 2  # before the second and the third tree: they read the same input

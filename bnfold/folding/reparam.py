@@ -285,7 +285,10 @@ def reparameterize(g: GraphIndex, rw: Rewriter, path: str, records: dict[int, Fo
     for key, r in records.items():
         if r.folded and r.graph == path:
             by_target.setdefault(r.target, []).append(key)
+    dirty: set[str] = set()  # names a merge of this call removed or rewrote (not its output)
     for tree in find_trees(g):
+        if _names(tree) & dirty:  # trees are disjoint, so this is rare: then look afresh
+            g, dirty = _reindex(g), set()
         branch = [k for c in tree.convs for k in by_target.get(label(c), [])]
         lone = [id(n) for n in tree.bns if id(n) in records]
         keys = branch + lone
@@ -306,7 +309,16 @@ def reparameterize(g: GraphIndex, rw: Rewriter, path: str, records: dict[int, Fo
             r = records[k]
             records[k] = FoldRecord(bn=r.bn, graph=path, target=target, direction="reparam",
                                     bn_output=r.bn_output, merged=merged)
-        g = _reindex(g)
+        dirty |= _names(tree)
+
+
+def _names(tree: Tree) -> set[str]:
+    """Every tensor a tree's nodes read or write but its output, which keeps its readers (a
+    merge gives it another producer, which no other tree's merge looks at). The index is not
+    rebuilt after each merge: later trees are other nodes, so what they look up is unchanged;
+    one reading a name an earlier merge rewrote gets a fresh index first."""
+    nodes = tree.adds + tree.convs + tree.bns
+    return {t for n in nodes for t in list(n.input) + list(n.output) if t} - {tree.root.output[0]}
 
 
 def _refuse(records: dict[int, FoldRecord], lone: list[int], why: Refusal) -> None:
