@@ -104,6 +104,13 @@ class GroundTruth:
             self.reason = str(exc)
             return None
 
+    def release(self) -> None:
+        """Drop the truth's ORT session (the next ``run`` builds and loads it again), so the
+        verification's child holds one model at a time."""
+        if isinstance(self.model, engines.OrtModel):
+            self.proc.drop(self.key)
+            self.model, self._tried = None, False
+
     @property
     def engine(self) -> str:
         return self.model.engine if self.model is not None else "-"
