@@ -56,6 +56,38 @@ def test_writes_the_default_output_and_verifies_it(model_path: Path) -> None:
     assert result.report.folded == str(out)
 
 
+def test_without_keep_model_the_folded_proto_is_let_go_and_the_file_verified(
+        model_path: Path, tmp_path: Path) -> None:
+    kept = fold_file(model_path, tmp_path / "kept.onnx")
+    let_go = fold_file(model_path, tmp_path / "o.onnx", keep_model=False)
+    assert let_go.passed and let_go.report is not None and len(let_go.report.cases) == 3
+    assert let_go.fold.model.ByteSize() == 0 and kept.fold.model.ByteSize() > 0
+    assert let_go.fold.bn_after == kept.fold.bn_after == 1
+    assert onnx.load(tmp_path / "o.onnx") == kept.fold.model
+
+
+def test_verification_runs_in_the_folds_ort_child_and_leaves_it_empty(
+        model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ORT child for the probe, the proofs and the verification; no session is left in it."""
+    from bnfold.verification import engines, shared_child
+
+    started: list[engines.OrtProcess] = []
+    real = engines.OrtProcess._start
+
+    def start(self: engines.OrtProcess):  # noqa: ANN202 - as OrtProcess._start
+        if self._proc is None:
+            started.append(self)
+        return real(self)
+    monkeypatch.setattr(engines.OrtProcess, "_start", start)
+    shared_child.shared_process().close()  # started afresh below
+    for in_place in (False, True):
+        result = fold_file(model_path, None if in_place else tmp_path / "o.onnx",
+                           in_place=in_place, keep_model=False)
+        assert result.passed and result.report is not None and result.report.cases
+    shared = shared_child.shared_process()
+    assert started == [shared] and shared._loaded == {}
+
+
 def test_steps_are_told_in_order(model_path: Path, tmp_path: Path) -> None:
     said: list[str] = []
     fold_file(model_path, tmp_path / "o.onnx", say=said.append)

@@ -96,7 +96,7 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     try:
         result = fold_file(model, output, in_place=in_place, external_data=external_data,
                            check=check, verify=verify, progress=status, say=say,
-                           reparam=reparam)
+                           reparam=reparam, keep_model=False)
     finally:
         if status is not None:
             status.clear()

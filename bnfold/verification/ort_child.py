@@ -80,6 +80,27 @@ def _run(session: Any, feed: dict[str, Any], outputs: list[str] | None) -> dict[
     return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
+def trim_heap() -> None:
+    """Give the freed heap back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Freed big buffers mostly stay in a process's heap: after a first big buffer is freed, glibc
+    serves the next ones from the heap and keeps them when freed. Here (on every dropped
+    session; for ResNet-50, 80 of the 100 MB of its weights stayed resident) and in bnfold once
+    a folded model is written (``pipeline.fold_file``: 80 MB) they are memory nobody uses while
+    the other model runs."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
+
+
 def _error(exc: BaseException) -> tuple[str, str, str]:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -108,8 +129,9 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
             elif msg[0] == "drop":
-                sessions.pop(msg[1], None)
-                fixed_feeds.pop(msg[1], None)
+                if sessions.pop(msg[1], None) is not None:
+                    fixed_feeds.pop(msg[1], None)
+                    trim_heap()
                 reply = ("ok", None)
             elif msg[0] == "quit":
                 reply = ("ok", None)
