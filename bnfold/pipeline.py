@@ -31,7 +31,8 @@ class VerifyOptions:
 
     ``shapes``: "NAME:DIMS" strings, whole input shapes; ``dims``: "SYMBOL=N" strings, sizes of
     named symbolic dims (``bnfold.inputs`` has the shape policy); ``batch_sizes``: batch sizes for a
-    symbolic batch dim (empty: 1 and 8); ``data``: .npz files of real inputs (empty: random inputs
+    symbolic batch dim, each run at every seed (empty: ``feeds.default_plan``, seeds ``seed``,
+    ``seed + 1``, ``seed + 2`` at batch 1, 2, 1); ``data``: .npz files of real inputs (empty: random inputs
     from ``seed``); ``atol``/``rtol``: None for the per-dtype defaults; ``report_dir``: where
     report.json/.md/.html are written (None: not written).
     """

@@ -1,10 +1,10 @@
 """``verify``: run the original and folded models on the same inputs and judge every output.
 
-Cases are (provider x input set: seeds x batch sizes, or the user's data); each output of each
-case is compared against per-dtype tolerances. An output out of tolerance is looked at again
-(``explain``): nondeterministic outputs are left out, and a fold at least as close to the float64
-truth as the original passes. A real failure is localised: the first diverging intermediate tensor
-is found and blamed on a BN fold.
+Cases are (provider x input set: seeded random feeds, ``feeds.input_sets``, or the user's data),
+run one model at a time (``cases``); each output of each case is compared against per-dtype
+tolerances. An output out of tolerance is looked at again (``explain``): nondeterministic outputs
+are left out, and a fold at least as close to the float64 truth as the original passes. A real
+failure is localised: the first diverging intermediate tensor is found and blamed on a BN fold.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
 
     ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random,
     one feed per seed (``seeds``, default ``seed``, ``seed + 1``, ``seed + 2``) and batch size
-    (``batch_sizes``, default 1 and 8 when the batch dim is symbolic); ``shapes`` ("NAME:DIMS" or
+    (``batch_sizes``, when the batch dim is symbolic) or, without ``batch_sizes``, the seeds at
+    batch 1, 2, 1 (``feeds.default_plan``); ``shapes`` ("NAME:DIMS" or
     {name: dims}) and ``dims`` ("SYMBOL=N" or {symbol: n}) fix input shapes (``bnfold.inputs``
     says how). ``labels`` (with ``data``)
     adds task accuracy of both models. ``atol``/``rtol`` override the per-dtype defaults.
@@ -80,7 +81,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
     Symbolic non-batch input dims get ``size`` (from ``probe_size``, or an int), else the first
     size of ``sizes.SIZE_LADDER`` the original runs (``sizes.choose_size``). ``proc``: an ORT
     child to use (left open; by default one is started and closed here). ``progress`` gets a
-    short message per case ("verifying case 2 of 6").
+    short message per run ("running the original on case 2 of 3", "verifying case 2 of 3").
+    The ORT child holds one model at a time (``cases``).
     """
     seed_list = list(seeds) if seeds is not None else [seed + i for i in range(feeds.DEFAULT_SEEDS)]
     own = proc is None
