@@ -85,3 +85,21 @@ def test_metrics_and_verdicts_are_those_of_both_models_side_by_side(by: float) -
         atol, rtol = compare.tolerance_for(ref.dtype, None, None)
         assert check.metrics == compare.compare(ref, got, atol, rtol)
     assert rep.passed == (by < 1e-3)
+
+
+def test_the_original_the_size_probe_loaded_is_used_not_loaded_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelgen import sized_model
+
+    loads: list[str] = []
+    real = engines.OrtProcess.load
+
+    def load(self: engines.OrtProcess, key: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        loads.append(key)
+        real(self, key, *args, **kwargs)
+    monkeypatch.setattr(engines.OrtProcess, "load", load)
+    m = sized_model(8192)
+    folded = bnfold.fold(m).model
+    loads.clear()  # the fold's proofs
+    rep = verify(m, folded, batch_sizes=[1])
+    assert rep.passed and loads == ["original:cpu", "folded:cpu"]

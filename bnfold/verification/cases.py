@@ -65,7 +65,7 @@ class ModelPair:
         m = self.models[role]
         key, label = self.key(role), f"the {role} model {m.label}"
         if self.live != role:
-            self.release()
+            self.proc.drop(self.key("folded" if role == "original" else "original"))
             try:
                 if not self.proc.has(key):  # the size probe may have loaded the original already
                     self.proc.load(key, engines.ort_source(m.source, self.proc, key), label,
