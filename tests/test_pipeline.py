@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -86,6 +87,24 @@ def test_verification_runs_in_the_folds_ort_child_and_leaves_it_empty(
         assert result.passed and result.report is not None and result.report.cases
     shared = shared_child.shared_process()
     assert started == [shared] and shared._loaded == {}
+
+
+def test_a_cpu_fold_and_verification_never_import_onnxruntime_here(model_path: Path,
+                                                                   tmp_path: Path) -> None:
+    """ORT runs in the child only: bnfold itself stays about 20 MB smaller (checked in a fresh
+    interpreter: this one imported onnxruntime long ago)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bnfold.pipeline import fold_file; "
+            f"r = fold_file({str(model_path)!r}, {str(tmp_path / 'o.onnx')!r}, keep_model=False); "
+            "print(r.passed, 'onnxruntime' in sys.modules, r.report.environment['onnxruntime'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    passed, imported, version = out.stdout.split()
+    import onnxruntime
+
+    assert (passed, imported, version) == ("True", "False", onnxruntime.__version__)
 
 
 def test_steps_are_told_in_order(model_path: Path, tmp_path: Path) -> None:

@@ -374,6 +374,18 @@ def test_symbolic_dims_get_the_first_size_the_original_runs() -> None:
     assert "set to 64" in report.summary() and "set to 64" in report.input_size
 
 
+def test_a_failed_size_probe_leaves_no_session_in_the_callers_child() -> None:
+    from modelgen import sized_model
+
+    from bnfold.verification.api import probe_size
+    from bnfold.verification.engines import OrtProcess
+
+    with OrtProcess() as proc:
+        with pytest.raises(InputError, match="--shape"):
+            probe_size(sized_model(10**9), proc)  # runs at no size of the ladder
+        assert not proc.has("probe")
+
+
 def test_progress_callback_hears_every_case() -> None:
     m = _classifier()
     heard: list[str] = []

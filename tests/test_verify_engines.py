@@ -114,6 +114,13 @@ def test_a_dropped_key_takes_its_scratch_files_and_can_be_loaded_again(
         assert proc.run("truth", {"x": np.ones((1, 2, 3, 3), np.float32)})["y"].flat[0] == 2.0
 
 
+def test_info_is_the_childs_onnxruntime() -> None:
+    import onnxruntime as ort
+
+    with engines.OrtProcess() as proc:
+        assert proc.info() == (ort.__version__, list(ort.get_available_providers()))
+
+
 def test_child_imports_neither_bnfold_nor_onnx() -> None:
     """Start-up cost: the child pays for one onnxruntime import, not for bnfold's (onnx is slow)."""
     import subprocess

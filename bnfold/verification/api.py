@@ -109,7 +109,7 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
                      else feeds.load_labels(labels))
 
         report = Report(original=a.label, folded=b.label, user_tolerance=(atol, rtol),
-                        environment=_environment(providers, opt_level, seed_list),
+                        environment=_environment(proc, providers, opt_level, seed_list),
                         fold=fold_result.to_dict() if fold_result is not None else None,
                         input_size=choice.note() if choice is not None else "")
         truth = explain.GroundTruth(proc, a.source, a.proto)
@@ -180,23 +180,23 @@ def probe_size(original: ModelArg | LoadedModel, proc: engines.OrtProcess, *,
     if data is not None:
         return None
     a = LoadedModel.of(original)
-    choice = choose_size(proc, a.source, a.proto, a.label, request=ShapeRequest.of(shapes, dims),
-                         provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
-    proc.drop("probe")
-    return choice
+    try:
+        return choose_size(proc, a.source, a.proto, a.label, request=ShapeRequest.of(shapes, dims),
+                           provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
+    finally:  # also when no size runs: a caller's long-lived child keeps no session of it
+        proc.drop("probe")
 
 
-def _environment(providers: Sequence[str], opt_level: str, seeds: Sequence[int]
-                 ) -> dict[str, Any]:
-    import onnxruntime as ort
-
+def _environment(proc: engines.OrtProcess, providers: Sequence[str], opt_level: str,
+                 seeds: Sequence[int]) -> dict[str, Any]:
     import bnfold
 
-    return {"bnfold": bnfold.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+    ort_version, available = proc.info()  # the ORT that runs the models, not imported here
+    return {"bnfold": bnfold.__version__, "onnx": onnx.__version__, "onnxruntime": ort_version,
             "numpy": np.__version__, "python": platform.python_version(),
             "machine": f"{platform.system()} {platform.machine()}",
             "providers": ", ".join(providers),
-            "available providers": ", ".join(ort.get_available_providers()),
+            "available providers": ", ".join(available),
             "graph optimization level": opt_level,
             "seeds": ", ".join(map(str, seeds))}
 

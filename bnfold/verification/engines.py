@@ -189,6 +189,12 @@ class OrtProcess:
             raise InputError(f"onnxruntime failed on {label} with inputs {_shapes(feed)}: "
                              f"{exc}") from None
 
+    def info(self) -> tuple[str, list[str]]:
+        """The child's onnxruntime version and available providers (for reports: bnfold itself
+        need not import onnxruntime, about 20 MB)."""
+        version, providers = self._call("onnxruntime", "info")
+        return version, providers
+
     def has(self, key: str) -> bool:
         """Whether session ``key`` was loaded (it is reloaded on use if the child restarted)."""
         return key in self._loaded

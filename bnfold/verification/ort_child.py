@@ -11,6 +11,7 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
+  ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
 from __future__ import annotations
@@ -89,12 +90,9 @@ def trim_heap() -> None:
     a folded model is written (``pipeline.fold_file``: 80 MB) they are memory nobody uses while
     the other model runs."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
+    try:  # the C library this process already has loaded (no find_library: it runs ldconfig)
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return
     if trim is not None:
@@ -133,6 +131,10 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                     fixed_feeds.pop(msg[1], None)
                     trim_heap()
                 reply = ("ok", None)
+            elif msg[0] == "info":
+                import onnxruntime as ort
+
+                reply = ("ok", (ort.__version__, list(ort.get_available_providers())))
             elif msg[0] == "quit":
                 reply = ("ok", None)
             else:
