@@ -187,7 +187,8 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
             from bnfold.verification.ort_child import trim_heap
 
             fold.model = onnx.ModelProto()
-            trim_heap()
+            if verify is not None:  # freed pages back before the child loads a model
+                trim_heap()
         if verify is not None and in_place:  # verify the staged files before they replace the input
             result.report = run_verify(str(staged.path))
         if not result.passed:
