@@ -31,7 +31,8 @@ class VerifyOptions:
 
     ``shapes``: "NAME:DIMS" strings, whole input shapes; ``dims``: "SYMBOL=N" strings, sizes of
     named symbolic dims (``bnfold.inputs`` has the shape policy); ``batch_sizes``: batch sizes for a
-    symbolic batch dim (empty: 1 and 8); ``data``: .npz files of real inputs (empty: random inputs
+    symbolic batch dim, each run at every seed (empty: ``feeds.default_plan``, seeds ``seed``,
+    ``seed + 1``, ``seed + 2`` at batch 1, 2, 1); ``data``: .npz files of real inputs (empty: random inputs
     from ``seed``); ``atol``/``rtol``: None for the per-dtype defaults; ``report_dir``: where
     report.json/.md/.html are written (None: not written).
     """
@@ -110,7 +111,7 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
               in_place: bool = False, external_data: bool | None = None, check: bool = True,
               overwrite: bool = True, verify: VerifyOptions | None = VerifyOptions(),
               progress: Say | None = None, say: Say | None = None,
-              reparam: bool = True) -> FoldFileResult:
+              reparam: bool = True, keep_model: bool = True) -> FoldFileResult:
     """Fold the model at ``src`` into ``out`` (default ``src``'s name + .folded.onnx; with
     ``in_place`` ``src`` itself, replaced atomically) and verify it when ``verify`` is given.
 
@@ -122,6 +123,11 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     except with ``in_place``, where the staged result is verified first and ``src`` is left
     unchanged. ``progress`` gets short status messages; ``say`` one line per step done.
     ``reparam``: merge Add trees of parallel Conv/BN/identity branches (RepVGG) into one Conv.
+    ``keep_model=False``: ``result.fold.model`` is emptied once the file is written (read the
+    file for it), so the folded weights are not held while the verification runs (the CLI).
+
+    ORT runs in the one child the fold's proofs use (``shared_child.shared_process``): the size
+    probe before the fold, the verification after it (one ORT start, one process).
     """
     from bnfold.folding import fold
     from bnfold.io.model_io import check_output_paths
@@ -135,49 +141,54 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     dest = src if in_place else Path(out) if out is not None else default_output(src)
     inputs = check_output_paths(src, dest, in_place=in_place, overwrite=overwrite,
                                 external_data=external_data)
-    proc = None
-    try:
-        size = original = None
-        if verify is not None:
-            from bnfold.verification.api import LoadedModel, probe_size
-            from bnfold.verification.engines import OrtProcess
+    size = original = proc = None
+    if verify is not None:
+        from bnfold.verification.api import LoadedModel, probe_size
+        from bnfold.verification.shared_child import shared_process
 
-            proc = OrtProcess().start()
-            original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
-            # the sizes the original runs are found before any work (a model no size fits is refused)
-            size = probe_size(original, proc, **verify.probe_options())
-        tell(f"loading and folding {src}")
-        folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam)
-        result = FoldFileResult(src, dest, folded)
-        for note in folded.warnings:
-            tell(f"warning: {note}")
-        if out is None and folded.bn_before == 0:  # no BN: a copy only when asked
-            result.output = None
-            result.notes.append(f"nothing written: {src} left unchanged" if in_place else
-                                "nothing written (give -o OUT to write a copy anyway)")
-            tell(result.notes[-1])
-            return result
-        if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
-            external_data = True
-        _write_and_verify(result, inputs, in_place, external_data, overwrite, verify,
-                          lambda folded_path: _verify(result, original, folded_path, verify, size,
-                                                      proc, progress, tell), tell)
+        proc = shared_process().start()  # imports ORT while the input is read
+        original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
+        # the sizes the original runs are found before any work (a model no size fits is refused)
+        size = probe_size(original, proc, **verify.probe_options())
+    tell(f"loading and folding {src}")
+    folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam)
+    result = FoldFileResult(src, dest, folded)
+    for note in folded.warnings:
+        tell(f"warning: {note}")
+    if out is None and folded.bn_before == 0:  # no BN: a copy only when asked
+        result.output = None
+        result.notes.append(f"nothing written: {src} left unchanged" if in_place else
+                            "nothing written (give -o OUT to write a copy anyway)")
+        tell(result.notes[-1])
         return result
-    finally:
-        if proc is not None:
-            proc.close()
+    if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
+        external_data = True
+    del folded  # result.fold is the one reference left (emptied once written without keep_model)
+    _write_and_verify(result, inputs, in_place, external_data, overwrite, verify, keep_model,
+                      lambda folded_path: _verify(result, original, folded_path, verify, size,
+                                                  proc, progress, tell), tell)
+    return result
 
 
 def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool,
                       external_data: bool | None, overwrite: bool, verify: VerifyOptions | None,
-                      run_verify: Callable[[str], Report], tell: Say) -> None:
-    """Write atomically (with ``in_place`` only after the staged files verified), then verify."""
+                      keep_model: bool, run_verify: Callable[[str], Report], tell: Say) -> None:
+    """Write atomically (with ``in_place`` only after the staged files verified), then verify;
+    without ``keep_model`` the folded proto is let go once written, before the verification."""
+    import onnx
+
     from bnfold.io.model_io import stage_model
 
     fold, dest = result.fold, result.output
     with stage_model(fold.model, dest, overwrite=overwrite, external_data=external_data,
                      source_dir=fold.external_base,
                      protect=inputs[1:] if in_place else inputs) as staged:
+        if not keep_model:
+            from bnfold.verification.ort_child import trim_heap
+
+            fold.model = onnx.ModelProto()
+            if verify is not None:  # freed pages back before the child loads a model
+                trim_heap()
         if verify is not None and in_place:  # verify the staged files before they replace the input
             result.report = run_verify(str(staged.path))
         if not result.passed:

@@ -1,7 +1,7 @@
 """Regenerate the committed example verification report of a zoo model.
 
 Folds models/resnet_digits.onnx, then verifies the folded model against the original on
-random inputs (batch 1 and 8) and on the digits test split with labels, and writes
+the digits test split with labels, and writes
 report.json, report.md and report.html to models/reports/resnet_digits/.
 Usage: python -m models.make_report
 """

@@ -91,7 +91,10 @@ def test_verify_fails_a_float16_fold_that_lost_precision_within_tolerance() -> N
     model = onnx.parser.parse_model(MODEL)
     unproven = bnfold.fold(model, prove=False)  # the fold the proof now refuses
     assert all(r.folded for r in unproven.records)
-    rep = verify(model, unproven.model, localize_failures=False)
+    # at batch 8: the 4-element Relu output of a single sample is often all zero (no peak to
+    # measure precision against); the default feeds fail this fold too, one of them on tolerance
+    assert not verify(model, unproven.model, localize_failures=False).passed
+    rep = verify(model, unproven.model, localize_failures=False, batch_sizes=[8])
     lost = [c for c in rep.checks if c.precision is not None and not c.precision.passed]
     assert not rep.passed and lost
     assert all(c.within_tolerance and c.status == "FAIL (precision)" for c in lost)

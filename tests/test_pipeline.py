@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -54,6 +55,56 @@ def test_writes_the_default_output_and_verifies_it(model_path: Path) -> None:
     assert count_bn(onnx.load(out)) == 1
     assert result.report is not None and result.report.passed and result.passed
     assert result.report.folded == str(out)
+
+
+def test_without_keep_model_the_folded_proto_is_let_go_and_the_file_verified(
+        model_path: Path, tmp_path: Path) -> None:
+    kept = fold_file(model_path, tmp_path / "kept.onnx")
+    let_go = fold_file(model_path, tmp_path / "o.onnx", keep_model=False)
+    assert let_go.passed and let_go.report is not None and len(let_go.report.cases) == 3
+    assert let_go.fold.model.ByteSize() == 0 and kept.fold.model.ByteSize() > 0
+    assert let_go.fold.bn_after == kept.fold.bn_after == 1
+    assert onnx.load(tmp_path / "o.onnx") == kept.fold.model
+
+
+def test_verification_runs_in_the_folds_ort_child_and_leaves_it_empty(
+        model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ORT child for the probe, the proofs and the verification; no session is left in it."""
+    from bnfold.verification import engines, shared_child
+
+    started: list[engines.OrtProcess] = []
+    real = engines.OrtProcess._start
+
+    def start(self: engines.OrtProcess):  # noqa: ANN202 - as OrtProcess._start
+        if self._proc is None:
+            started.append(self)
+        return real(self)
+    monkeypatch.setattr(engines.OrtProcess, "_start", start)
+    shared_child.shared_process().close()  # started afresh below
+    for in_place in (False, True):
+        result = fold_file(model_path, None if in_place else tmp_path / "o.onnx",
+                           in_place=in_place, keep_model=False)
+        assert result.passed and result.report is not None and result.report.cases
+    shared = shared_child.shared_process()
+    assert started == [shared] and shared._loaded == {}
+
+
+def test_a_cpu_fold_and_verification_never_import_onnxruntime_here(model_path: Path,
+                                                                   tmp_path: Path) -> None:
+    """ORT runs in the child only: bnfold itself stays about 20 MB smaller (checked in a fresh
+    interpreter: this one imported onnxruntime long ago)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bnfold.pipeline import fold_file; "
+            f"r = fold_file({str(model_path)!r}, {str(tmp_path / 'o.onnx')!r}, keep_model=False); "
+            "print(r.passed, 'onnxruntime' in sys.modules, r.report.environment['onnxruntime'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    passed, imported, version = out.stdout.split()
+    import onnxruntime
+
+    assert (passed, imported, version) == ("True", "False", onnxruntime.__version__)
 
 
 def test_steps_are_told_in_order(model_path: Path, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def _run(*args: object) -> tuple[int, str, str]:
 def test_pass_exits_0_with_summary_on_stdout(models: dict[str, Path]) -> None:
     code, out, err = _run(models["original"], models["folded"])
     assert code == 0, err
-    assert out.startswith("PASS: 1 output(s) x 6 case(s)")  # 3 seeds x batch 1 and 8
+    assert out.startswith("PASS: 1 output(s) x 3 case(s)")  # seeds 0, 1, 2 at batch 1, 2, 1
     assert "verifying" in err and "verifying" not in out
 
 

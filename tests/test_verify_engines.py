@@ -97,6 +97,30 @@ def test_in_memory_model_too_big_for_protobuf_goes_by_path_with_external_data(
     assert not scratch.exists()
 
 
+def test_a_dropped_key_takes_its_scratch_files_and_can_be_loaded_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The long-lived child of a fold (``shared_child``) verifies one model after another under
+    the same keys: a dropped session's files go, and the next model under its key is written."""
+    import bnfold.io.model_io
+
+    monkeypatch.setattr(bnfold.io.model_io, "tensor_bytes", lambda model: 3 * 2**30)
+    with engines.OrtProcess() as proc:
+        first = engines.ort_source(_conv(T.FLOAT), proc, "truth")
+        proc.load("truth", first, "first", CPU, "disabled")
+        proc.drop("truth")
+        assert not Path(first).exists()
+        second = engines.ort_source(_conv(T.FLOAT), proc, "truth")
+        proc.load("truth", second, "second", CPU, "disabled")
+        assert proc.run("truth", {"x": np.ones((1, 2, 3, 3), np.float32)})["y"].flat[0] == 2.0
+
+
+def test_info_is_the_childs_onnxruntime() -> None:
+    import onnxruntime as ort
+
+    with engines.OrtProcess() as proc:
+        assert proc.info() == (ort.__version__, list(ort.get_available_providers()))
+
+
 def test_child_imports_neither_bnfold_nor_onnx() -> None:
     """Start-up cost: the child pays for one onnxruntime import, not for bnfold's (onnx is slow)."""
     import subprocess

@@ -68,6 +68,31 @@ def test_random_sets_are_seeds_times_batches_at_the_chosen_size() -> None:
     assert sets[0][1][0]["x"].shape == (2, 3, 96, 96)
 
 
+def test_default_random_sets_give_every_seed_and_every_batch_size_one_feed() -> None:
+    """Without --batch-size: seeds s, s+1, s+2 at batch 1, 2, 1 (not seeds x batches), each feed
+    its own seed's draw; a fixed batch runs once per seed."""
+    spec = TensorSpec("x", np.dtype(np.float32), ("N", 3))
+    sets = feeds.input_sets([spec], seeds=[4, 5, 6], request=ShapeRequest(), batch_sizes=None,
+                            data=None)
+    assert [label for label, _ in sets] == ["random seed=4 batch=1", "random seed=5 batch=2",
+                                            "random seed=6 batch=1"]
+    assert [chunks[0]["x"].shape[0] for _, chunks in sets] == [1, 2, 1]
+    assert not np.array_equal(sets[0][1][0]["x"], sets[2][1][0]["x"])
+    assert {b for _, b in feeds.default_plan([0, 1, 2], feeds.DEFAULT_BATCH_SIZES)} == set(
+        feeds.DEFAULT_BATCH_SIZES)
+    fixed = TensorSpec("x", np.dtype(np.float32), (8, 3))
+    sets = feeds.input_sets([fixed], seeds=[0, 1, 2], request=ShapeRequest(), batch_sizes=None,
+                            data=None)
+    assert [label for label, _ in sets] == ["random seed=0", "random seed=1", "random seed=2"]
+
+
+def test_default_plan_covers_every_batch_size_even_with_one_seed() -> None:
+    assert feeds.default_plan([7], [1, 2]) == [(7, 1), (7, 2)]
+    assert feeds.default_plan([0, 1, 2, 3], [1, 2]) == [(0, 1), (1, 2), (2, 1), (3, 2)]
+    assert feeds.default_plan([0, 1], [None]) == [(0, None), (1, None)]
+    assert feeds.default_plan([], [1, 2]) == []
+
+
 def test_random_sets_check_the_request_against_the_inputs() -> None:
     spec = TensorSpec("x", np.dtype(np.float32), ("N", 3))
     with pytest.raises(InputError, match="unknown input"):

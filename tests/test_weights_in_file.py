@@ -43,6 +43,23 @@ def test_large_weights_point_into_the_file_at_their_raw_bytes(tmp_path: Path) ->
     assert lazy.SerializeToString() == full.SerializeToString()
 
 
+def test_an_explicit_default_data_location_is_left_in_the_file_too(tmp_path: Path) -> None:
+    """bnfold's save of a tensor read from a data file writes data_location DEFAULT explicitly;
+    such a weight stays in the file like any other (else a folded ResNet-50's 8 MB Gemm weight
+    was parsed into memory)."""
+    model = _model()
+    for t in model.graph.initializer:
+        t.data_location = onnx.TensorProto.DEFAULT
+    path = _save(model, tmp_path / "m.onnx")
+    lazy = onnx.ModelProto()
+    lazy.ParseFromString(structure_bytes(path))
+    assert [edh.uses_external_data(t) for t in lazy.graph.initializer] == [
+        int(np.prod(t.dims)) * 4 >= MIN_BYTES for t in lazy.graph.initializer]
+    edh.load_external_data_for_model(lazy, str(tmp_path))
+    for a, b in zip(lazy.graph.initializer, model.graph.initializer):
+        assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
 def test_a_file_with_only_small_weights_or_not_onnx_is_parsed_normally(tmp_path: Path) -> None:
     b = Builder()
     b.output(b.bn(b.conv(b.input("x", ["N", 2, 4, 4]), 2, 2), 2))

@@ -38,10 +38,12 @@ def _say(msg: str, quiet: bool) -> None:
 @click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="disabled",
               show_default=True, help="ORT graph optimization level for --verify.")
 @click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of the random inputs for --verify.")
+              help="Seed of the random inputs for --verify: feeds use SEED, SEED+1, SEED+2.")
 @shape_options(" For --verify.")
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
-              help="Batch sizes to verify when the batch dim is symbolic [default: 1 and 8].")
+              help="Batch size to verify when the batch dim is symbolic (repeatable; every seed "
+                   "runs at each) [default: one feed per seed, at batch 1, 2, 1: batch 2 shows "
+                   "errors that couple the samples of a batch as well as a larger one].")
 @click.option("--data", multiple=True, type=click.Path(dir_okay=False),
               help="Verify on inputs from .npz files (keys = input names) instead of random data.")
 @click.option("--atol", type=click.FloatRange(min=0),
@@ -96,7 +98,7 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     try:
         result = fold_file(model, output, in_place=in_place, external_data=external_data,
                            check=check, verify=verify, progress=status, say=say,
-                           reparam=reparam)
+                           reparam=reparam, keep_model=False)
     finally:
         if status is not None:
             status.clear()

@@ -101,7 +101,8 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
     passed = True
     if do_fold:
         _say("folding the recalibrated model", quiet)
-        folded = fold_file(output, folded_path, verify=VerifyOptions(shapes=shapes, dims=dims))
+        folded = fold_file(output, folded_path, verify=VerifyOptions(shapes=shapes, dims=dims),
+                           keep_model=False)
         fold, report, passed = folded.fold, folded.report, folded.passed
         payload["fold"] = {**fold.to_dict(), "output": str(folded_path),
                            "verification": json.loads(report.to_json())}

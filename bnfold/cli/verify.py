@@ -17,10 +17,13 @@ EXIT_OK, EXIT_FAILED = 0, 1
               help="Execution provider to compare on (repeatable); cuda/tensorrt need onnxruntime-gpu.")
 @click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="disabled", show_default=True,
               help="ORT graph optimisation level for both models (disabled tests the fold alone).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random inputs.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the random inputs: feeds use SEED, SEED+1, SEED+2.")
 @shape_options()
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(min=1),
-              help="Batch size to try when the batch dim is symbolic (repeatable) [default: 1 and 8].")
+              help="Batch size to try when the batch dim is symbolic (repeatable; every seed runs "
+                   "at each) [default: one feed per seed, at batch 1, 2, 1: batch 2 shows errors "
+                   "that couple the samples of a batch as well as a larger one].")
 @click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False),
               help="Inputs from an .npz (keys = input names; repeatable) instead of random data.")
 @click.option("--labels", type=click.Path(dir_okay=False),

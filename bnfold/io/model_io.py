@@ -375,6 +375,7 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                     _write_streamed(tmp_model, model)
             except OSError as exc:
                 raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            del model  # written: the caller may free it while the staged files are checked
             yield StagedModel(Path(tmp_model), out, location)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)

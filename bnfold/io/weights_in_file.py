@@ -83,6 +83,8 @@ def _tensor(buf: memoryview, start: int, end: int, location: str) -> bytes | Non
     to keep it as it is (small, typed fields, or already external)."""
     kept, raw = [], None
     for field, wire, rec, value, stop in _records(buf, start, end):
+        if field == _DATA_LOCATION and wire == 0 and _varint(buf, value, stop)[0] != _EXTERNAL:
+            continue  # an explicit DEFAULT (bnfold's save of a tensor read from a data file)
         if field in (_EXTERNAL_DATA, _DATA_LOCATION):
             return None
         if field == _RAW_DATA and wire == 2:

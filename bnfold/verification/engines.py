@@ -189,17 +189,27 @@ class OrtProcess:
             raise InputError(f"onnxruntime failed on {label} with inputs {_shapes(feed)}: "
                              f"{exc}") from None
 
+    def info(self) -> tuple[str, list[str]]:
+        """The child's onnxruntime version and available providers (for reports: bnfold itself
+        need not import onnxruntime, about 20 MB)."""
+        version, providers = self._call("onnxruntime", "info")
+        return version, providers
+
     def has(self, key: str) -> bool:
         """Whether session ``key`` was loaded (it is reloaded on use if the child restarted)."""
         return key in self._loaded
 
     def drop(self, *keys: str) -> None:
-        """Free sessions no longer needed (a big model's weights stay in ORT's memory otherwise)."""
+        """Free sessions no longer needed (a big model's weights stay in ORT's memory otherwise),
+        and the files ``ort_source`` wrote for them (a long-lived child loads the next model
+        under the same key)."""
         for key in keys:
             self._loaded.pop(key, None)
             if key in self._live and self._proc is not None:
                 self._live.discard(key)
                 self._call(key, "drop", key)
+            if self._scratch is not None:
+                shutil.rmtree(os.path.join(self._scratch, key), ignore_errors=True)
 
     def close(self) -> None:
         """Ask the child to quit, make sure it is gone, and remove the scratch folder."""
@@ -272,6 +282,7 @@ def ort_source(model: str | onnx.ModelProto, proc: OrtProcess, name: str,
     if not lazy and tensor_bytes(model) + PROTO_HEADROOM <= PROTOBUF_LIMIT:
         return model.SerializeToString()
     folder = proc.scratch / name
+    shutil.rmtree(folder, ignore_errors=True)  # a model loaded under this name before, dropped
     folder.mkdir()
     path = folder / "model.onnx"
     save_model(model, path, external_data=True, source_dir=source_dir)

@@ -1,8 +1,9 @@
 """Second looks at a case with outputs out of tolerance, before anything is blamed on a fold.
 
-1. Nondeterminism: the original runs again on the same feed; an output that moves beyond
-   tolerance between its own two runs (an unseeded RandomNormal, Dropout in training mode) cannot
-   judge a fold, so it is marked nondeterministic and left out of the verdict.
+1. Nondeterminism: the original runs again on the same feed (``cases``: twice, in a new session);
+   an output that moves beyond tolerance between two of its runs (an unseeded RandomNormal,
+   Dropout in training mode) cannot judge a fold, so it is marked nondeterministic and left out
+   of the verdict.
 2. Noise: the remaining failures are compared with a float64 ground truth of the original
    (``truth.float64_model``, on ORT where it has float64 kernels, else onnx.reference); a folded
    output at least as close to the truth as the original's passes, with a note.
@@ -103,6 +104,13 @@ class GroundTruth:
         except (BnfoldError, engines.Crashed, engines.NoKernel) as exc:
             self.reason = str(exc)
             return None
+
+    def release(self) -> None:
+        """Drop the truth's ORT session (the next ``run`` builds and loads it again), so the
+        verification's child holds one model at a time."""
+        if isinstance(self.model, engines.OrtModel):
+            self.proc.drop(self.key)
+            self.model, self._tried = None, False
 
     @property
     def engine(self) -> str:

@@ -11,6 +11,7 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
+  ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
 from __future__ import annotations
@@ -80,6 +81,24 @@ def _run(session: Any, feed: dict[str, Any], outputs: list[str] | None) -> dict[
     return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
+def trim_heap() -> None:
+    """Give the freed heap back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Freed big buffers mostly stay in a process's heap: after a first big buffer is freed, glibc
+    serves the next ones from the heap and keeps them when freed. Here (on every dropped
+    session; for ResNet-50, 80 of the 100 MB of its weights stayed resident) and in bnfold once
+    a folded model is written (``pipeline.fold_file``: 80 MB) they are memory nobody uses while
+    the other model runs."""
+    import ctypes
+
+    try:  # the C library this process already has loaded (no find_library: it runs ldconfig)
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
+
+
 def _error(exc: BaseException) -> tuple[str, str, str]:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -108,9 +127,14 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
             elif msg[0] == "drop":
-                sessions.pop(msg[1], None)
-                fixed_feeds.pop(msg[1], None)
+                if sessions.pop(msg[1], None) is not None:
+                    fixed_feeds.pop(msg[1], None)
+                    trim_heap()
                 reply = ("ok", None)
+            elif msg[0] == "info":
+                import onnxruntime as ort
+
+                reply = ("ok", (ort.__version__, list(ort.get_available_providers())))
             elif msg[0] == "quit":
                 reply = ("ok", None)
             else:
