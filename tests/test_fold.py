@@ -635,3 +635,37 @@ def test_progress_callback_hears_each_bn_once_and_the_proofs():
     result = bnfold.fold(b.model(), progress=heard.append)
     assert result.bn_after == 0
     assert heard == ["folding BN 1 of 2", "folding BN 2 of 2", "proving 2 fold(s) on ONNX Runtime"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_fold_runs_without_cyclic_gc_and_restores_the_callers_setting(enabled, monkeypatch):
+    import gc
+
+    import bnfold.folding as folding
+
+    b = Builder(seed=1)
+    b.output(b.bn(b.conv(b.input("x", ["N", 3, 6, 6]), 3, 4), 4))
+    model = b.model()
+    seen = []
+    real = folding._fold_model
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folding, "_fold_model", spy)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert bnfold.fold(model, prove=False).bn_after == 0
+        assert seen == [False] and gc.isenabled() is enabled
+
+        def boom(*args, **kwargs):
+            seen.append(gc.isenabled())
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(folding, "_fold_model", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            bnfold.fold(model, prove=False)
+        assert seen == [False, False] and gc.isenabled() is enabled
+    finally:
+        gc.enable()

@@ -1,10 +1,12 @@
 """fold(): run the fold rules on every graph to a fixed point and account for every BN."""
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import onnx
 
@@ -65,7 +67,8 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     proofs' original is a copy of that structure, and without ``lazy_external`` the weights
     no fold changed are read in at the end.
     """
-    result = _fold(model, check, copy, prove, progress, reparam)
+    with gc_paused():
+        result = _fold(model, check, copy, prove, progress, reparam)
     if result.external_base is not None and not lazy_external:
         load_external(result.model, result.external_base)
         result.external_base = None
@@ -121,6 +124,21 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
         unmerged.update({k: d for k, (_, d) in failed.items() if k in merges})
         excluded.update({k: d for k, d in failed.items() if k not in merges})
         proto = _fresh(model, backup, proto, base)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a fold makes many long-lived protos and arrays but
+    few cycles, and each full collection walks them all (at 8,000 BNs, 7-8 of them made the
+    fold 13-18 % slower and grow faster than linearly). The caller's setting is restored on
+    the way out, exception or not; the next automatic collection finds any cycles left."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _original(model: ModelLike, backup: onnx.ModelProto | None,
