@@ -177,24 +177,27 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
 
 
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
-    """Run the chunk as one batched pair of models; per region where the batch fails."""
+    """Run the chunk as one model holding every original region and its folded replacement
+    side by side (``_pair``); per region where the batch fails."""
     try:
-        with SharedArrays() as o_weights, SharedArrays() as f_weights:
-            o_model = _model([g.original for g in chunk], model, o_weights)
-            f_model = _model([g.folded for g in chunk], model, f_weights)
-            feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
-            outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
-            truths = _float32_truth(proc, o_model, feeds, o_weights)
+        with SharedArrays() as weights:
+            pair = _pair(chunk, model, weights)
+            feeds = [_feeds(pair, seed, skip=weights) for seed in SEEDS]
+            outs = _run_pair(proc, pair, feeds, weights)
+        truths = None
+        if any(d in _LOW for g in chunk for _, d in g.original.outputs):
+            truths = _float32_truth(proc, _model([g.original for g in chunk], model), feeds, {})
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model, proc) for g in chunk]
     proofs = []
     for i, g in enumerate(chunk):
-        names = [f"r{i}_{o}" for o, _ in g.original.outputs]
-        pairs = [(o[n], f[n]) for o, f in outs for n in names]
+        pairs = [(out[f"o{i}_{o}"], out[f"f{i}_{o}"]) for out in outs
+                 for o, _ in g.original.outputs]
         proof = _judge(pairs, "onnxruntime")
         if not proof.passed:
             proof = _run_alone(g, model, proc)
         elif truths is not None:
+            names = [f"r{i}_{o}" for o, _ in g.original.outputs]
             proof = _precision(proof, pairs, [t[n] for t in truths for n in names])
         proofs.append(proof)
     return proofs
@@ -318,26 +321,71 @@ def _precision(proof: Proof, pairs: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _model(regions: list[Region], source: onnx.ModelProto,
-           weights: SharedArrays | None = None) -> onnx.ModelProto:
-    """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
+           weights: SharedArrays | None = None, tag: str = "r") -> onnx.ModelProto:
+    """One standalone model holding ``regions`` side by side: activation inputs named r<i>_,
+    every other tensor <tag><i>_ (see ``_add``)."""
+    model = _empty(source)
+    inputs, outputs = _add(model.graph, regions, tag, weights)
+    return _finish(model, source, inputs, outputs)
+
+
+def _pair(chunk: list[_Group], source: onnx.ModelProto,
+          weights: SharedArrays) -> onnx.ModelProto:
+    """One model running every original region (tensors o<i>_) and its folded replacement
+    (f<i>_) on the same activation inputs (r<i>_): one ORT session and one run per draw for
+    the whole chunk, each draw handed to the child once. The kernels and their inputs are
+    those of separate models (no graph optimization runs), so are the outputs."""
+    model = _empty(source)
+    inputs, outputs = _add(model.graph, [g.original for g in chunk], "o", weights)
+    f_inputs, f_outputs = _add(model.graph, [g.folded for g in chunk], "f", weights)
+    fed = set(weights)
+    drawn = {v.name for v in inputs if v.name not in fed}
+    if {v.name for v in f_inputs if v.name not in fed} != drawn:
+        # separate models would then refuse the draws of the original: run region by region
+        raise RegionError("a folded region reads other activations than its original")
+    inputs += [v for v in f_inputs if v.name in fed]
+    return _finish(model, source, inputs, outputs + f_outputs)
+
+
+def _empty(source: onnx.ModelProto) -> onnx.ModelProto:
+    model = onnx.ModelProto(ir_version=source.ir_version)
+    model.graph.name = "bnfold_proof"
+    return model
+
+
+def _finish(model: onnx.ModelProto, source: onnx.ModelProto, inputs: list, outputs: list,
+            ) -> onnx.ModelProto:
+    graph = model.graph
+    if source.ir_version < 4:  # IR 3 lists every initializer as a graph input
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in graph.initializer]
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    model.opset_import.extend(source.opset_import)
+    model.functions.extend(source.functions)
+    return model
+
+
+def _add(graph: onnx.GraphProto, regions: list[Region], tag: str,
+         weights: SharedArrays | None) -> tuple[list, list]:
+    """Copy ``regions`` into ``graph``: activation inputs renamed r<i>_, the rest <tag><i>_;
+    return the graph inputs and outputs they need.
 
     With ``weights`` (a shared file to fill), large float initializers become graph inputs and
     their bytes go into ``weights`` to be fed: the model is then a few KB to serialize and for
     ORT to parse, and each weight is copied once, into the file the ORT child maps.
     """
-    model = onnx.ModelProto(ir_version=source.ir_version)
-    graph = model.graph
-    graph.name = "bnfold_proof"
     inputs, outputs = [], []
     for i, region in enumerate(regions):
         names = {n for node in region.nodes for n in node.output if n}
-        names |= {t.name for t in region.initializers} | {n for n, _, _ in region.inputs}
-        rename = {n: f"r{i}_{n}" for n in names}
+        names |= {t.name for t in region.initializers}
+        rename = {n: f"{tag}{i}_{n}" for n in names}
+        rename.update({n: f"r{i}_{n}" for n, _, _ in region.inputs})
         for node in region.nodes:
             copy = graph.node.add()
             copy.CopyFrom(node)
             if copy.name:
-                copy.name = f"r{i}_{copy.name}"
+                copy.name = f"{tag}{i}_{copy.name}"
             _rename(copy, rename)
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
@@ -350,16 +398,9 @@ def _model(regions: list[Region], source: onnx.ModelProto,
             copy.CopyFrom(region.inline(t))
             copy.name = rename[t.name]
         inputs += [helper.make_tensor_value_info(rename[n], d, s) for n, d, s in region.inputs]
-        outputs += [helper.make_tensor_value_info(f"r{i}_{n}", d, None)
+        outputs += [helper.make_tensor_value_info(f"{tag}{i}_{n}", d, None)
                     for n, d in region.outputs]
-    if source.ir_version < 4:  # IR 3 lists every initializer as a graph input
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                   for t in graph.initializer]
-    graph.input.extend(inputs)
-    graph.output.extend(outputs)
-    model.opset_import.extend(source.opset_import)
-    model.functions.extend(source.functions)
-    return model
+    return inputs, outputs
 
 
 def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
@@ -406,6 +447,20 @@ def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feed
         return [tuple(proc.run(key, f, names) for key in keys) for f in feeds]
     finally:
         proc.drop(*keys)
+
+
+def _run_pair(proc: Any, pair: onnx.ModelProto, feeds: list[dict],
+              weights: SharedArrays) -> list[dict]:
+    """The ``_pair`` model on ORT (CPU, no graph optimizations) in the child ``proc``: all
+    its outputs for each feed; ``weights`` its initializers given as inputs."""
+    key = "proof-pair"
+    proc.load(key, pair.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
+              "disabled", fixed=weights)
+    names = [o.name for o in pair.graph.output]
+    try:
+        return [proc.run(key, f, names) for f in feeds]
+    finally:
+        proc.drop(key)
 
 
 def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,
