@@ -669,3 +669,29 @@ def test_fold_runs_without_cyclic_gc_and_restores_the_callers_setting(enabled, m
         assert seen == [False, False] and gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+def test_shape_inference_runs_once_per_fold_proofs_included(monkeypatch):
+    """The fold's rules and the proofs' original regions read the same inferred shapes (the
+    input's): strict inference is not run again for the proofs."""
+    import bnfold.folding as folding
+    import bnfold.graph.shapes as shapes
+
+    b = Builder(seed=2)
+    y = b.input("x", ["N", 3, 6, 6])
+    for _ in range(3):
+        y = b.bn(b.conv(y, 3, 3), 3)
+    b.output(y)
+    model = b.model()
+    calls = []
+    real = shapes.infer
+
+    def counting(m):  # noqa: ANN001, ANN202
+        calls.append(m)
+        return real(m)
+
+    monkeypatch.setattr(shapes, "infer", counting)
+    monkeypatch.setattr(folding, "infer", counting)
+    result = folded_ok(model)
+    assert all(r.folded and r.proof_engine == "onnxruntime" for r in result.records)
+    assert len(calls) == 1

@@ -23,10 +23,10 @@ from bnfold.folding.rewrite import Rewriter, remove_orphans
 from bnfold.folding.rules.carry import Plan
 from bnfold.folding.rules.carry import apply as apply_plan
 from bnfold.folding.training import protected_names, training_graphs, training_refusal
-from bnfold.graph.index import GraphIndex, subgraphs, walk_graphs
+from bnfold.graph.index import GraphIndex, GraphKey, subgraphs, walk_graphs
 from bnfold.io.model_io import (MIN_OPSET, check_model_proto, default_opset, load_external,
                                 load_model)
-from bnfold.graph.shapes import infer
+from bnfold.graph.shapes import GraphShapes, infer
 from bnfold.io.skeleton import skeleton
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -89,11 +89,14 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
         pristine = onnx.ModelProto()  # the proofs' original: the structure, weights in the file
         pristine.CopyFrom(proto)
     before = skeleton(proto) if check else None
+    # the input's shapes, inferred once: every (re)fold starts from the input, and the input is
+    # the proofs' original
+    infos = infer(proto)
     excluded: dict[tuple[str, str], tuple[Reason, str]] = {}
     unmerged: dict[tuple[str, str], str] = {}  # BNs of reparam merges whose proof failed
     original: tuple[onnx.ModelProto, str | None] | None = None
     while True:
-        records, notes = _fold_model(proto, base, excluded, progress, reparam, unmerged)
+        records, notes = _fold_model(proto, base, excluded, progress, reparam, unmerged, infos)
         if before is not None and any(r.folded for r in records):
             problem = check_folded(before, proto)
             if problem:
@@ -108,7 +111,8 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
         if progress is not None:
             progress(f"proving {sum(r.folded for r in records)} fold(s) on ONNX Runtime")
         proofs = prove_folds(original[0], proto, records, original_base=original[1],
-                             folded_base=base)
+                             folded_base=base,
+                             original_infos={k: (g.shapes, g.dtypes) for k, g in infos.items()})
         records = [_with_proof(r, proofs.get((r.graph, r.bn_output))) for r in records]
         failed = {k: (p.reason, p.detail) for k, p in proofs.items() if not p.passed}
         if not failed:
@@ -237,6 +241,7 @@ def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
                 exclude: dict[tuple[str, str], tuple[Reason, str]] | None = None,
                 progress: Callable[[str], None] | None = None, reparam: bool = True,
                 unmerged: dict[tuple[str, str], str] | None = None,
+                infos: dict[GraphKey, GraphShapes] | None = None,
                 ) -> tuple[list[FoldRecord], list[str]]:
     """Fold in place; return one record per BN (in graph order) and numeric notes.
 
@@ -244,9 +249,11 @@ def _fold_model(model: onnx.ModelProto, base_dir: str | None = None,
     (graph path, BN output) -> (reason, detail) of BNs to keep because their proof failed.
     ``progress``: told "folding BN k of n" as each BN is first looked at. ``reparam``: merge
     Add trees of parallel branches after the folds, except those holding a BN in ``unmerged``.
+    ``infos``: ``shapes.infer(model)`` when the caller has it.
     """
     opset = default_opset(model) or MIN_OPSET
-    infos = infer(model)  # shapes from strict inference, and declarations that contradict them
+    if infos is None:
+        infos = infer(model)  # shapes from strict inference, declarations that contradict them
     per_graph = {id(graph): (graph, infos.get(key, ({}, {}, {})))
                  for key, graph in walk_graphs(model.graph)}
     names = _all_names(model.graph, set())

@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_region,
                                 replaced, scopes)
 from bnfold.folding.report import FoldRecord, Reason
-from bnfold.graph.index import subgraphs, value_infos
+from bnfold.graph.index import GraphKey, ValueInfo, subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
 from bnfold.verification.shared import SharedArrays
 from bnfold.verification.shared_child import shared_process
@@ -64,12 +64,16 @@ class _Group:
 
 
 def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[FoldRecord], *,
-          original_base: str | None = None, folded_base: str | None = None) -> dict[Key, Proof]:
-    """The proof of every folded record, by (graph path, BN output)."""
+          original_base: str | None = None, folded_base: str | None = None,
+          original_infos: dict[GraphKey, ValueInfo] | None = None) -> dict[Key, Proof]:
+    """The proof of every folded record, by (graph path, BN output). ``original_infos``:
+    ``value_infos(original)`` when the caller has it."""
     todo = [r for r in records if r.folded]
     if not todo:
         return {}
-    o_scopes = scopes(original, value_infos(original))
+    if original_infos is None:
+        original_infos = value_infos(original)
+    o_scopes = scopes(original, original_infos)
     f_scopes = scopes(folded, {})
     for path, found in f_scopes.items():
         for f, o in zip(found, o_scopes.get(path, [])):
