@@ -695,3 +695,24 @@ def test_shape_inference_runs_once_per_fold_proofs_included(monkeypatch):
     result = folded_ok(model)
     assert all(r.folded and r.proof_engine == "onnxruntime" for r in result.records)
     assert len(calls) == 1
+
+
+def test_a_graph_is_indexed_once_per_pass_and_not_again_after_the_last(monkeypatch):
+    """One BN: the pass that folds it and the pass that finds nothing left each index the graph;
+    the decomposed-BN pass, the reparam pass and the subgraph walk reuse the last index (that
+    pass changed nothing), and a graph without subgraphs is not indexed for them."""
+    import bnfold.folding as folding
+
+    b = Builder(seed=4)
+    b.output(b.node("Relu", [b.bn(b.conv(b.input("x", ["N", 3, 6, 6]), 3, 4), 4)]))
+    model = b.model()
+    built = []
+    real = folding._Context.index
+
+    def counting(self, graph, outer):  # noqa: ANN001, ANN202
+        built.append(graph.name)
+        return real(self, graph, outer)
+
+    monkeypatch.setattr(folding._Context, "index", counting)
+    result = bnfold.fold(model, prove=False)
+    assert result.bn_after == 0 and len(built) == 2

@@ -343,7 +343,7 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
     refused: dict[int, FoldRecord] = {}
     rw = Rewriter(graph, ctx.names, ctx.ir_version)
     changed = True
-    while changed:
+    while changed:  # each pass reads a fresh index; the last one changed nothing: it stays true
         changed = False
         g = ctx.index(graph, outer)
         touched: set[int] = set()
@@ -374,30 +374,35 @@ def _fold_graph(graph: onnx.GraphProto, path: str, ctx: _Context, outer: GraphIn
             apply_plan(g, outcome, rw, ctx.notes)
             touched |= around
             changed = True
-    decomposed = _fold_decomposed(graph, path, ctx, outer, rw)
+    decomposed, g = _fold_decomposed(graph, path, ctx, outer, rw, g)
     if ctx.reparam:
         folded.update((k, r) for k, r in refused.items() if k not in folded)
-        reparameterize(ctx.index(graph, outer), rw, path, folded, ctx.protected, ctx.unmerged,
-                       ctx.notes)
+        reparameterize(g, rw, path, folded, ctx.protected, ctx.unmerged, ctx.notes)
     remove_orphans(graph, rw.orphan_candidates, ctx.ir_version)
     for node in order:
         records.append(folded.get(id(node)) or refused[id(node)])
     records.extend(decomposed)
-    index = ctx.index(graph, outer)
+    index = None
     for node in graph.node:
         for attr_name, sub in subgraphs(node):
+            index = index or ctx.index(graph, outer)  # the graph as the passes left it
             _fold_graph(sub, f"{path}/{label(node)}.{attr_name}", ctx, index, records)
 
 
 def _fold_decomposed(graph: onnx.GraphProto, path: str, ctx: _Context,
-                     outer: GraphIndex | None, rw: Rewriter) -> list[FoldRecord]:
+                     outer: GraphIndex | None, rw: Rewriter,
+                     g: GraphIndex) -> tuple[list[FoldRecord], GraphIndex]:
     """Fold Mul/Add/Sub by per-channel constants (a BN a converter wrote out) into the layer
-    before or after them; a record for each one folded (the others are no BN: no record)."""
+    before or after them; a record for each one folded (the others are no BN: no record).
+
+    ``g``: an index of the graph as it is (the BN passes' last, which changed nothing); the
+    index of the graph as this leaves it is returned with the records."""
     records: list[FoldRecord] = []
-    changed = True
+    changed, first = True, True
     while changed:
         changed = False
-        g = ctx.index(graph, outer)
+        g = g if first else ctx.index(graph, outer)
+        first = False
         touched: set[int] = set()
         for node in [n for n in graph.node if n.op_type in DECOMPOSED and n.domain in ("",
                                                                                          "ai.onnx")]:
@@ -417,7 +422,7 @@ def _fold_decomposed(graph: onnx.GraphProto, path: str, ctx: _Context,
             apply_plan(g, plan, rw, ctx.notes)
             touched |= around
             changed = True
-    return records
+    return records, g
 
 
 def _reach(g: GraphIndex, plan: Plan) -> set[int]:
