@@ -416,3 +416,39 @@ def test_fold_after_matmul_on_symbolic_tokens_is_proven():
     assert rec.folded and rec.proof_engine == "onnxruntime", rec.to_dict()
     assert count_bn(result.model) == 0
     assert max_error(model, result.model) <= tolerance(model)
+
+
+def test_errors_measured_together_equal_the_pair_by_pair_numbers():
+    """``_errors`` over a concatenation gives each pair exactly what one pair alone gives: the
+    largest |folded - original| (NaN/inf agreeing counted as zero, disagreeing as inf) and the
+    largest finite |original|; empty pairs are zero, shape mismatches None."""
+    from bnfold.verification.compare import abs_errors
+
+    rng = np.random.default_rng(11)
+
+    def pair(shape, dtype, specials):  # noqa: ANN001, ANN202
+        ref = rng.normal(size=shape).astype(dtype)
+        cand = (ref + rng.normal(size=shape) * 1e-3).astype(dtype)
+        if specials and ref.size >= 6:
+            ref.flat[0], cand.flat[0] = np.nan, np.nan      # agree on NaN
+            ref.flat[1], cand.flat[1] = np.inf, np.inf      # agree on inf
+            ref.flat[2], cand.flat[2] = -np.inf, 1.0        # disagree: inf
+            cand.flat[3] = np.nan                           # disagree: inf
+            ref.flat[4] = -1e4                              # the finite peak
+        return ref, cand
+
+    pairs = [pair((2, 3, 4), np.float32, False), pair((0, 3), np.float32, False),
+             pair((2, 5), np.float16, True), pair((7,), np.float64, False),
+             (np.zeros((2, 2), np.float32), np.zeros((2, 3), np.float32)),
+             pair((3, 4), np.float32, True), pair((), np.float32, False)]
+    pairs.append((np.full((2, 2), np.nan, np.float32), np.full((2, 2), np.nan, np.float32)))
+    got = proof._errors(pairs)
+    for (ref, cand), found in zip(pairs, got):
+        if ref.shape != cand.shape:
+            assert found is None
+            continue
+        r64 = np.asarray(ref, dtype=np.float64)
+        want_d = float(abs_errors(r64, np.asarray(cand, dtype=np.float64)).max(initial=0.0))
+        want_p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+        assert found == (want_d, want_p)
+    assert got[2][0] == np.inf and got[2][1] == 1e4 and got[1] == (0.0, 0.0)
