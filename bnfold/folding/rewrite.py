@@ -32,6 +32,9 @@ def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str],
     np_type = helper.tensor_dtype_to_np_dtype(elem_type)
     if wide is not None and value.dtype == np_type and value.dtype.itemsize > 2:
         out = value  # rounded once as it was made
+    elif np.dtype(np_type).kind == "f":  # numpy's own floats warn through errstate alone
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            out = value.astype(np_type)
     else:
         with warnings.catch_warnings(), np.errstate(over="ignore", under="ignore",
                                                     invalid="ignore"):

@@ -28,6 +28,7 @@ from bnfold.io.data_file import (
     PACKED_4BIT,
     DataWriter,
     data_bytes,
+    external_info,
     external_length,
     is_repeated,
     stored_size,
@@ -118,9 +119,7 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str,
     shorter than the tensor. ``files``: location -> size of the files already checked (a
     single file's weights all point into one file: it is resolved and checked once)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # onnx warns about unknown keys on stderr
-            info = edh.ExternalDataInfo(tensor)
+        info = external_info(tensor)  # quietly: onnx warns about unknown keys on stderr
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: tensor {tensor.name!r} has malformed external data "
                          f"fields ({exc})") from None
