@@ -179,7 +179,7 @@ def _with_proof(record: FoldRecord, proof: Proof | None) -> FoldRecord:
 def inspect(model: ModelLike) -> FoldResult:
     """The per-BN analysis of ``fold`` without changing the caller's model or writing files.
 
-    No local proofs run here (they need ONNX Runtime and cost two sessions): a BN inspect
+    No local proofs run here (they need ONNX Runtime and cost a session): a BN inspect
     calls foldable may still be kept by ``fold`` with PROOF_FAILED.
 
     A path is read lazily (external data stays on disk), so the working copy is cheap.

@@ -7,8 +7,9 @@ model (``region.py``). Both run on ONNX Runtime (CPU, graph optimizations disabl
 does not fuse the BN itself) on two seeded random draws of the real shapes, and must agree
 within ``atol + rtol * peak`` of the output dtype, in float64. A region that fails is checked
 against a float64 ground truth of the original: a fold at least as close to it as the
-original passes (the original's own rounding is no fold error). All regions of a model go
-into one original and one folded proof model, so a model costs two sessions, not two per BN;
+original passes (the original's own rounding is no fold error). All regions of a model and
+their replacements go into one proof model (side by side, reading the same draws), so a model
+costs one session, not two per BN (more past ``_BATCH_REGIONS`` or ``_BATCH_BYTES``);
 where that batch cannot run, each region runs alone, on ``onnx.reference`` where ORT has no
 kernel for its dtype. Folds whose proof fails are undone by the caller.
 """
