@@ -635,3 +635,84 @@ def test_progress_callback_hears_each_bn_once_and_the_proofs():
     result = bnfold.fold(b.model(), progress=heard.append)
     assert result.bn_after == 0
     assert heard == ["folding BN 1 of 2", "folding BN 2 of 2", "proving 2 fold(s) on ONNX Runtime"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_fold_runs_without_cyclic_gc_and_restores_the_callers_setting(enabled, monkeypatch):
+    import gc
+
+    import bnfold.folding as folding
+
+    b = Builder(seed=1)
+    b.output(b.bn(b.conv(b.input("x", ["N", 3, 6, 6]), 3, 4), 4))
+    model = b.model()
+    seen = []
+    real = folding._fold_model
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folding, "_fold_model", spy)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert bnfold.fold(model, prove=False).bn_after == 0
+        assert seen == [False] and gc.isenabled() is enabled
+
+        def boom(*args, **kwargs):
+            seen.append(gc.isenabled())
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(folding, "_fold_model", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            bnfold.fold(model, prove=False)
+        assert seen == [False, False] and gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
+def test_shape_inference_runs_once_per_fold_proofs_included(monkeypatch):
+    """The fold's rules and the proofs' original regions read the same inferred shapes (the
+    input's): strict inference is not run again for the proofs."""
+    import bnfold.folding as folding
+    import bnfold.graph.shapes as shapes
+
+    b = Builder(seed=2)
+    y = b.input("x", ["N", 3, 6, 6])
+    for _ in range(3):
+        y = b.bn(b.conv(y, 3, 3), 3)
+    b.output(y)
+    model = b.model()
+    calls = []
+    real = shapes.infer
+
+    def counting(m):  # noqa: ANN001, ANN202
+        calls.append(m)
+        return real(m)
+
+    monkeypatch.setattr(shapes, "infer", counting)
+    monkeypatch.setattr(folding, "infer", counting)
+    result = folded_ok(model)
+    assert all(r.folded and r.proof_engine == "onnxruntime" for r in result.records)
+    assert len(calls) == 1
+
+
+def test_a_graph_is_indexed_once_per_pass_and_not_again_after_the_last(monkeypatch):
+    """One BN: the pass that folds it and the pass that finds nothing left each index the graph;
+    the decomposed-BN pass, the reparam pass and the subgraph walk reuse the last index (that
+    pass changed nothing), and a graph without subgraphs is not indexed for them."""
+    import bnfold.folding as folding
+
+    b = Builder(seed=4)
+    b.output(b.node("Relu", [b.bn(b.conv(b.input("x", ["N", 3, 6, 6]), 3, 4), 4)]))
+    model = b.model()
+    built = []
+    real = folding._Context.index
+
+    def counting(self, graph, outer):  # noqa: ANN001, ANN202
+        built.append(graph.name)
+        return real(self, graph, outer)
+
+    monkeypatch.setattr(folding._Context, "index", counting)
+    result = bnfold.fold(model, prove=False)
+    assert result.bn_after == 0 and len(built) == 2

@@ -119,3 +119,20 @@ def test_fold_that_leaves_a_training_binding_dangling_is_undone(monkeypatch):
     result = bnfold.fold(model)
     assert count_bn(result.model) == 1
     assert result.records[0].reason is Reason.CHECK_FAILED and mean in result.records[0].detail
+
+
+def test_a_folded_model_that_passes_is_checked_once(monkeypatch):
+    """The full check (structural checker and strict inference) passing implies the structural
+    checker alone passes: the folded model's check runs onnx.checker once, not twice."""
+    b = Builder(seed=3)
+    b.output(b.bn(b.conv(b.input("x", ["N", 3, 6, 6]), 3, 4), 4))
+    calls = []
+    real = check.full_check
+
+    def counting(sk, *, full=True):  # noqa: ANN001, ANN202
+        calls.append(full)
+        return real(sk, full=full)
+
+    monkeypatch.setattr(check, "full_check", counting)
+    result = bnfold.fold(b.model(), prove=False)
+    assert result.bn_after == 0 and calls == [True]

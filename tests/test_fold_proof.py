@@ -161,18 +161,22 @@ def test_proof_model_keeps_the_model_opsets_and_parameter_nodes(monkeypatch):
     model = b.model()
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     built = []
-    real = proof._model
-    def spy(regions, source):  # noqa: ANN001, ANN202
-        built.append(m := real(regions, source))
+    real = proof._pair
+    def spy(chunk, source, weights):  # noqa: ANN001, ANN202
+        built.append(m := real(chunk, source, weights))
         return m
-    monkeypatch.setattr(proof, "_model", spy)
+    monkeypatch.setattr(proof, "_pair", spy)
     result = bnfold.fold(model)
     assert result.records[0].folded and result.records[0].proof_engine == "onnxruntime"
-    original = built[0]
-    assert {(o.domain, o.version) for o in original.opset_import} == {("", 12),
-                                                                     ("com.example", 1)}
-    assert sorted(n.op_type for n in original.graph.node) == ["Add", "BatchNormalization",
-                                                              "Conv", "Squeeze"]
+    pair = built[0]
+    assert {(o.domain, o.version) for o in pair.opset_import} == {("", 12),
+                                                                 ("com.example", 1)}
+    sides = {tag: sorted(n.op_type for n in pair.graph.node if n.output[0].startswith(tag))
+             for tag in ("o0_", "f0_")}
+    assert sides == {"o0_": ["Add", "BatchNormalization", "Conv", "Squeeze"], "f0_": ["Conv"]}
+    drawn = [i.name for i in pair.graph.input if i.name.startswith("r0_")]
+    assert len(drawn) == 1 and all(n.input[0] == drawn[0] for n in pair.graph.node
+                                   if n.op_type == "Conv")  # both sides read the same draws
 
 
 def record_loads(monkeypatch) -> list[tuple[str, int]]:  # noqa: ANN001
@@ -188,7 +192,7 @@ def record_loads(monkeypatch) -> list[tuple[str, int]]:  # noqa: ANN001
     return loads
 
 
-def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
+def test_fifty_bn_model_is_proved_with_one_session(monkeypatch):
     b = Builder()
     y = b.input("x", ["N", 2, 4, 4])
     for _ in range(52):
@@ -198,7 +202,7 @@ def test_fifty_bn_model_is_proved_with_two_sessions(monkeypatch):
     made = record_loads(monkeypatch)
     result = bnfold.fold(model)
     assert len(result.folded) == 52 and all(r.proof_engine for r in result.records)
-    assert len(made) == 2
+    assert [k for k, _ in made] == ["proof-pair"]
 
 
 def test_batched_proof_feeds_large_weights_instead_of_serializing_them(monkeypatch):
@@ -214,7 +218,7 @@ def test_batched_proof_feeds_large_weights_instead_of_serializing_them(monkeypat
     result = bnfold.fold(model)
     sizes = [size for _, size in loads]
     assert len(result.folded) == 2 and all(r.proof_engine == "onnxruntime" for r in result.records)
-    assert len(sizes) == 2 and max(sizes) < 64 << 10, sizes
+    assert len(sizes) == 1 and max(sizes) < 64 << 10, sizes
     assert max_error(model, result.model) <= tolerance(model)
 
 
@@ -341,8 +345,9 @@ def test_forward_fold_proof_runs_on_a_capped_spatial_size(monkeypatch):
 
 
 def test_one_wrong_fold_in_a_combined_proof_is_localized_and_undone_alone(monkeypatch):
-    """Five folds proved in one batched pair of sessions; the one wrong fold (5 channels) is
-    found by its own outputs and rerun alone; the other four stay folded and proven."""
+    """Five folds proved in one batched session (originals and folds side by side); the one
+    wrong fold (5 channels) is found by its own outputs and rerun alone; the other four stay
+    folded and proven."""
     b = Builder()
     y = b.input("x", ["N", 2, 5, 5])
     c = 2
@@ -357,8 +362,9 @@ def test_one_wrong_fold_in_a_combined_proof_is_localized_and_undone_alone(monkey
     rec = by_channels(result, model)
     assert rec[5].reason is Reason.PROOF_FAILED and "max abs error" in rec[5].detail
     assert all(rec[c].folded and rec[c].proof_engine == "onnxruntime" for c in (3, 4, 6, 7))
-    # batch of five, the failing region alone, then the refold's batch of four
-    assert [k for k, _ in loads] == ["proof-original", "proof-folded"] * 3
+    # batch of five (one model), the failing region alone (two), then the refold's four (one)
+    assert [k for k, _ in loads] == ["proof-pair", "proof-original", "proof-folded",
+                                     "proof-pair"]
     assert count_bn(result.model) == 1
     assert max_error(model, result.model) < tolerance(model)
 
@@ -378,13 +384,13 @@ def test_batched_proof_hands_weights_over_in_a_shared_file(monkeypatch):
     y = b.input("x", ["N", 128, 4, 4])
     b.output(b.bn(b.conv(y, 128, 128, k=2, pads=0), 128))
     result = bnfold.fold(b.model())
-    assert result.records[0].proof_engine == "onnxruntime" and len(handed) == 2
+    assert result.records[0].proof_engine == "onnxruntime" and len(handed) == 1
     assert all(isinstance(f, SharedArrays) and len(f) >= 1 for f in handed)
 
 
 def test_proof_batches_are_capped_in_regions(monkeypatch):
     """ORT's session creation is super-linear in the node count: 5 folds with a cap of 2
-    regions per batch take 3 batched pairs of sessions."""
+    regions per batch take 3 batched sessions (each an original and folded pair)."""
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
     b = Builder()
     y = b.input("x", ["N", 2, 4, 4])
@@ -394,7 +400,7 @@ def test_proof_batches_are_capped_in_regions(monkeypatch):
     loads = record_loads(monkeypatch)
     result = bnfold.fold(b.model())
     assert len(result.folded) == 5 and all(r.proof_engine for r in result.records)
-    assert len(loads) == 6
+    assert [k for k, _ in loads] == ["proof-pair"] * 3
 
 
 def test_fold_after_matmul_on_symbolic_tokens_is_proven():
@@ -410,3 +416,39 @@ def test_fold_after_matmul_on_symbolic_tokens_is_proven():
     assert rec.folded and rec.proof_engine == "onnxruntime", rec.to_dict()
     assert count_bn(result.model) == 0
     assert max_error(model, result.model) <= tolerance(model)
+
+
+def test_errors_measured_together_equal_the_pair_by_pair_numbers():
+    """``_errors`` over a concatenation gives each pair exactly what one pair alone gives: the
+    largest |folded - original| (NaN/inf agreeing counted as zero, disagreeing as inf) and the
+    largest finite |original|; empty pairs are zero, shape mismatches None."""
+    from bnfold.verification.compare import abs_errors
+
+    rng = np.random.default_rng(11)
+
+    def pair(shape, dtype, specials):  # noqa: ANN001, ANN202
+        ref = rng.normal(size=shape).astype(dtype)
+        cand = (ref + rng.normal(size=shape) * 1e-3).astype(dtype)
+        if specials and ref.size >= 6:
+            ref.flat[0], cand.flat[0] = np.nan, np.nan      # agree on NaN
+            ref.flat[1], cand.flat[1] = np.inf, np.inf      # agree on inf
+            ref.flat[2], cand.flat[2] = -np.inf, 1.0        # disagree: inf
+            cand.flat[3] = np.nan                           # disagree: inf
+            ref.flat[4] = -1e4                              # the finite peak
+        return ref, cand
+
+    pairs = [pair((2, 3, 4), np.float32, False), pair((0, 3), np.float32, False),
+             pair((2, 5), np.float16, True), pair((7,), np.float64, False),
+             (np.zeros((2, 2), np.float32), np.zeros((2, 3), np.float32)),
+             pair((3, 4), np.float32, True), pair((), np.float32, False)]
+    pairs.append((np.full((2, 2), np.nan, np.float32), np.full((2, 2), np.nan, np.float32)))
+    got = proof._errors(pairs)
+    for (ref, cand), found in zip(pairs, got):
+        if ref.shape != cand.shape:
+            assert found is None
+            continue
+        r64 = np.asarray(ref, dtype=np.float64)
+        want_d = float(abs_errors(r64, np.asarray(cand, dtype=np.float64)).max(initial=0.0))
+        want_p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+        assert found == (want_d, want_p)
+    assert got[2][0] == np.inf and got[2][1] == 1e4 and got[1] == (0.0, 0.0)

@@ -42,3 +42,23 @@ def test_deleting_a_key_not_there_changes_nothing() -> None:
     assert not positions.delete("absent")
     assert positions.delete("t1") and not positions.delete("t1")
     assert [v.name for v in g.value_info] == ["t0", "t2"]
+
+
+def test_cast_exact_checks_a_rounded_value_and_reports_overflow_in_float64() -> None:
+    import numpy as np
+    import onnx
+    import pytest
+
+    from bnfold.folding import math as fm
+    from bnfold.folding.rewrite import FoldOverflow, cast_exact
+
+    w = np.array([[1.0], [3e38]], dtype=np.float32)
+    s = np.array([[2.0], [10.0]])
+    fine = fm.product(w[:1], s[:1], np.dtype(np.float32))
+    assert cast_exact(fine, onnx.TensorProto.FLOAT, "w", [], lambda: w[:1] * s[:1]) is fine
+    with pytest.raises(FoldOverflow) as rounded:
+        cast_exact(fm.product(w, s, np.dtype(np.float32)), onnx.TensorProto.FLOAT, "w", [],
+                   lambda: fm.product(w, s))
+    with pytest.raises(FoldOverflow) as wide:
+        cast_exact(fm.product(w, s), onnx.TensorProto.FLOAT, "w", [])
+    assert str(rounded.value) == str(wide.value) and "3e+39" in str(wide.value)

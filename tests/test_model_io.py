@@ -569,3 +569,27 @@ def test_in_memory_model_with_unread_external_data_is_refused(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)  # its data is even right here: still not read from the cwd
     with pytest.raises(InputError, match="external data"):
         bnfold.fold(lazy)
+
+
+def test_a_data_file_is_resolved_once_and_every_tensor_still_checked_against_it(tmp_path,
+                                                                                monkeypatch):
+    path = tmp_path / "m.onnx"
+    save_model(two_conv_model(), path, external_data=True)
+    checked = []
+    real = model_io._check_data_file
+
+    def counting(tensor, base, shown, loc):  # noqa: ANN001, ANN202
+        checked.append(loc)
+        return real(tensor, base, shown, loc)
+
+    monkeypatch.setattr(model_io, "_check_data_file", counting)
+    model = load_model(path, load_external_data=False)
+    external = [t for t in model_io._all_tensors(model) if edh.uses_external_data(t)]
+    assert len(external) >= 2 and checked == ["m.onnx.data"]
+    # the last tensor in the file ends past a shortened file: refused though the file is known
+    data = tmp_path / "m.onnx.data"
+    ends = {t.name: edh.ExternalDataInfo(t).offset + edh.ExternalDataInfo(t).length
+            for t in external}
+    data.write_bytes(data.read_bytes()[:max(ends.values()) - 1])
+    msg = refused(path, "shorter", max(ends, key=ends.get))
+    assert checked[-1] == "m.onnx.data" and checked.count("m.onnx.data") == 2, msg

@@ -40,11 +40,11 @@ def check_folded(original_skeleton: onnx.ModelProto, folded: onnx.ModelProto) ->
     found = _dangling_binding(sk) if not _dangling_binding(original_skeleton) else None
     if found:
         return found
-    found = problem(sk, full=False)
-    if found and found != problem(original_skeleton, full=False):
-        return found
-    found = problem(sk)
-    if found is not None:
+    found = problem(sk)  # the structural checker and strict inference: when it passes, so
+    if found is not None:  # does the structural checker alone, which is then not run again
+        structural = problem(sk, full=False)
+        if structural and structural != problem(original_skeleton, full=False):
+            return structural
         if problem(original_skeleton) is None:
             return found
         new = _new_inference_error(original_skeleton, sk)

@@ -29,25 +29,45 @@ def channel_view(vec: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return np.asarray(vec).reshape(shape)
 
 
-def scale_conv_out(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Conv weight (M, C/g, k...): scale output channel m by scale[m]."""
-    return w * channel_view(np.asarray(scale, dtype=np.float64), w.ndim, 0)
+# result dtypes ``product`` rounds to as it multiplies; 16-bit results need the float64
+# products whole (cast_exact counts the values that flush to zero against them)
+ROUNDED_AS_MADE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def scale_conv_transpose_out(w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+def product(a: np.ndarray, b: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """``a * b`` in float64. With ``dtype`` float32 or float64 each float64 product is rounded
+    to it as it is made (numpy's buffered cast): the same bits as ``(a * b).astype(dtype)``,
+    in one pass and without a float64 copy of a weight. Other dtypes: the float64 product."""
+    if dtype is None or np.dtype(dtype) not in ROUNDED_AS_MADE:
+        return np.multiply(a, b, dtype=np.float64)
+    out = np.empty(np.broadcast_shapes(np.shape(a), np.shape(b)), dtype)
+    with np.errstate(all="ignore"):  # overflow to inf is cast_exact's to report
+        np.multiply(a, b, out=out, dtype=np.float64, casting="unsafe")
+    return out
+
+
+def scale_conv_out(w: np.ndarray, scale: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """Conv weight (M, C/g, k...): scale output channel m by scale[m] (``dtype``: ``product``)."""
+    return product(w, channel_view(np.asarray(scale, dtype=np.float64), w.ndim, 0), dtype)
+
+
+def scale_conv_transpose_out(w: np.ndarray, scale: np.ndarray, group: int,
+                             dtype: np.dtype | None = None) -> np.ndarray:
     """ConvTranspose weight (C, M/g, k...): output channel g*(M/g)+j lives at [g-block, j]."""
     c_in, m_per_g = w.shape[0], w.shape[1]
-    w64 = w.astype(np.float64).reshape((group, c_in // group, m_per_g) + w.shape[2:])
-    s = scale.reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))
-    return (w64 * s).reshape(w.shape)
+    grouped = w.reshape((group, c_in // group, m_per_g) + w.shape[2:])
+    s = np.asarray(scale, dtype=np.float64).reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))
+    return product(grouped, s, dtype).reshape(w.shape)
 
 
-def scale_conv_in(w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
-    """Conv weight (M, C/g, k...): scale input channel c = g*(C/g)+i of every group's filters."""
+def scale_conv_in(w: np.ndarray, scale: np.ndarray, group: int,
+                  dtype: np.dtype | None = None) -> np.ndarray:
+    """Conv weight (M, C/g, k...): scale input channel c = g*(C/g)+i of every group's filters
+    (``dtype``: ``product``)."""
     m, c_per_g = w.shape[0], w.shape[1]
-    w64 = w.astype(np.float64).reshape((group, m // group, c_per_g) + w.shape[2:])
-    s = scale.reshape((group, 1, c_per_g) + (1,) * (w.ndim - 2))
-    return (w64 * s).reshape(w.shape)
+    grouped = w.reshape((group, m // group, c_per_g) + w.shape[2:])
+    s = np.asarray(scale, dtype=np.float64).reshape((group, 1, c_per_g) + (1,) * (w.ndim - 2))
+    return product(grouped, s, dtype).reshape(w.shape)
 
 
 def conv_of_constant(w: np.ndarray, shift: np.ndarray, group: int) -> np.ndarray:

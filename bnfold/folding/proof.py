@@ -7,8 +7,9 @@ model (``region.py``). Both run on ONNX Runtime (CPU, graph optimizations disabl
 does not fuse the BN itself) on two seeded random draws of the real shapes, and must agree
 within ``atol + rtol * peak`` of the output dtype, in float64. A region that fails is checked
 against a float64 ground truth of the original: a fold at least as close to it as the
-original passes (the original's own rounding is no fold error). All regions of a model go
-into one original and one folded proof model, so a model costs two sessions, not two per BN;
+original passes (the original's own rounding is no fold error). All regions of a model and
+their replacements go into one proof model (side by side, reading the same draws), so a model
+costs one session, not two per BN (more past ``_BATCH_REGIONS`` or ``_BATCH_BYTES``);
 where that batch cannot run, each region runs alone, on ``onnx.reference`` where ORT has no
 kernel for its dtype. Folds whose proof fails are undone by the caller.
 """
@@ -25,7 +26,7 @@ from onnx import helper, numpy_helper
 from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_region,
                                 replaced, scopes)
 from bnfold.folding.report import FoldRecord, Reason
-from bnfold.graph.index import subgraphs, value_infos
+from bnfold.graph.index import GraphKey, ValueInfo, subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
 from bnfold.verification.shared import SharedArrays
 from bnfold.verification.shared_child import shared_process
@@ -64,12 +65,16 @@ class _Group:
 
 
 def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[FoldRecord], *,
-          original_base: str | None = None, folded_base: str | None = None) -> dict[Key, Proof]:
-    """The proof of every folded record, by (graph path, BN output)."""
+          original_base: str | None = None, folded_base: str | None = None,
+          original_infos: dict[GraphKey, ValueInfo] | None = None) -> dict[Key, Proof]:
+    """The proof of every folded record, by (graph path, BN output). ``original_infos``:
+    ``value_infos(original)`` when the caller has it."""
     todo = [r for r in records if r.folded]
     if not todo:
         return {}
-    o_scopes = scopes(original, value_infos(original))
+    if original_infos is None:
+        original_infos = value_infos(original)
+    o_scopes = scopes(original, original_infos)
     f_scopes = scopes(folded, {})
     for path, found in f_scopes.items():
         for f, o in zip(found, o_scopes.get(path, [])):
@@ -177,24 +182,28 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
 
 
 def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
-    """Run the chunk as one batched pair of models; per region where the batch fails."""
+    """Run the chunk as one model holding every original region and its folded replacement
+    side by side (``_pair``); per region where the batch fails."""
     try:
-        with SharedArrays() as o_weights, SharedArrays() as f_weights:
-            o_model = _model([g.original for g in chunk], model, o_weights)
-            f_model = _model([g.folded for g in chunk], model, f_weights)
-            feeds = [_feeds(o_model, seed, skip=o_weights) for seed in SEEDS]
-            outs = _run_ort(proc, o_model, f_model, feeds, (o_weights, f_weights))
-            truths = _float32_truth(proc, o_model, feeds, o_weights)
+        with SharedArrays() as weights:
+            pair = _pair(chunk, model, weights)
+            feeds = [_feeds(pair, seed, skip=weights) for seed in SEEDS]
+            outs = _run_pair(proc, pair, feeds, weights)
+        truths = None
+        if any(d in _LOW for g in chunk for _, d in g.original.outputs):
+            truths = _float32_truth(proc, _model([g.original for g in chunk], model), feeds, {})
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         return [_run_alone(g, model, proc) for g in chunk]
     proofs = []
-    for i, g in enumerate(chunk):
-        names = [f"r{i}_{o}" for o, _ in g.original.outputs]
-        pairs = [(o[n], f[n]) for o, f in outs for n in names]
-        proof = _judge(pairs, "onnxruntime")
+    every = [[(out[f"o{i}_{o}"], out[f"f{i}_{o}"]) for out in outs
+              for o, _ in g.original.outputs] for i, g in enumerate(chunk)]
+    stats = iter(_errors([p for pairs in every for p in pairs]))
+    for i, (g, pairs) in enumerate(zip(chunk, every)):
+        proof = _judge(pairs, "onnxruntime", [next(stats) for _ in pairs])
         if not proof.passed:
             proof = _run_alone(g, model, proc)
         elif truths is not None:
+            names = [f"r{i}_{o}" for o, _ in g.original.outputs]
             proof = _precision(proof, pairs, [t[n] for t in truths for n in names])
         proofs.append(proof)
     return proofs
@@ -227,16 +236,36 @@ def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
     return Proof(False, detail="not proven: no engine runs the region: " + "; ".join(errors))
 
 
-def _judge(pairs: list[tuple[np.ndarray, np.ndarray]], engine: str) -> Proof:
+def _errors(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float] | None]:
+    """Per (original, folded) pair: the largest |folded - original| as ``abs_errors`` counts it
+    and the largest finite |original|, both in float64 (None where the shapes differ). All
+    pairs are measured together, each array op once over their concatenation: the same
+    numbers as pair by pair, without a dozen numpy calls per region."""
+    sized = [r.shape == c.shape and r.size > 0 for r, c in pairs]
+    live = [pc for pc, ok in zip(pairs, sized) if ok]
+    if live:
+        ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r, _ in live])
+        cand = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for _, c in live])
+        diff = abs_errors(ref, cand)
+        size = np.abs(ref)
+        size[~np.isfinite(ref)] = 0.0
+        starts = np.cumsum([0] + [r.size for r, _ in live[:-1]])
+        found = iter(zip(np.maximum.reduceat(diff, starts).tolist(),
+                         np.maximum.reduceat(size, starts).tolist()))
+    return [next(found) if ok else None if r.shape != c.shape else (0.0, 0.0)
+            for (r, c), ok in zip(pairs, sized)]
+
+
+def _judge(pairs: list[tuple[np.ndarray, np.ndarray]], engine: str,
+           stats: list[tuple[float, float] | None] | None = None) -> Proof:
+    """Pass when every pair agrees within its dtype's ``atol + rtol * peak``; ``stats``: the
+    pairs' ``_errors`` when measured already."""
     worst, peak, tol, ok = 0.0, 0.0, 0.0, True
-    for ref, cand in pairs:
-        if ref.shape != cand.shape:
+    for (ref, cand), found in zip(pairs, stats or _errors(pairs)):
+        if found is None:
             return Proof(False, engine=engine, detail=f"shape {cand.shape} != {ref.shape}")
-        r64 = np.asarray(ref, dtype=np.float64)
-        diff = abs_errors(r64, np.asarray(cand, dtype=np.float64))
-        p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+        d, p = found
         atol, rtol = default_tolerance(ref.dtype)
-        d = float(diff.max(initial=0.0))
         ok = ok and d <= atol + rtol * p
         worst, peak, tol = max(worst, d), max(peak, p), max(tol, atol + rtol * p)
     detail = "" if ok else (f"max abs error {worst:.3g} > tolerance {tol:.3g} "
@@ -318,26 +347,71 @@ def _precision(proof: Proof, pairs: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _model(regions: list[Region], source: onnx.ModelProto,
-           weights: SharedArrays | None = None) -> onnx.ModelProto:
-    """One standalone model holding ``regions`` side by side, tensors prefixed r<i>_.
+           weights: SharedArrays | None = None, tag: str = "r") -> onnx.ModelProto:
+    """One standalone model holding ``regions`` side by side: activation inputs named r<i>_,
+    every other tensor <tag><i>_ (see ``_add``)."""
+    model = _empty(source)
+    inputs, outputs = _add(model.graph, regions, tag, weights)
+    return _finish(model, source, inputs, outputs)
+
+
+def _pair(chunk: list[_Group], source: onnx.ModelProto,
+          weights: SharedArrays) -> onnx.ModelProto:
+    """One model running every original region (tensors o<i>_) and its folded replacement
+    (f<i>_) on the same activation inputs (r<i>_): one ORT session and one run per draw for
+    the whole chunk, each draw handed to the child once. The kernels and their inputs are
+    those of separate models (no graph optimization runs), so are the outputs."""
+    model = _empty(source)
+    inputs, outputs = _add(model.graph, [g.original for g in chunk], "o", weights)
+    f_inputs, f_outputs = _add(model.graph, [g.folded for g in chunk], "f", weights)
+    fed = set(weights)
+    drawn = {v.name for v in inputs if v.name not in fed}
+    if {v.name for v in f_inputs if v.name not in fed} != drawn:
+        # separate models would then refuse the draws of the original: run region by region
+        raise RegionError("a folded region reads other activations than its original")
+    inputs += [v for v in f_inputs if v.name in fed]
+    return _finish(model, source, inputs, outputs + f_outputs)
+
+
+def _empty(source: onnx.ModelProto) -> onnx.ModelProto:
+    model = onnx.ModelProto(ir_version=source.ir_version)
+    model.graph.name = "bnfold_proof"
+    return model
+
+
+def _finish(model: onnx.ModelProto, source: onnx.ModelProto, inputs: list, outputs: list,
+            ) -> onnx.ModelProto:
+    graph = model.graph
+    if source.ir_version < 4:  # IR 3 lists every initializer as a graph input
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in graph.initializer]
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    model.opset_import.extend(source.opset_import)
+    model.functions.extend(source.functions)
+    return model
+
+
+def _add(graph: onnx.GraphProto, regions: list[Region], tag: str,
+         weights: SharedArrays | None) -> tuple[list, list]:
+    """Copy ``regions`` into ``graph``: activation inputs renamed r<i>_, the rest <tag><i>_;
+    return the graph inputs and outputs they need.
 
     With ``weights`` (a shared file to fill), large float initializers become graph inputs and
     their bytes go into ``weights`` to be fed: the model is then a few KB to serialize and for
     ORT to parse, and each weight is copied once, into the file the ORT child maps.
     """
-    model = onnx.ModelProto(ir_version=source.ir_version)
-    graph = model.graph
-    graph.name = "bnfold_proof"
     inputs, outputs = [], []
     for i, region in enumerate(regions):
         names = {n for node in region.nodes for n in node.output if n}
-        names |= {t.name for t in region.initializers} | {n for n, _, _ in region.inputs}
-        rename = {n: f"r{i}_{n}" for n in names}
+        names |= {t.name for t in region.initializers}
+        rename = {n: f"{tag}{i}_{n}" for n in names}
+        rename.update({n: f"r{i}_{n}" for n, _, _ in region.inputs})
         for node in region.nodes:
             copy = graph.node.add()
             copy.CopyFrom(node)
             if copy.name:
-                copy.name = f"r{i}_{copy.name}"
+                copy.name = f"{tag}{i}_{copy.name}"
             _rename(copy, rename)
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
@@ -350,16 +424,9 @@ def _model(regions: list[Region], source: onnx.ModelProto,
             copy.CopyFrom(region.inline(t))
             copy.name = rename[t.name]
         inputs += [helper.make_tensor_value_info(rename[n], d, s) for n, d, s in region.inputs]
-        outputs += [helper.make_tensor_value_info(f"r{i}_{n}", d, None)
+        outputs += [helper.make_tensor_value_info(f"{tag}{i}_{n}", d, None)
                     for n, d in region.outputs]
-    if source.ir_version < 4:  # IR 3 lists every initializer as a graph input
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                   for t in graph.initializer]
-    graph.input.extend(inputs)
-    graph.output.extend(outputs)
-    model.opset_import.extend(source.opset_import)
-    model.functions.extend(source.functions)
-    return model
+    return inputs, outputs
 
 
 def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
@@ -406,6 +473,20 @@ def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feed
         return [tuple(proc.run(key, f, names) for key in keys) for f in feeds]
     finally:
         proc.drop(*keys)
+
+
+def _run_pair(proc: Any, pair: onnx.ModelProto, feeds: list[dict],
+              weights: SharedArrays) -> list[dict]:
+    """The ``_pair`` model on ORT (CPU, no graph optimizations) in the child ``proc``: all
+    its outputs for each feed; ``weights`` its initializers given as inputs."""
+    key = "proof-pair"
+    proc.load(key, pair.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
+              "disabled", fixed=weights)
+    names = [o.name for o in pair.graph.output]
+    try:
+        return [proc.run(key, f, names) for f in feeds]
+    finally:
+        proc.drop(key)
 
 
 def _run_reference(o_model: onnx.ModelProto, f_model: onnx.ModelProto,

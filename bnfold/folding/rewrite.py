@@ -21,13 +21,27 @@ class FoldOverflow(ValueError):
     """A folded value does not fit the target dtype."""
 
 
-def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str]) -> np.ndarray:
-    """Cast a float64 result once to ``elem_type``; refuse overflow, note flush-to-zero."""
+def cast_exact(value: np.ndarray, elem_type: int, what: str, notes: list[str],
+               wide: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """Cast a float64 result once to ``elem_type``; refuse overflow, note flush-to-zero.
+
+    With ``wide`` (which recomputes the float64 result, for the overflow message) ``value``
+    may already be rounded to a 32/64-bit ``elem_type`` (``math.product``): it is then only
+    checked, not cast again.
+    """
     np_type = helper.tensor_dtype_to_np_dtype(elem_type)
-    with warnings.catch_warnings(), np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
-        out = value.astype(np_type)
+    if wide is not None and value.dtype == np_type and value.dtype.itemsize > 2:
+        out = value  # rounded once as it was made
+    elif np.dtype(np_type).kind == "f":  # numpy's own floats warn through errstate alone
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            out = value.astype(np_type)
+    else:
+        with warnings.catch_warnings(), np.errstate(over="ignore", under="ignore",
+                                                    invalid="ignore"):
+            warnings.simplefilter("ignore")
+            out = value.astype(np_type)
     if not np.isfinite(out).all():
+        value = wide() if wide is not None and value is out else value
         raise FoldOverflow(f"{what}: max |value| {np.abs(value).max():.4g} overflows "
                            f"{helper.tensor_dtype_to_string(elem_type)}")
     if out.dtype.itemsize > 2:  # flush to zero is a 16-bit concern (float32 min is 1.4e-45)

@@ -28,6 +28,7 @@ from bnfold.io.data_file import (
     PACKED_4BIT,
     DataWriter,
     data_bytes,
+    external_info,
     external_length,
     is_repeated,
     stored_size,
@@ -112,11 +113,13 @@ def _check_tensor(tensor: onnx.TensorProto, path: str) -> None:
                          f"{list(tensor.dims)} needs {want}; the file is corrupted")
 
 
-def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
+def _check_external(tensor: onnx.TensorProto, base: Path, path: str,
+                    files: dict[str, int] | None = None) -> None:
+    """Refuse external data that is malformed, outside the model's folder, a link, missing, or
+    shorter than the tensor. ``files``: location -> size of the files already checked (a
+    single file's weights all point into one file: it is resolved and checked once)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # onnx warns about unknown keys on stderr
-            info = edh.ExternalDataInfo(tensor)
+        info = external_info(tensor)  # quietly: onnx warns about unknown keys on stderr
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: tensor {tensor.name!r} has malformed external data "
                          f"fields ({exc})") from None
@@ -126,6 +129,25 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
     if os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc or "\0" in loc:
         raise InputError(f"{path}: external data location {loc!r} of tensor {tensor.name!r} is "
                          "absolute; only paths inside the model's folder are allowed")
+    size = files.get(loc) if files is not None else None
+    if size is None:
+        size = _check_data_file(tensor, base, path, loc)
+        if files is not None:
+            files[loc] = size
+    offset = info.offset or 0
+    length = info.length if info.length is not None else size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise InputError(f"{path}: external data file {loc!r} is shorter ({size} bytes) than "
+                         f"tensor {tensor.name!r} needs (offset {offset} + length {length})")
+    want = data_bytes(tensor, path)
+    if want is not None and length != want:
+        raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external "
+                         f"data but its shape {list(tensor.dims)} needs {want}")
+
+
+def _check_data_file(tensor: onnx.TensorProto, base: Path, path: str, loc: str) -> int:
+    """The size of external data file ``loc``, after refusing one outside ``base``, a link, or
+    a missing file."""
     real_base = base.resolve()
     real = (base / loc).resolve()
     if real != real_base and real_base not in real.parents:
@@ -136,16 +158,7 @@ def _check_external(tensor: onnx.TensorProto, base: Path, path: str) -> None:
                          "read external data through links: put the real file there")
     if not real.is_file():
         raise InputError(f"{path}: external data file {loc!r} for tensor {tensor.name!r} is missing")
-    size = real.stat().st_size
-    offset = info.offset or 0
-    length = info.length if info.length is not None else size - offset
-    if offset < 0 or length < 0 or offset + length > size:
-        raise InputError(f"{path}: external data file {loc!r} is shorter ({size} bytes) than "
-                         f"tensor {tensor.name!r} needs (offset {offset} + length {length})")
-    want = data_bytes(tensor, path)
-    if want is not None and length != want:
-        raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external "
-                         f"data but its shape {list(tensor.dims)} needs {want}")
+    return real.stat().st_size
 
 
 def _check_graph(model: onnx.ModelProto, shown: str) -> None:
@@ -221,9 +234,10 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     _check_text(model, shown)
     base = p.parent
     external = []
+    files: dict[str, int] = {}
     for tensor in _all_tensors(model):
         if edh.uses_external_data(tensor):
-            _check_external(tensor, base, shown)
+            _check_external(tensor, base, shown, files)
             external.append(tensor)
         else:
             _check_tensor(tensor, shown)

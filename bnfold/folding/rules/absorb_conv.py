@@ -8,6 +8,8 @@ reads stays zero under the map: no pads, a 1x1 kernel with SAME padding (any str
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 
@@ -47,12 +49,13 @@ def out_edit(g: GraphIndex, node: onnx.NodeProto, s: np.ndarray, t: np.ndarray,
     if isinstance(bias, Refusal):
         return bias
     if node.op_type == "Conv":
-        w64 = fm.scale_conv_out(w, s)
+        scaled = partial(fm.scale_conv_out, w, s)
     else:
-        w64 = fm.scale_conv_transpose_out(w, s, group)
+        scaled = partial(fm.scale_conv_transpose_out, w, s, group)
     dtype = elem_type(w)
     return Edit(node, consts=[
-        (1, cast_exact(w64, dtype, f"{label(node)} weight", notes), node.input[1]),
+        (1, cast_exact(scaled(dtype=w.dtype), dtype, f"{label(node)} weight", notes, scaled),
+         node.input[1]),
         (2, cast_exact(bias * s + t, dtype, f"{label(node)} bias", notes),
          f"{node.name or node.output[0]}_bias")])
 
@@ -95,7 +98,7 @@ def in_edit(g: GraphIndex, node: onnx.NodeProto, s: np.ndarray, t: np.ndarray,
         return bias
     dtype = elem_type(w)
     return Edit(node, consts=[
-        (1, cast_exact(fm.scale_conv_in(w, s, group), dtype, f"{label(node)} weight", notes),
-         node.input[1]),
+        (1, cast_exact(fm.scale_conv_in(w, s, group, w.dtype), dtype, f"{label(node)} weight",
+                       notes, partial(fm.scale_conv_in, w, s, group)), node.input[1]),
         (2, cast_exact(bias + fm.conv_of_constant(w, t, group), dtype, f"{label(node)} bias",
                        notes), f"{node.name or node.output[0]}_bias")])

@@ -7,10 +7,13 @@ along A's inner axis (K); B's rows are scaled and t @ B joins the bias the same 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 
 from bnfold.folding.bn import Refusal, label
+from bnfold.folding import math as fm
 from bnfold.folding.math import ElementAffine
 from bnfold.folding.report import Reason
 from bnfold.folding.rewrite import cast_exact
@@ -99,8 +102,9 @@ def out_edit(g: GraphIndex, node: onnx.NodeProto, emap: ElementAffine, notes: li
     if n != s.shape[0]:
         return Refusal(Reason.CHANNEL_MISMATCH, f"{label(node)} has N={n}, BN has {s.shape[0]}")
     dtype = elem_type(b)
-    scaled = b.astype(np.float64) * (s[:, None] if trans_b else s[None, :])
-    b_new = cast_exact(scaled, dtype, f"{label(node)} B", notes)
+    scaled = partial(fm.product, b, np.asarray(s[:, None] if trans_b else s[None, :],
+                                               dtype=np.float64))
+    b_new = cast_exact(scaled(b.dtype), dtype, f"{label(node)} B", notes, scaled)
     if node.op_type == "MatMul":
         return _bias_edits(g, node, b_new, t, rank, home, may_insert, notes)
     c = gemm_c(g, node, n)
