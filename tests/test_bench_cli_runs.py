@@ -13,7 +13,7 @@ import cli_runs
 TWO_PROCESSES = """
 import subprocess, sys
 held = b"\\x01" * 100_000_000
-child = "import time; held = b'\\\\x01' * 200_000_000; time.sleep(0.6)"
+child = "import time; held = b'\\\\x01' * 200_000_000; time.sleep(1.0)"
 subprocess.run([sys.executable, "-c", child], check=True)
 """
 
@@ -27,9 +27,9 @@ def test_rotation_starts_each_round_one_further() -> None:
 
 def test_measure_sums_the_tree_and_takes_the_largest_process() -> None:
     res = cli_runs.measure([sys.executable, "-c", TWO_PROCESSES])
-    assert res["rc"] == 0 and "error" not in res and res["wall_s"] > 0.6
-    assert 200 <= res["peak_single_mb"] < 290  # the child alone (plus its interpreter)
-    assert res["peak_tree_mb"] >= res["sampled_tree_mb"] >= 300
+    assert res["rc"] == 0 and "error" not in res and res["wall_s"] > 1.0, res
+    assert 200 <= res["peak_single_mb"] < 290, res  # the child alone (plus its interpreter)
+    assert res["peak_tree_mb"] >= res["sampled_tree_mb"] >= 300, res
 
 
 def test_measure_reports_a_failing_command_with_its_last_line() -> None:
