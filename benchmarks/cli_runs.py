@@ -1,14 +1,14 @@
 """Command lines timed as a user runs them: a fresh process each, interpreter start included.
 
 ``measure`` runs one command and returns its wall time and two peaks of resident memory:
-the largest single process (the kernel's ``ru_maxrss`` from ``wait4``: the child and every
-descendant it waited for) and the largest SUM over the process tree (psutil samples the child
-and its children every ``interval`` seconds; pages shared between processes count once per
-process; a peak shorter than the interval can be missed, so the sum reported is at least the
-largest single process; the sampled value is kept as ``sampled_tree_mb``). ``compare_cli``
-runs ``bnfold fold`` with and without verification and ``onnxslim`` on one model, paired and
-interleaved: each round runs every command once, in an order rotated per round, so load drift
-hits all alike.
+the largest single process (the kernel's ``ru_maxrss`` from ``wait4``: the command and every
+descendant it waited for, taken in a small launcher process, see ``LAUNCHER``) and the largest
+SUM over the process tree (psutil samples the command and its children every ``interval``
+seconds; pages shared between processes count once per process; a peak shorter than the
+interval can be missed, so the sum reported is at least the largest single process; the
+sampled value is kept as ``sampled_tree_mb``). ``compare_cli`` runs ``bnfold fold`` with and
+without verification and ``onnxslim`` on one model, paired and interleaved: each round runs
+every command once, in an order rotated per round, so load drift hits all alike.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,49 +49,91 @@ def _tree_rss(proc: Any) -> int:
     return total
 
 
+# Runs the measured command and reports its own wall time and ru_maxrss. A process started
+# straight from this one would not do: on exec, Linux carries the peak RSS of the memory it
+# leaves (vfork: this process's whole peak) into the child's ru_maxrss. The launcher is a small
+# interpreter, so what it hands down is its own few MB.
+LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as fh:
+    json.dump({"wall_s": wall, "rc": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, fh)
+"""
+
+
+def _kill_below(pid: int) -> None:
+    """Kill every descendant of the launcher ``pid`` (a command past its timeout); the launcher
+    then reports the command's exit status (-9) and ends."""
+    import psutil
+
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.01,
             timeout: float = 600.0) -> dict[str, Any]:
     """Run ``cmd``; wall seconds, exit code, peak RSS (MB) of the tree sum and of one process.
 
-    The output goes to a temporary file (a pipe nobody reads could block the child).
+    ``cmd`` runs under ``LAUNCHER`` (its start is not timed, its RSS not summed); the output goes
+    to a temporary file (a pipe nobody reads could block the command).
     """
+    import json
+
     import psutil
 
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, report, *cmd], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
         peak = [0]
         done = threading.Event()
 
         def sample() -> None:
             try:
-                proc = psutil.Process(child.pid)
+                proc = psutil.Process(launcher.pid)
             except psutil.Error:
                 return
             while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss(proc))
+                try:
+                    below = proc.children()
+                except psutil.Error:
+                    return
+                peak[0] = max([peak[0]] + [_tree_rss(p) for p in below])
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        timer = threading.Timer(timeout, child.kill)
+        timer = threading.Timer(timeout, _kill_below, (launcher.pid,))
         timer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            launcher.wait()
         finally:
             timer.cancel()
-        wall = time.perf_counter() - start
-        done.set()
-        sampler.join()
-        child.returncode = os.waitstatus_to_exitcode(status)
+            done.set()
+            sampler.join()
         log.seek(0)
         tail = log.read().decode(errors="replace").strip().splitlines()[-1:]
-    single = usage.ru_maxrss * 1024 / 1e6
+        if not os.path.exists(report):
+            return {"rc": launcher.returncode, "error": f"launcher failed ({launcher.returncode}): "
+                    f"{(tail or [''])[0][:160]}"}
+        with open(report, encoding="utf-8") as fh:
+            got = json.load(fh)
+    single = got["maxrss_kb"] * 1024 / 1e6
     # the sum over the tree is at least its largest process: a sample can miss a short peak
-    out = {"wall_s": wall, "rc": child.returncode, "sampled_tree_mb": peak[0] / 1e6,
+    out = {"wall_s": got["wall_s"], "rc": got["rc"], "sampled_tree_mb": peak[0] / 1e6,
            "peak_tree_mb": max(peak[0] / 1e6, single), "peak_single_mb": single}
-    if child.returncode != 0:
-        out["error"] = f"exit {child.returncode}: {(tail or [''])[0][:160]}"
+    if got["rc"] != 0:
+        out["error"] = f"exit {got['rc']}: {(tail or [''])[0][:160]}"
     return out
 
 

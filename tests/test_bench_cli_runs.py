@@ -32,6 +32,18 @@ def test_measure_sums_the_tree_and_takes_the_largest_process() -> None:
     assert res["peak_tree_mb"] >= res["sampled_tree_mb"] >= 300, res
 
 
+def test_peak_of_a_small_command_is_not_this_process_peak() -> None:
+    held = b"\x01" * 400_000_000  # this process's peak RSS is now over 400 MB
+    res = cli_runs.measure([sys.executable, "-c", "pass"])
+    assert len(held) and res["rc"] == 0 and res["peak_single_mb"] < 100, res
+    assert res["wall_s"] < 10
+
+
+def test_command_past_its_timeout_is_killed() -> None:
+    res = cli_runs.measure([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+    assert res["rc"] == -9 and res["error"].startswith("exit -9") and res["wall_s"] < 30
+
+
 def test_measure_reports_a_failing_command_with_its_last_line() -> None:
     res = cli_runs.measure([sys.executable, "-c", "import sys; print('first'); print('why'); sys.exit(3)"])
     assert res["rc"] == 3 and res["error"] == "exit 3: why"
