@@ -21,6 +21,7 @@ real_arch.py cached. Usage:
     python benchmarks/fold_tools.py --quick         # a handful of models, 3 rounds, CLI
     python benchmarks/fold_tools.py [--models m.onnx ...] [--no-generated] [--real [DIR]]
         [--rounds 5] [--cli] [--fresh] [--detail] [--tools bnfold onnxscript ...]
+    python benchmarks/fold_tools.py --models --no-generated --cli   # the command lines only
     python benchmarks/fold_tools.py --render RUN.json | --summary RUN.json
 """
 from __future__ import annotations
@@ -388,16 +389,16 @@ def print_run(run: dict[str, Any], detail: bool = False) -> None:
     import goals
 
     rows, tools = run["rows"], run["tools"]
-    print(goals.format_model_table(rows, tools))
-    if detail:
-        print()
-        print(format_table(rows))
-    print(f"\nmedian of {run['rounds']} paired, interleaved rounds (load -> fold -> save), "
-          f"{run['mode']}; fold / X = bnfold's median time over X's on that model")
+    if rows:
+        print(goals.format_model_table(rows, tools))
+        if detail:
+            print()
+            print(format_table(rows))
+        print(f"\nmedian of {run['rounds']} paired, interleaved rounds (load -> fold -> save), "
+              f"{run['mode']}; fold / X = bnfold's median time over X's on that model\n")
     if run.get("cli"):
-        print()
         print(goals.format_cli_table(run["cli"]))
-    print()
+        print()
     print(goals.format_goals(goals.tool_goals(rows) + goals.cli_goals(run.get("cli"))))
 
 
@@ -435,9 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = os.path.join(args.cache, "outputs")
     os.makedirs(out_dir, exist_ok=True)
     tools = installed(["loadsave"] + [t for t in args.tools if t != "loadsave"])
-    smallest = min(named.values(), key=os.path.getsize)
+    if not named and not args.cli:
+        raise SystemExit("no models: give --models, the generated ones, --real or --cli")
+    smallest = min(named.values(), key=os.path.getsize, default=None)
     workers = {t: ToolWorker(t, env=_child_env(), timeout=args.timeout, fresh=args.fresh,
-                             warmup=(smallest, os.path.join(out_dir, f"warmup.{t}.onnx")))
+                             warmup=(smallest, os.path.join(out_dir, f"warmup.{t}.onnx"))
+                             if smallest else None)
                for t in tools}
     rows = []
     try:
@@ -467,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"machine": machine_info(), "rounds": args.rounds, "repeat": args.rounds, "mode": mode,
            "tools": tools, "rows": rows, "cli": cli, "wall_s": time.perf_counter() - start,
            "argv": sys.argv[1:] if argv is None else argv}
-    json_path = args.json_path or os.path.join(args.cache, "fold_tools.json")
+    json_path = args.json_path or os.path.join(  # a CLI-only run leaves latency.py's input alone
+        args.cache, "fold_tools.json" if rows else "fold_tools_cli.json")
     with open(json_path + ".tmp", "w", encoding="utf-8") as fh:
         json.dump(run, fh, indent=1)
     os.replace(json_path + ".tmp", json_path)

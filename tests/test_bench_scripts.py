@@ -167,3 +167,24 @@ def test_saved_run_renders_tables_and_goals(tmp_path: Path, capsys: pytest.Captu
     assert fold_tools.main(["--summary", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| goal |") and "| CLI fold / onnxslim CLI on ResNet-50 | - |" in out
+
+
+def test_cli_only_run_renders_the_cli_table_and_its_goals(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    cmd = {"median_wall_s": 2.0, "peak_tree_mb": 250.0, "peak_single_mb": 200.0}
+    cli = {"model": "resnet50", "size_mb": 100.0, "rounds": 3, "commands": {
+        "bnfold fold": cmd, "bnfold fold --no-verify": cmd, "onnxslim": {**cmd, "median_wall_s": 4.0}}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"rounds": 3, "mode": "test", "tools": [], "rows": [], "cli": cli}))
+    assert fold_tools.main(["--render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CLI on resnet50 (100 MB), 3 interleaved rounds")
+    assert "| CLI fold / onnxslim CLI on ResNet-50 | 0.50 | <= 1 | PASS |" in out
+    assert "| peak RSS / size, --no-verify | 2.50 | <= 2 | NOT MET |" in out
+
+
+def test_no_models_and_no_cli_is_refused() -> None:
+    with pytest.raises(SystemExit, match="no models"):
+        fold_tools.main(["--models", "--no-generated"])
