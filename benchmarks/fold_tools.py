@@ -1,16 +1,28 @@
-"""Fold time of bnfold against other BatchNormalization folders, file to file.
+"""Fold time of bnfold against other BatchNormalization folders, file to file; the goals.
 
-Each (model, tool) runs in a fresh subprocess: imports first (not timed), then
-``--repeat`` timed passes of load -> transform -> save; the median is reported with
-the process's peak RSS. Outputs are then counted for BN left, loaded in ONNX Runtime
-(optimizations disabled) and compared with the original's outputs on random inputs.
+Paired and interleaved: on each model, every round runs every tool once, in an order rotated
+per round, so machine-load drift hits all tools alike; the median over rounds is reported with
+the largest peak RSS over the worker's RSS before the job. Each tool lives in its own
+long-lived worker process (``tool_workers.py``: imports and one warm-up job excluded from
+timing), or with ``--fresh`` in a new process per job (imports excluded, no warm-up). Outputs
+are then counted for BN left, loaded in ONNX Runtime (optimizations disabled) and compared
+with the original's outputs on random inputs. ``--cli`` adds the command lines as a user runs
+them (``cli_runs.py``: fresh processes, interpreter start included, peak RSS of the process
+tree), and the goals of issue 13 are printed last (``goals.py``), PASS or NOT MET.
 
 Tools: loadsave (bare onnx.load + onnx.save: the floor), bnfold (fold(path), save_model:
 `bnfold fold --no-verify`), onnxoptimizer (fuse_bn_into_conv), onnxscript (rewriter with
 its BN fusion rules), onnxslim (default slim), ort_basic (InferenceSession at
-ORT_ENABLE_BASIC with optimized_model_filepath).
+ORT_ENABLE_BASIC with optimized_model_filepath), onnxsim (when installed).
 
-Usage: python benchmarks/fold_tools.py [--models models/*.onnx] [--generated] [--repeat 5]
+Models: the generated ones (generate.py) and models/*.onnx, or with --real the exports that
+real_arch.py cached. Usage:
+    python benchmarks/fold_tools.py --full          # generated + real exports + CLI, the goals
+    python benchmarks/fold_tools.py --quick         # a handful of models, 3 rounds, CLI
+    python benchmarks/fold_tools.py [--models m.onnx ...] [--no-generated] [--real [DIR]]
+        [--rounds 5] [--cli] [--fresh] [--detail] [--tools bnfold onnxscript ...]
+    python benchmarks/fold_tools.py --models --no-generated --cli   # the command lines only
+    python benchmarks/fold_tools.py --render RUN.json | --summary RUN.json
 """
 from __future__ import annotations
 
@@ -27,7 +39,10 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-TOOLS = ("loadsave", "bnfold", "onnxoptimizer", "onnxscript", "onnxslim", "ort_basic")
+TOOLS = ("loadsave", "bnfold", "onnxoptimizer", "onnxscript", "onnxslim", "ort_basic", "onnxsim")
+MODULES = {"loadsave": "onnx", "ort_basic": "onnxruntime"}  # the package a tool needs, if not its name
+QUICK_GENERATED = ["resnet50", "mobilenetv2", "bn_preconv"]
+QUICK_REAL = ["resnet18.dynamo", "mobilenet_v2.torchscript", "efficientnet_b0.dynamo"]
 
 
 def _tool(name: str) -> Callable[[str, str], None]:
@@ -78,6 +93,10 @@ def _tool(name: str) -> Callable[[str, str], None]:
             ort.InferenceSession(i, so, providers=["CPUExecutionProvider"])
 
         return ort_basic
+    if name == "onnxsim":
+        import onnxsim
+
+        return lambda i, o: onnx.save(onnxsim.simplify(i)[0], o)
     raise SystemExit(f"unknown tool {name}")
 
 
@@ -110,6 +129,43 @@ def worker(tool: str, src: str, dst: str, repeat: int) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
     peak = _rss_kb("VmHWM") * 1024
     return {"times_s": times, "base_rss_mb": base / 1e6, "peak_rss_mb": peak / 1e6}
+
+
+def job(fn: Callable[[str, str], None], src: str, dst: str) -> dict[str, Any]:
+    """One timed ``fn(src, dst)`` with the peak RSS over the RSS before it; a raised error is
+    returned as ``error``, so a worker survives a tool that fails on one model."""
+    import gc
+
+    if os.path.exists(dst):
+        os.remove(dst)
+    gc.collect()
+    _reset_peak_rss()
+    base = _rss_kb("VmRSS") * 1024
+    start = time.perf_counter()
+    try:
+        fn(src, dst)
+    except Exception as exc:  # noqa: BLE001 - a tool failure is the finding, reported
+        return {"error": f"crash: {type(exc).__name__}: {str(exc).strip()[:160]}"}
+    elapsed = time.perf_counter() - start
+    return {"time_s": elapsed, "base_rss_mb": base / 1e6, "peak_rss_mb": _rss_kb("VmHWM") * 1024 / 1e6}
+
+
+def serve(tool: str) -> None:
+    """The worker loop of ``tool_workers.ToolWorker``: READY, then one RESULT line per job line."""
+    reply = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # whatever the tool prints goes to stderr, not into the replies
+    fn = _tool(tool)
+    print("READY", file=reply, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        print("RESULT " + json.dumps(job(fn, request["src"], request["dst"])), file=reply, flush=True)
+
+
+def installed(tools: list[str]) -> list[str]:
+    """The tools whose package can be imported here (onnxsim is optional)."""
+    import importlib.util
+
+    return [t for t in tools if importlib.util.find_spec(MODULES.get(t, t)) is not None]
 
 
 def _child_env() -> dict[str, str]:
@@ -185,9 +241,18 @@ def check_output(src_outputs: list[Any], path: str, inputs: dict[str, Any]) -> d
     return {"ort_ok": True, "max_rel_err": err}
 
 
-def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int,
-                timeout: float) -> dict[str, Any]:
-    """All tools on one model, plus BN counts and ORT checks of every output."""
+def real_models(folder: str, only: list[str] | None = None) -> dict[str, str]:
+    """The exports real_arch.py cached: "ARCH.EXPORT" -> newest ``ARCH.EXPORT.KEY.onnx``."""
+    found: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.onnx")), key=os.path.getmtime):
+        parts = os.path.basename(path).split(".")
+        if len(parts) == 4 and (not only or f"{parts[0]}.{parts[1]}" in only):
+            found[f"{parts[0]}.{parts[1]}"] = path
+    return dict(sorted(found.items()))
+
+
+def _reference(src: str) -> tuple[dict[str, Any], list[Any]]:
+    """Seeded inputs of the model (batch 1 when dynamic) and its outputs on ORT."""
     import onnx
 
     from bnfold.inputs import ShapeRequest, graph_inputs
@@ -195,19 +260,48 @@ def bench_model(name: str, src: str, tools: list[str], out_dir: str, repeat: int
     specs = graph_inputs(onnx.load(src, load_external_data=False))
     request = ShapeRequest()
     inputs = request.feed(specs, request.fixed_batch(specs) or 1, seed=0)
-    ref = ort_outputs(src, inputs)
+    return inputs, ort_outputs(src, inputs)
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A tool's rounds on one model: every time, their median, the largest peak RSS; the first
+    error when any round failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return {"error": failed[0]["error"]}
+    return {"times_s": [r["time_s"] for r in runs], "median_s": statistics.median(r["time_s"] for r in runs),
+            "base_rss_mb": min(r["base_rss_mb"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+
+
+def bench_model(name: str, src: str, tools: list[str], out_dir: str, rounds: int,
+                workers: dict[str, Any], keep_output: bool = True) -> dict[str, Any]:
+    """All tools on one model, paired and interleaved over ``rounds``; then BN counts and ORT
+    checks of every output (the last round's). Outputs are deleted unless ``keep_output``."""
+    from cli_runs import rotated
+
     row: dict[str, Any] = {"model": name, "path": src, "size_mb": os.path.getsize(src) / 1e6,
                            "bn": count_bn(src), "nodes": count_bn(src, None), "tools": {}}
+    dsts = {t: os.path.join(out_dir, f"{name}.{t}.onnx") for t in tools}
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+    for r in range(rounds):
+        print(f"  {name}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+        for tool in rotated(tools, r):
+            runs[tool].append(workers[tool].run(src, dsts[tool]))
+    try:
+        inputs, ref = _reference(src)
+    except Exception as exc:  # noqa: BLE001 - the original not running on ORT is recorded
+        inputs, ref, row["ref_error"] = {}, None, f"{type(exc).__name__}: {str(exc)[:160]}"
     for tool in tools:
-        dst = os.path.join(out_dir, f"{name}.{tool}.onnx")
-        print(f"  {name}: {tool} ...", file=sys.stderr, flush=True)
-        res = run_tool(tool, src, dst, repeat, timeout)
+        res = combine(runs[tool])
         if "error" not in res:
-            res["median_s"] = statistics.median(res["times_s"])
-            res["output"] = dst
-            res["bn_left"] = count_bn(dst)
-            res["nodes"] = count_bn(dst, None)
-            res.update(check_output(ref, dst, inputs))
+            res.update(bn_left=count_bn(dsts[tool]), nodes=count_bn(dsts[tool], None))
+            if ref is not None:
+                res.update(check_output(ref, dsts[tool], inputs))
+            if keep_output:
+                res["output"] = dsts[tool]
+        if not keep_output and os.path.exists(dsts[tool]):
+            os.remove(dsts[tool])
         row["tools"][tool] = res
     return row
 
@@ -245,45 +339,145 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     import generate
+    import real_arch
 
-    ap = argparse.ArgumentParser(description="Fold time of bnfold vs other tools.")
+    ap = argparse.ArgumentParser(description="Fold time of bnfold vs other tools; the goals.")
     ap.add_argument("--models", nargs="*", default=None,
-                    help="model files [default: models/*.onnx]")
+                    help="model files [default: models/*.onnx; none with --real/--full/--quick]")
     ap.add_argument("--no-generated", action="store_true", help="skip the generated models")
     ap.add_argument("--only", nargs="*", help="generated models to use [default: all]")
+    ap.add_argument("--real", nargs="?", const=real_arch.DEFAULT_CACHE, metavar="DIR",
+                    help="add the exports real_arch.py cached in DIR [%(const)s]")
+    ap.add_argument("--real-only", nargs="*", metavar="ARCH.EXPORT", help="only these real exports")
     ap.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
-    ap.add_argument("--repeat", type=int, default=5, help="timed passes per tool [%(default)s]")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds [5; --quick 3]")
+    ap.add_argument("--repeat", type=int, dest="rounds", help="the old name of --rounds")
+    ap.add_argument("--fresh", action="store_true",
+                    help="a new process per job instead of one warm worker per tool")
+    ap.add_argument("--cli", action="store_true", help="also time the command lines (fresh processes)")
+    ap.add_argument("--cli-model", help="model of the CLI runs [the generated resnet50]")
+    ap.add_argument("--cli-rounds", type=int, default=None, help="CLI rounds [5; --quick 3]")
+    ap.add_argument("--full", action="store_true", help="the goals run: generated + --real + --cli")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{', '.join(QUICK_GENERATED + QUICK_REAL)} (when cached), 3 rounds, --cli")
+    ap.add_argument("--keep-outputs", action="store_true",
+                    help="keep the outputs of real exports too (those of the others are kept)")
+    ap.add_argument("--detail", action="store_true", help="also print one line per model and tool")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per tool and model")
     ap.add_argument("--cache", default=generate.DEFAULT_CACHE, help="generated models and outputs")
     ap.add_argument("--json", dest="json_path", help="write results here [CACHE/fold_tools.json]")
-    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved run")
+    ap.add_argument("--render", metavar="JSON", help="only print the tables of a saved run")
+    ap.add_argument("--summary", metavar="JSON", help="only print the goals of a saved run")
     args = ap.parse_args(argv)
-    if args.render:
-        with open(args.render, encoding="utf-8") as fh:
-            print(format_table(json.load(fh)["rows"]))
+    if args.quick:
+        args.cli = True
+        args.only = args.only or QUICK_GENERATED
+        args.real = args.real or real_arch.DEFAULT_CACHE
+        args.real_only = args.real_only or QUICK_REAL
+    if args.full:
+        args.cli = True
+        args.real = args.real or real_arch.DEFAULT_CACHE
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.cli_rounds = args.cli_rounds or (3 if args.quick else 5)
+    return args
+
+
+def print_run(run: dict[str, Any], detail: bool = False) -> None:
+    """The per-model table, the CLI table and the goals of one run."""
+    import goals
+
+    rows, tools = run["rows"], run["tools"]
+    if rows:
+        print(goals.format_model_table(rows, tools))
+        if detail:
+            print()
+            print(format_table(rows))
+        print(f"\nmedian of {run['rounds']} paired, interleaved rounds (load -> fold -> save), "
+              f"{run['mode']}; fold / X = bnfold's median time over X's on that model\n")
+    if run.get("cli"):
+        print(goals.format_cli_table(run["cli"]))
+        print()
+    print(goals.format_goals(goals.tool_goals(rows) + goals.cli_goals(run.get("cli"))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import generate
+    from cli_runs import compare_cli
+    from tool_workers import ToolWorker
+
+    args = parse_args(argv)
+    if args.render or args.summary:
+        import goals
+
+        with open(args.render or args.summary, encoding="utf-8") as fh:
+            run = json.load(fh)
+        if args.render:
+            run.setdefault("tools", list(run["rows"][0]["tools"]) if run["rows"] else [])
+            run.setdefault("rounds", run.get("repeat"))
+            run.setdefault("mode", "saved run")
+            print_run(run, args.detail)
+        else:
+            print(goals.format_goals(goals.tool_goals(run["rows"]) + goals.cli_goals(run.get("cli"))))
         return 0
-    models = args.models if args.models is not None else sorted(
+    start = time.perf_counter()
+    models = args.models if args.models is not None else [] if (args.real or args.quick) else sorted(
         glob.glob(os.path.join(HERE, "..", "models", "*.onnx")))
     named = {os.path.splitext(os.path.basename(m))[0]: os.path.abspath(m) for m in models}
     if not args.no_generated:
-        named.update(generate.ensure_models(args.cache, args.only))
+        named.update({k: v for k, v in generate.ensure_models(args.cache, args.only).items()})
+    generated = set(named)
+    if args.real:
+        real = real_models(args.real, args.real_only)
+        if not real:
+            print(f"no real exports in {args.real} (run benchmarks/real_arch.py)", file=sys.stderr)
+        named.update(real)
     out_dir = os.path.join(args.cache, "outputs")
     os.makedirs(out_dir, exist_ok=True)
-    tools = ["loadsave"] + [t for t in args.tools if t != "loadsave"]
+    tools = installed(["loadsave"] + [t for t in args.tools if t != "loadsave"])
+    if not named and not args.cli:
+        raise SystemExit("no models: give --models, the generated ones, --real or --cli")
+    smallest = min(named.values(), key=os.path.getsize, default=None)
+    workers = {t: ToolWorker(t, env=_child_env(), timeout=args.timeout, fresh=args.fresh,
+                             warmup=(smallest, os.path.join(out_dir, f"warmup.{t}.onnx"))
+                             if smallest else None)
+               for t in tools}
     rows = []
-    for name, path in named.items():
-        print(f"{name} ({path})", file=sys.stderr, flush=True)
-        rows.append(bench_model(name.split(".v")[0], path, tools, out_dir, args.repeat, args.timeout))
-    json_path = args.json_path or os.path.join(args.cache, "fold_tools.json")
+    try:
+        for i, (name, path) in enumerate(named.items()):
+            print(f"[{i + 1}/{len(named)}] {name} ({path})", file=sys.stderr, flush=True)
+            rows.append(bench_model(name.split(".v")[0] if name in generated else name, path, tools,
+                                    out_dir, args.rounds, workers,
+                                    keep_output=name in generated or args.keep_outputs))
+    finally:
+        for w in workers.values():
+            w.close()
+        for t in tools:
+            warm = os.path.join(out_dir, f"warmup.{t}.onnx")
+            if os.path.exists(warm):
+                os.remove(warm)
+    cli = None
+    if args.cli:
+        cli_model = args.cli_model or generate.ensure_models(args.cache, ["resnet50"])["resnet50"]
+        print(f"CLI runs on {cli_model}", file=sys.stderr, flush=True)
+        cli = compare_cli("resnet50" if not args.cli_model else os.path.basename(cli_model), cli_model,
+                          args.cli_rounds, out_dir, args.timeout,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
     from bnfold.bench.result import machine_info
 
-    with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump({"machine": machine_info(), "repeat": args.repeat, "rows": rows}, fh, indent=2)
-    print(format_table(rows))
-    print(f"\nmedian of {args.repeat} passes (load -> fold -> save, imports excluded), "
-          f"each tool in its own process; results in {json_path}")
+    mode = ("a fresh process per job, imports excluded" if args.fresh else
+            "one warm worker process per tool, imports and one warm-up job excluded")
+    run = {"machine": machine_info(), "rounds": args.rounds, "repeat": args.rounds, "mode": mode,
+           "tools": tools, "rows": rows, "cli": cli, "wall_s": time.perf_counter() - start,
+           "argv": sys.argv[1:] if argv is None else argv}
+    json_path = args.json_path or os.path.join(  # a CLI-only run leaves latency.py's input alone
+        args.cache, "fold_tools.json" if rows else "fold_tools_cli.json")
+    with open(json_path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(run, fh, indent=1)
+    os.replace(json_path + ".tmp", json_path)
+    print_run(run, args.detail)
+    print(f"\n{len(rows)} models, {len(tools)} tools in {run['wall_s']:.0f} s; results in {json_path}")
     return 0
 
 
@@ -291,5 +485,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "--worker":
         result = worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
         print("RESULT " + json.dumps(result), flush=True)
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(sys.argv[2])
         sys.exit(0)
     sys.exit(main())

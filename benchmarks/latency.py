@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(fold_json, encoding="utf-8") as fh:
         rows = [r for r in json.load(fh)["rows"]
-                if (not args.models or r["model"] in args.models) and "output" in r["tools"].get("bnfold", {})]
+                if (not args.models or r["model"] in args.models)
+                and "output" in r["tools"].get("bnfold", {})]
     results = []
     for row in rows:
         print(f"{row['model']}", file=sys.stderr, flush=True)

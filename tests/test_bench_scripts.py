@@ -1,4 +1,5 @@
-"""benchmarks/ scripts: generated models, tool subprocess runs, best-tool choice, tables."""
+"""benchmarks/ scripts: generated models, tool subprocess runs, interleaved rounds, best-tool
+choice, tables, saved runs."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import fold_tools
 import generate
 import latency
+import tool_workers
 from test_bench_runner import conv_bn_model
 
 
@@ -97,3 +99,92 @@ def test_ensure_models_writes_once(tmp_path: Path, name: str) -> None:
     mtime = os.path.getmtime(paths[name])
     assert generate.ensure_models(str(tmp_path), [name], log=lambda m: None) == paths
     assert os.path.getmtime(paths[name]) == mtime
+
+
+def test_real_models_takes_the_newest_export_of_each_name(tmp_path: Path) -> None:
+    for i, name in enumerate(["net.dynamo.aaa.onnx", "net.dynamo.bbb.onnx", "net.torchscript.ccc.onnx",
+                              "net.dynamo.aaa.json", "net.dynamo.ddd.onnx.tmp", "odd.onnx"]):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert fold_tools.real_models(str(tmp_path)) == {
+        "net.dynamo": str(tmp_path / "net.dynamo.bbb.onnx"),
+        "net.torchscript": str(tmp_path / "net.torchscript.ccc.onnx")}
+    assert list(fold_tools.real_models(str(tmp_path), ["net.torchscript"])) == ["net.torchscript"]
+
+
+def test_combine_takes_the_median_time_and_the_largest_peak() -> None:
+    runs = [{"time_s": t, "base_rss_mb": b, "peak_rss_mb": p}
+            for t, b, p in [(3, 5, 9), (1, 4, 7), (2, 6, 8)]]
+    assert fold_tools.combine(runs) == {"times_s": [3, 1, 2], "median_s": 2, "base_rss_mb": 4,
+                                        "peak_rss_mb": 9}
+    assert fold_tools.combine(runs + [{"error": "crash: x"}]) == {"error": "crash: x"}
+
+
+def test_bench_model_runs_every_tool_every_round_and_checks_outputs(tmp_path: Path) -> None:
+    src = conv_bn_model(tmp_path / "m.onnx")
+    tools = ["loadsave", "bnfold"]
+    workers = {t: tool_workers.ToolWorker(t, env=fold_tools._child_env(), timeout=120) for t in tools}
+    try:
+        row = fold_tools.bench_model("m", src, tools, str(tmp_path), 3, workers, keep_output=False)
+    finally:
+        for w in workers.values():
+            w.close()
+    assert row["bn"] == 1 and row["nodes"] == 3
+    for tool, left in (("loadsave", 1), ("bnfold", 0)):
+        res = row["tools"][tool]
+        assert len(res["times_s"]) == 3 and res["median_s"] in res["times_s"]
+        assert res["bn_left"] == left and res["ort_ok"] and res["max_rel_err"] < 1e-6
+        assert "output" not in res
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]  # outputs deleted
+
+
+def test_installed_drops_tools_whose_package_is_missing() -> None:
+    assert fold_tools.installed(["loadsave", "bnfold", "no_such_tool_pkg"]) == ["loadsave", "bnfold"]
+
+
+def test_quick_and_full_switch_on_the_cli_runs_and_real_exports() -> None:
+    quick = fold_tools.parse_args(["--quick"])
+    assert quick.cli and quick.rounds == 3 and quick.only == fold_tools.QUICK_GENERATED
+    assert quick.real_only == fold_tools.QUICK_REAL
+    full = fold_tools.parse_args(["--full", "--repeat", "7"])
+    assert full.cli and full.real and full.rounds == 7 and full.cli_rounds == 5
+    plain = fold_tools.parse_args([])
+    assert not plain.cli and plain.real is None and plain.rounds == 5
+
+
+def test_saved_run_renders_tables_and_goals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    run = {"rounds": 3, "mode": "test", "tools": ["loadsave", "bnfold", "onnxscript"], "rows": [_row()],
+           "cli": None}
+    run["rows"][0]["tools"]["onnxscript"] = {**run["rows"][0]["tools"]["bnfold"], "median_s": 2.0}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert fold_tools.main(["--render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| m | 1.0 | 4 | 500 | 1000 | 2000 | 2.00 | 0.50 |" in out
+    assert "| fold / onnxscript, geometric mean | 0.50 | <= 0.8 | PASS |" in out
+    assert fold_tools.main(["--summary", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| goal |") and "| CLI fold / onnxslim CLI on ResNet-50 | - |" in out
+
+
+def test_cli_only_run_renders_the_cli_table_and_its_goals(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    cmd = {"median_wall_s": 2.0, "peak_tree_mb": 250.0, "peak_single_mb": 200.0}
+    cli = {"model": "resnet50", "size_mb": 100.0, "rounds": 3, "commands": {
+        "bnfold fold": cmd, "bnfold fold --no-verify": cmd, "onnxslim": {**cmd, "median_wall_s": 4.0}}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"rounds": 3, "mode": "test", "tools": [], "rows": [], "cli": cli}))
+    assert fold_tools.main(["--render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CLI on resnet50 (100 MB), 3 interleaved rounds")
+    assert "| CLI fold / onnxslim CLI on ResNet-50 | 0.50 | <= 1 | PASS |" in out
+    assert "| peak RSS / size, --no-verify | 2.50 | <= 2 | NOT MET |" in out
+
+
+def test_no_models_and_no_cli_is_refused() -> None:
+    with pytest.raises(SystemExit, match="no models"):
+        fold_tools.main(["--models", "--no-generated"])
