@@ -403,6 +403,54 @@ def test_proof_batches_are_capped_in_regions(monkeypatch):
     assert [k for k, _ in loads] == ["proof-pair"] * 3
 
 
+def test_proof_batches_map_at_most_sixteen_megabytes_of_weights_in_the_child(monkeypatch):
+    """Four folds of 2.4 MB weights (4.7 MB proven each: original and folded) are proven in
+    two batches, not one: a batch's weights are mapped in the ORT child while the parent holds
+    the model, so smaller batches lower the peak of the two together."""
+    from bnfold.verification.shared import SharedArrays
+
+    handed: list[int] = []
+    real_load = OrtProcess.load
+
+    def recording(self, key, source, label, chain, opt_level, fixed=None):  # noqa: ANN001, ANN202
+        if isinstance(fixed, SharedArrays):
+            handed.append(fixed.nbytes)
+        return real_load(self, key, source, label, chain, opt_level, fixed)
+
+    monkeypatch.setattr(OrtProcess, "load", recording)
+    b = Builder()
+    y = b.input("x", ["N", 256, 2, 2])
+    for _ in range(4):
+        y = b.bn(b.conv(y, 256, 256, k=3), 256)
+    b.output(y)
+    result = bnfold.fold(b.model())
+    assert len(result.folded) == 4 and all(r.proof_engine == "onnxruntime" for r in result.records)
+    assert len(handed) == 2 and max(handed) <= 16 << 20 < sum(handed)
+
+
+def test_freed_memory_is_given_back_before_each_proof_batch(monkeypatch):
+    """The parent holds the folded model while the child maps a batch: the fold's freed
+    temporaries, then each batch's feeds and outputs, go back to the system first."""
+    events: list[str] = []
+    monkeypatch.setattr(proof, "trim_heap", lambda: events.append("trim"))
+    real_load = OrtProcess.load
+
+    def recording(self, key, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        events.append(key)
+        return real_load(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(OrtProcess, "load", recording)
+    monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(3):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    result = bnfold.fold(b.model())
+    assert len(result.folded) == 3
+    assert events == ["trim", "proof-pair", "trim", "proof-pair", "trim"]
+
+
 def test_fold_after_matmul_on_symbolic_tokens_is_proven():
     """x [N, T, 16] -> MatMul -> Reshape [-1, 8] -> BN: both leading dims are symbolic (as in
     a TorchScript LeViT); the proof gives them concrete sizes instead of refusing."""

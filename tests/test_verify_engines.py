@@ -152,3 +152,16 @@ def test_child_sessions_free_activations_after_each_run():
     assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (False, False)
     out = ort_child._run(session, {"x": np.array([[-1.0, 0.0, 2.0]], np.float32)}, None)
     np.testing.assert_array_equal(out["y"], [[0.0, 0.0, 2.0]])
+
+
+def test_child_sessions_do_not_spin_for_work():
+    """The child's thread pool waits without spinning: spinning threads take the core the
+    parent folds on, and slow the runs themselves when the CPUs are busy."""
+    from bnfold.verification import ort_child
+
+    session = ort_child._load(_relu().SerializeToString(), list(CPU), "disabled")
+    entry = session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    assert entry == "0"
+    out = ort_child._run(session, {"x": np.array([[-1.0, 3.0, 0.5]], np.float32)}, None)
+    np.testing.assert_array_equal(out["y"], [[0.0, 3.0, 0.5]])
