@@ -165,13 +165,3 @@ def test_child_sessions_do_not_spin_for_work():
     assert entry == "0"
     out = ort_child._run(session, {"x": np.array([[-1.0, 3.0, 0.5]], np.float32)}, None)
     np.testing.assert_array_equal(out["y"], [[0.0, 3.0, 0.5]])
-
-
-def test_the_child_trims_its_heap_only_after_a_large_session():
-    """A proof or constant session (a few KB of bytes) frees too little to be worth a trim;
-    a model loaded from a path (a whole model under verification) or large bytes is."""
-    from bnfold.verification.ort_child import TRIM_BYTES, _source_bytes
-
-    assert _source_bytes(b"x" * 1000) < TRIM_BYTES
-    assert _source_bytes(bytes(TRIM_BYTES)) >= TRIM_BYTES
-    assert _source_bytes("/some/model.onnx") >= TRIM_BYTES

@@ -28,7 +28,7 @@ from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_regio
 from bnfold.folding.report import FoldRecord, Reason
 from bnfold.graph.index import GraphKey, ValueInfo, subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
-from bnfold.verification.ort_child import TRIM_BYTES as _TRIM_BYTES, trim_heap
+from bnfold.verification.ort_child import trim_heap
 from bnfold.verification.shared import SharedArrays
 from bnfold.verification.shared_child import shared_process
 
@@ -94,15 +94,12 @@ def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[Fold
     # freed memory back to the system before the child maps each batch, while this process
     # holds the folded model: first the fold's temporaries (float64 math, weights' bytes before
     # they went into the proto), then each batch's feeds and outputs. glibc keeps them in the
-    # heap otherwise. ResNet-50, peak of bnfold + child: 296 -> 256 MB without verification.
-    # A small model frees too little for a trim's cost (a few ms each): none there.
-    big = sum(g.original.nbytes() + g.folded.nbytes() for g in ready) >= _TRIM_BYTES
-    trim = trim_heap if big else (lambda: None)
-    trim()
+    # heap otherwise. ResNet-50, peak of bnfold + child: 296 -> 256 MB without verification
+    trim_heap()
     for chunk in _chunks(ready):
         for g, proof in zip(chunk, _run_chunk(chunk, original, proc)):
             proofs.update({k: proof for k in g.keys})
-        trim()
+        trim_heap()
     return proofs
 
 

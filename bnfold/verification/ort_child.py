@@ -89,17 +89,6 @@ def _run(session: Any, feed: dict[str, Any], outputs: list[str] | None) -> dict[
     return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
-# below this, freeing a model leaves too little to give back for a trim's cost (malloc_trim walks
-# the heap: 5-7 ms a call in a fold of MobileNetV2, 8 % of its time)
-TRIM_BYTES = 16 << 20
-
-
-def _source_bytes(source: Any) -> int:
-    """The size of a session's model: serialized bytes; a model read from a path (a whole
-    model being verified, maybe with external data) counts as large."""
-    return len(source) if isinstance(source, (bytes, bytearray)) else TRIM_BYTES
-
-
 def trim_heap() -> None:
     """Give the freed heap back to the system (glibc's ``malloc_trim``; nothing elsewhere).
 
@@ -130,7 +119,6 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer commands until "quit" or end of input."""
     sessions: dict[str, Any] = {}
     fixed_feeds: dict[str, dict[str, Any]] = {}  # inputs every run of a session gets
-    sizes: dict[str, int] = {}  # bytes of each session's model (its initializers in ORT's heap)
     while True:
         try:
             msg = pickle.load(requests)
@@ -142,7 +130,6 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 _, key, source, providers, opt_level, fixed = msg
                 sessions.pop(key, None)
                 sessions[key] = _load(source, providers, opt_level)
-                sizes[key] = _source_bytes(source)
                 fixed_feeds[key] = map_shared(fixed) if isinstance(fixed, tuple) else fixed
                 reply = ("ok", sessions[key].get_providers())
             elif msg[0] == "run":
@@ -150,8 +137,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "drop":
                 if sessions.pop(msg[1], None) is not None:
                     fixed_feeds.pop(msg[1], None)
-                    if sizes.pop(msg[1], 0) >= TRIM_BYTES:  # a small session frees little,
-                        trim_heap()  # and a trim costs a few ms (proofs, constants)
+                    trim_heap()
                 reply = ("ok", None)
             elif msg[0] == "info":
                 import onnxruntime as ort
