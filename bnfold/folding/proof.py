@@ -472,28 +472,25 @@ def _feeds(model: onnx.ModelProto, seed: int,
 
 def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],
              weights: tuple[Any, Any] = ({}, {})) -> list[tuple[dict, dict]]:
-    """Both models on ORT (CPU, no graph optimizations) in the child process ``proc``, on each
-    feed; ``weights`` are each model's initializers given as inputs (see ``_model``), handed
-    to the child once per model."""
-    keys = ("proof-original", "proof-folded")
-    for key, m, w in zip(keys, (o_model, f_model), weights):
-        proc.load(key, m.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
-                  "disabled", fixed=w)
-    names = [o.name for o in o_model.graph.output]
-    try:
-        return [tuple(proc.run(key, f, names) for key in keys) for f in feeds]
-    finally:
-        proc.drop(*keys)
+    """Both models on ORT in the child process ``proc``, one after the other, on each feed;
+    ``weights`` are each model's initializers given as inputs (see ``_model``)."""
+    originals = _run_keyed(proc, "proof-original", o_model, feeds, weights[0])
+    return list(zip(originals, _run_keyed(proc, "proof-folded", f_model, feeds, weights[1])))
 
 
 def _run_pair(proc: Any, pair: onnx.ModelProto, feeds: list[dict],
               weights: SharedArrays) -> list[dict]:
-    """The ``_pair`` model on ORT (CPU, no graph optimizations) in the child ``proc``: all
-    its outputs for each feed; ``weights`` its initializers given as inputs."""
-    key = "proof-pair"
-    proc.load(key, pair.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
+    """The ``_pair`` model's outputs for each feed; ``weights`` its initializers as inputs."""
+    return _run_keyed(proc, "proof-pair", pair, feeds, weights)
+
+
+def _run_keyed(proc: Any, key: str, model: onnx.ModelProto, feeds: list[dict],
+               weights: Any) -> list[dict]:
+    """``model`` on ORT (CPU, no graph optimizations) in the child ``proc`` under ``key``: all
+    its outputs for each feed; ``weights`` handed to the child once; the session dropped after."""
+    proc.load(key, model.SerializeToString(), "a fold's proof region", ["CPUExecutionProvider"],
               "disabled", fixed=weights)
-    names = [o.name for o in pair.graph.output]
+    names = [o.name for o in model.graph.output]
     try:
         return [proc.run(key, f, names) for f in feeds]
     finally:
