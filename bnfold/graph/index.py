@@ -219,10 +219,10 @@ class GraphIndex:
     def _evaluate_batch(self, name: str) -> None:
         """Evaluate ``name`` and every other small constant subgraph of the graph that a
         non-constant op reads (BN parameters, biases, an attention bias an Add adds to an
-        activation) as one model: one ORT session per index,
-        not one per constant. A subgraph reading more than ``_MAX_BATCH_LEAF_ELEMENTS`` values
-        (``name``'s too) waits until it is asked for, and is evaluated alone."""
-        from bnfold.graph.consteval import Subgraph, evaluate_all
+        activation) as one model: one ORT session per index, not one per constant. A subgraph
+        reading more than ``_MAX_BATCH_LEAF_ELEMENTS`` values (``name``'s too) waits until it is
+        asked for (``_evaluate_weights``)."""
+        from bnfold.graph.consteval import evaluate_all
 
         sizes = self._constant_sizes()
         roots = [o for o, n in sizes.items() if n <= _MAX_BATCH_LEAF_ELEMENTS
@@ -233,8 +233,7 @@ class GraphIndex:
         for root in roots:
             nodes, leaves = self._constant_subgraph(root)
             if nodes is not None:
-                ordered = sorted(nodes.values(), key=lambda n: self._position[id(n)])
-                batch.append(Subgraph(ordered, leaves, root))
+                batch.append(self._subgraph(root, nodes, leaves))
         if batch:
             found = evaluate_all(batch, opset_imports=self.opset_imports,
                                  ir_version=self.ir_version, memo=self.const_memo)
