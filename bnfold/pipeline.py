@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from bnfold.errors import BnfoldError
 from bnfold.folding.report import FoldResult
 
 if TYPE_CHECKING:
+    from bnfold.io.spill import Spill
     from bnfold.verification.engines import OrtProcess
     from bnfold.verification.report import Report
 
@@ -151,23 +153,42 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
         # the sizes the original runs are found before any work (a model no size fits is refused)
         size = probe_size(original, proc, **verify.probe_options())
     tell(f"loading and folding {src}")
-    folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam)
-    result = FoldFileResult(src, dest, folded)
-    for note in folded.warnings:
-        tell(f"warning: {note}")
-    if out is None and folded.bn_before == 0:  # no BN: a copy only when asked
-        result.output = None
-        result.notes.append(f"nothing written: {src} left unchanged" if in_place else
-                            "nothing written (give -o OUT to write a copy anyway)")
-        tell(result.notes[-1])
-        return result
-    if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
-        external_data = True
-    del folded  # result.fold is the one reference left (emptied once written without keep_model)
-    _write_and_verify(result, inputs, in_place, external_data, overwrite, verify, keep_model,
-                      lambda folded_path: _verify(result, original, folded_path, verify, size,
-                                                  proc, progress, tell), tell)
+    with _scratch(dest, keep_model) as scratch:
+        folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam,
+                      spill=scratch)
+        result = FoldFileResult(src, dest, folded)
+        for note in folded.warnings:
+            tell(f"warning: {note}")
+        if out is None and folded.bn_before == 0:  # no BN: a copy only when asked
+            result.output = None
+            result.notes.append(f"nothing written: {src} left unchanged" if in_place else
+                                "nothing written (give -o OUT to write a copy anyway)")
+            tell(result.notes[-1])
+            return result
+        if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
+            external_data = True
+        del folded  # result.fold is the one reference left (emptied once written without keep_model)
+        _write_and_verify(result, inputs, in_place, external_data, overwrite, verify, keep_model,
+                          lambda folded_path: _verify(result, original, folded_path, verify, size,
+                                                      proc, progress, tell), tell)
     return result
+
+
+@contextmanager
+def _scratch(dest: Path, keep_model: bool) -> Iterator[Spill | None]:
+    """Without ``keep_model`` nobody reads the folded proto after the write: its large folded
+    weights go to a scratch file beside the output as they are made (``io/spill.py``), not into
+    memory; removed on the way out. None with ``keep_model`` or where nothing is writable."""
+    from bnfold.io.interrupts import cleanup_on_termination
+    from bnfold.io.spill import Spill
+
+    with cleanup_on_termination():  # SIGTERM/SIGHUP remove the scratch file too
+        scratch = None if keep_model else Spill.beside(dest)
+        try:
+            yield scratch
+        finally:
+            if scratch is not None:
+                scratch.close()
 
 
 def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool,
@@ -181,6 +202,7 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
 
     fold, dest = result.fold, result.output
     with stage_model(fold.model, dest, overwrite=overwrite, external_data=external_data,
+                     read_in=keep_model,
                      source_dir=fold.external_base,
                      protect=inputs[1:] if in_place else inputs) as staged:
         if not keep_model:

@@ -231,7 +231,7 @@ def test_in_place_failing_mid_write_leaves_the_original_byte_identical(tmp_path,
     model = write(tmp_path / "m.onnx")
     before = snapshot(tmp_path)
 
-    def half_write(path: str, model: onnx.ModelProto) -> None:
+    def half_write(path: str, model: onnx.ModelProto, *source: object) -> None:
         data = model.SerializeToString()
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])

@@ -52,6 +52,28 @@ def test_fields_this_onnx_does_not_know_are_kept() -> None:
     assert out == model.SerializeToString() and out.endswith(extra)
 
 
+def test_external_initializers_are_written_as_if_read_in_first(tmp_path) -> None:
+    """A lazily read model's weights stream from their file: the bytes of loading them all
+    into the proto (onnx's loader) and serializing."""
+    from bnfold.io.model_io import load_external
+
+    model = _model()
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(600, dtype=np.float32),
+                                                           "mid"))  # small: read in whole
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=1024,
+              location="m.data")
+    lazy = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    assert sum(t.data_location == TensorProto.EXTERNAL for t in lazy.graph.initializer) == 2
+    buf = io.BytesIO()
+    assert write_model(lazy, buf, str(tmp_path)) == len(buf.getvalue())
+    assert lazy.graph.initializer[1].data_location == TensorProto.EXTERNAL  # left as it was
+    load_external(lazy, tmp_path)
+    assert buf.getvalue() == lazy.SerializeToString()
+    without = io.BytesIO()
+    write_model(onnx.load(tmp_path / "m.onnx", load_external_data=False), without)
+    assert b"m.data" in without.getvalue()  # no folder given: the pointers are kept
+
+
 def test_varint_encodes_like_protobuf() -> None:
     for n in (0, 1, 127, 128, 300, 2**31, 2**35 + 7):
         msg = TensorProto()

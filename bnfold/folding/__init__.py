@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +28,7 @@ from bnfold.io.model_io import (MIN_OPSET, check_model_proto, default_opset, loa
                                 load_model)
 from bnfold.graph.shapes import GraphShapes, infer
 from bnfold.io.skeleton import skeleton
+from bnfold.io.spill import Spill
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -36,7 +37,8 @@ __all__ = ["fold", "inspect", "FoldResult", "FoldRecord", "Reason"]
 
 def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
          lazy_external: bool = False, prove: bool = True, reparam: bool = True,
-         progress: Callable[[str], None] | None = None) -> FoldResult:
+         progress: Callable[[str], None] | None = None, spill: Spill | None = None,
+         ) -> FoldResult:
     """Fold every BatchNormalization that can be folded exactly; say why for the others.
 
     ``model`` is a path (loaded with its external data) or a ModelProto (copied first unless
@@ -66,8 +68,12 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     (``bnfold.io.weights_in_file`` for a single file): only the graph structure is parsed, the
     proofs' original is a copy of that structure, and without ``lazy_external`` the weights
     no fold changed are read in at the end.
+
+    ``spill`` (``bnfold.io.spill.Spill``, with ``lazy_external``): large folded weights are
+    written to its scratch file as they are made and ``result.model`` points at them, so the
+    fold holds no copy of them; keep the spill open until the model is saved.
     """
-    with gc_paused():
+    with gc_paused(), (spill.active() if spill is not None else nullcontext()):
         result = _fold(model, check, copy, prove, progress, reparam)
     if result.external_base is not None and not lazy_external:
         load_external(result.model, result.external_base)

@@ -15,6 +15,7 @@ import onnx
 from onnx import external_data_helper as edh
 from onnx import helper
 
+from bnfold.io import spill
 from bnfold.io.data_file import external_length, stored_size
 from bnfold.folding.bn import label
 from bnfold.graph.index import GraphKey, ValueInfo, attr, subgraphs
@@ -340,6 +341,7 @@ def _inline(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.TensorProto:
         return tensor
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)
+    spill.inline(copy)  # a folded weight in the fold's scratch file
     if edh.uses_external_data(copy):
         if base_dir is None:  # never the current directory: only the model's own folder
             raise RegionError(f"{tensor.name!r} is stored externally and the model's folder is "

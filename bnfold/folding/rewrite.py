@@ -11,6 +11,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.graph.index import _FOLDABLE_OPS, GraphIndex, referenced_names, subgraphs
+from bnfold.io import spill
 
 
 def _size(tensor: onnx.TensorProto) -> int:
@@ -57,10 +58,14 @@ def write_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     """Overwrite ``tensor``'s data with ``value`` (same dtype), keeping its name.
 
     A tensor whose data was external becomes inline: the folded weight then lives once, in
-    the proto, and the source data file is only read from, never written.
+    the proto, and the source data file is only read from, never written. Inside an active
+    ``io.spill.Spill`` a large one goes to its scratch file instead, the tensor pointing there.
     """
-    if (helper.tensor_dtype_to_np_dtype(tensor.data_type) == value.dtype
-            and value.dtype.byteorder in "=|" and np.little_endian):
+    same = helper.tensor_dtype_to_np_dtype(tensor.data_type) == value.dtype
+    scratch = spill.current()
+    if same and value.dtype.byteorder in "=|" and scratch is not None and scratch.put(tensor, value):
+        return
+    if same and value.dtype.byteorder in "=|" and np.little_endian:
         for field in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data",
                       "external_data", "data_location"):
             tensor.ClearField(field)

@@ -6,12 +6,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from bnfold.io import spill
+
 
 def tensor_value(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray | None:
     """The tensor's array; external data is read relative to ``base_dir`` (the model's
     folder, where loading checked it), never the current directory: without a folder the
     value is unknown (None)."""
     if onnx.external_data_helper.uses_external_data(tensor):
+        if spill.is_spilled(tensor):  # a folded weight in the fold's scratch file
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            spill.inline(copy)
+            return numpy_helper.to_array(copy)
         if base_dir is None:
             return None
         return numpy_helper.to_array(tensor, base_dir)

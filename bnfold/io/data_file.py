@@ -19,6 +19,7 @@ from onnx import external_data_helper as edh
 from onnx import helper, numpy_helper
 
 from bnfold.errors import InputError, OutputError
+from bnfold.io import spill
 
 EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this large go to the external data file
 _ALIGN = 4096  # external tensors start on page boundaries so they can be memory-mapped
@@ -159,10 +160,12 @@ class DataWriter:
 
     def _copy_external(self, src: onnx.TensorProto) -> int:
         """Append ``src``'s bytes from its source data file, a chunk at a time; return the count."""
-        if self.source_dir is None:
-            raise ValueError(f"tensor {src.name!r} is external but no source folder was given")
         info, length = external_info(src), external_length(src)
-        source = self.source_dir / info.location
+        try:  # a folded weight in the fold's scratch file, else relative to the source folder
+            source = Path(spill.resolve(self.source_dir, info.location))
+        except ValueError:
+            raise ValueError(f"tensor {src.name!r} is external but no source folder was given"
+                             ) from None
         with open(source, "rb") as data:
             data.seek(info.offset or 0)
             left = length

@@ -43,6 +43,8 @@ from bnfold.io.output_paths import (  # check_output_paths, input_files: part of
     input_files,
     same_file,
 )
+from bnfold.io import spill
+from bnfold.io.proto_stream import streams_initializers
 from bnfold.io.proto_stream import write_file as _write_streamed  # one initializer at a time
 from bnfold.io.weights_in_file import is_model_file, parse_structure
 
@@ -258,12 +260,22 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(stored_size(t) + external_length(t) for t in _all_tensors(model))
 
 
-def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str]) -> None:
-    """Read every tensor still external (relative to ``source_dir``) into ``model`` itself."""
+def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str], *,
+                  main_initializers: bool = True) -> None:
+    """Read every tensor still external (relative to ``source_dir``, or in a fold's scratch
+    file, ``io.spill``) into ``model`` itself; with ``main_initializers=False`` all but the main
+    graph's initializers (``proto_stream`` writes those from their files)."""
+    skip = set() if main_initializers else {id(t) for t in model.graph.initializer}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            edh.load_external_data_for_model(model, str(source_dir))
+            for tensor in _all_tensors(model):
+                if id(tensor) in skip or not edh.uses_external_data(tensor):
+                    continue
+                if spill.is_spilled(tensor):
+                    spill.inline(tensor)
+                else:
+                    edh.load_external_data_for_tensor(tensor, str(source_dir))
     except (OSError, ValueError) as exc:
         raise InputError(f"{source_dir}: cannot read external data: {exc}") from None
 
@@ -347,12 +359,16 @@ class StagedModel:
 def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                 overwrite: bool = True, external_data: bool | None = None,
                 source_dir: str | os.PathLike[str] | None = None,
-                protect: Iterable[str | os.PathLike[str]] = ()) -> Iterator[StagedModel]:
+                protect: Iterable[str | os.PathLike[str]] = (),
+                read_in: bool = True) -> Iterator[StagedModel]:
     """Write ``model`` into a temporary folder beside ``path``; yield it for checks and
     ``commit``; remove whatever was not committed on the way out.
 
-    The options are ``save_model``'s. SIGTERM and SIGHUP, like Ctrl-C, remove the temporary
-    files before the process ends (see ``bnfold.io.interrupts``).
+    The options are ``save_model``'s. ``read_in=False``: a single-file output copies the main
+    graph's weights still external from their files as it writes them, instead of reading
+    them into ``model`` first (which then still points at them: for a caller done with it).
+    SIGTERM and SIGHUP, like Ctrl-C, remove the temporary files before the process ends
+    (see ``bnfold.io.interrupts``).
     """
     out = Path(path)
     source = Path(source_dir) if source_dir is not None else None
@@ -371,7 +387,8 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                           "is limited to 2 GiB; save it with external data instead "
                           "(--external-data)")
     if not external_data and source is not None and uses_external_data(model):
-        load_external(model, source)
+        # without read_in the main graph's weights are copied from their files as written
+        load_external(model, source, main_initializers=read_in or not streams_initializers(model))
     location = free_data_name(out, folder, kept) if external_data else ""
     with cleanup_on_termination():
         try:
@@ -386,7 +403,7 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                     _write_with_external(model, tmp_model, os.path.join(tmpdir, location),
                                          location, source)
                 else:
-                    _write_streamed(tmp_model, model)
+                    _write_streamed(tmp_model, model, None if source is None else str(source))
             except OSError as exc:
                 raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
             del model  # written: the caller may free it while the staged files are checked

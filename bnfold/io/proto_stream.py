@@ -7,6 +7,12 @@ length and its own records. So the file is written as: the model's fields before
 the graph's tag and length, the graph's fields before ``initializer``, each initializer as its
 own record, the graph's remaining fields, then the model's. The bytes are exactly those of
 ``SerializeToString`` (fields in number order), with at most one tensor serialized at a time.
+
+A main-graph initializer whose data is still external (a lazily read model: in its data file,
+in the input model file itself, or in a fold's scratch file) is written with its bytes copied
+from there a chunk at a time, exactly as if they had been read into the proto first (as
+``onnx.external_data_helper`` does: ``raw_data`` set, ``data_location`` DEFAULT): a save of a
+lazily folded model never holds its unchanged weights in memory.
 """
 from __future__ import annotations
 
@@ -16,14 +22,18 @@ from typing import BinaryIO
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
+from onnx import external_data_helper as edh
 from onnx import helper
 
-from bnfold.io.data_file import copy_field
+from bnfold.io import spill
+from bnfold.io.data_file import copy_field, external_info, external_length
 
 _LEN = 2  # wire type of a length-delimited field (bytes, strings, messages)
 _RAW_DATA = 9  # TensorProto.raw_data
 _RAW_TAG = bytes([_RAW_DATA << 3 | _LEN])
 _BIG_ELEMENTS = 1 << 16  # tensors this large are written in parts; smaller ones whole
+_COPY_CHUNK = 16 * 2**20  # bytes of external data copied at a time
+_DEFAULT = 0  # TensorProto.DEFAULT: data_location once external data is read in
 
 
 def varint(n: int) -> bytes:
@@ -86,6 +96,78 @@ def _split_tensor(t: Message) -> tuple[bytes, bytes]:
     return before.SerializeToString(), after.SerializeToString()
 
 
+class _External:
+    """A main-graph initializer still stored externally, written with its data read in: a big
+    plain one streamed from its file (``parts``), any other read into a copy (``whole``). The
+    records are those of the tensor read in: ``data_location`` DEFAULT as onnx's loader sets
+    it, none for a folded weight from a fold's scratch file (as it would be in memory)."""
+
+    def __init__(self, t: Message, source_dir: str | None) -> None:
+        info = external_info(t)
+        self.path = spill.resolve(source_dir, info.location)  # ValueError: no folder
+        self.offset, self.length = info.offset or 0, external_length(t)
+        self.whole: bytes | None = None
+        self.parts: tuple[bytes, bytes] | None = None
+        if (math.prod(t.dims) >= _BIG_ELEMENTS and not any(len(getattr(t, f)) for f in _TYPED)
+                and not _has_unknown(t) and not t.HasField("raw_data")):
+            before, after = type(t)(), type(t)()
+            before.dims.extend(t.dims)
+            for name in ("data_type", "name"):
+                if t.HasField(name):
+                    setattr(before, name, getattr(t, name))
+            if t.HasField("segment"):
+                before.segment.CopyFrom(t.segment)
+            if t.HasField("doc_string"):
+                after.doc_string = t.doc_string
+            if not spill.is_spilled(t):  # a folded weight never had one (``write_tensor``)
+                after.data_location = _DEFAULT
+            if hasattr(t, "metadata_props"):
+                after.metadata_props.extend(t.metadata_props)
+            self.parts = before.SerializeToString(), after.SerializeToString()
+        else:
+            copy = type(t)()
+            copy.CopyFrom(t)
+            if spill.is_spilled(copy):
+                spill.inline(copy)
+            else:
+                edh.load_external_data_for_tensor(copy, str(source_dir))
+            self.whole = copy.SerializeToString()
+
+    def size(self) -> int:
+        if self.whole is not None:
+            return len(self.whole)
+        assert self.parts is not None
+        return (len(self.parts[0]) + len(_RAW_TAG) + len(varint(self.length)) + self.length
+                + len(self.parts[1]))
+
+    def write(self, name: str, f: BinaryIO) -> int:
+        if self.whole is not None:
+            return f.write(self.whole)
+        assert self.parts is not None
+        written = f.write(self.parts[0]) + f.write(_RAW_TAG) + f.write(varint(self.length))
+        with open(self.path, "rb") as src:
+            src.seek(self.offset)
+            left = self.length
+            while left:
+                chunk = src.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise ValueError(f"{self.path}: ends before the {self.length} bytes of "
+                                     f"tensor {name!r} (offset {self.offset})")
+                written += f.write(chunk)
+                left -= len(chunk)
+        return written + f.write(self.parts[1])
+
+
+def _external(t: Message, source_dir: str | None) -> _External | None:
+    """``t`` as an ``_External`` when its data is external and can be read, else None."""
+    if not edh.uses_external_data(t):
+        return None
+    try:
+        return _External(t, source_dir)
+    except ValueError:  # no folder to read it from: written as it is (a pointer)
+        return None
+
+
 def _tensor_size(t: Message) -> int:
     """The serialized size of initializer ``t``; for a big one without serializing it (upb's
     ``ByteSize`` serializes: 85 ms for a 37 MB weight)."""
@@ -109,11 +191,19 @@ def _write_tensor(t: Message, f: BinaryIO) -> int:
             + f.write(after))
 
 
-def write_model(model: Message, f: BinaryIO) -> int:
+def streams_initializers(model: Message) -> bool:
+    """Whether ``write_model`` writes ``model``'s main-graph initializers one by one (and so
+    reads those still external itself); else it serializes the model whole."""
+    return (model.HasField("graph") and len(model.graph.initializer) > 0
+            and not _has_unknown(model) and not _has_unknown(model.graph))
+
+
+def write_model(model: Message, f: BinaryIO, source_dir: str | None = None) -> int:
     """Write ``model`` (an onnx.ModelProto) to ``f``; return the bytes written. A model or
-    graph with fields this onnx does not know is serialized whole (a split would drop them)."""
-    if (not model.HasField("graph") or len(model.graph.initializer) == 0
-            or _has_unknown(model) or _has_unknown(model.graph)):
+    graph with fields this onnx does not know is serialized whole (a split would drop them).
+    ``source_dir``: the folder main-graph initializers still external are read from (their
+    data is written in; without it, and for other tensors, pointers are written as they are)."""
+    if not streams_initializers(model):
         return f.write(model.SerializeToString())
     graph_field = model.DESCRIPTOR.fields_by_name["graph"]
     init_field = model.graph.DESCRIPTOR.fields_by_name["initializer"]
@@ -121,21 +211,24 @@ def write_model(model: Message, f: BinaryIO) -> int:
     g_before, g_after = _split(model.graph, init_field.number)
     head, tail = g_before.SerializeToString(), g_after.SerializeToString()
     init_tag = varint(init_field.number << 3 | _LEN)
-    sizes = [_tensor_size(t) for t in model.graph.initializer]
+    external = [_external(t, source_dir) for t in model.graph.initializer]
+    sizes = [e.size() if e is not None else _tensor_size(t)
+             for t, e in zip(model.graph.initializer, external)]
     graph_len = len(head) + len(tail) + sum(len(init_tag) + len(varint(n)) + n for n in sizes)
     written = 0
     for part in (m_before.SerializeToString(), varint(graph_field.number << 3 | _LEN),
                  varint(graph_len), head):
         written += f.write(part)
-    for t, n in zip(model.graph.initializer, sizes):
-        written += f.write(init_tag) + f.write(varint(n)) + _write_tensor(t, f)
+    for t, e, n in zip(model.graph.initializer, external, sizes):
+        written += f.write(init_tag) + f.write(varint(n))
+        written += e.write(t.name, f) if e is not None else _write_tensor(t, f)
     written += f.write(tail) + f.write(m_after.SerializeToString())
     return written
 
 
-def write_file(path: str, model: Message) -> None:
-    """``model`` into the file at ``path``, synced to disk."""
+def write_file(path: str, model: Message, source_dir: str | None = None) -> None:
+    """``model`` into the file at ``path``, synced to disk (``source_dir``: ``write_model``'s)."""
     with open(path, "wb") as f:
-        write_model(model, f)
+        write_model(model, f, source_dir)
         f.flush()
         os.fsync(f.fileno())

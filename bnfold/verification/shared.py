@@ -16,6 +16,7 @@ import onnx
 from onnx import external_data_helper as edh
 from onnx import numpy_helper
 
+from bnfold.io import spill
 from bnfold.io.data_file import external_info
 from bnfold.verification.ort_child import map_shared
 
@@ -88,9 +89,9 @@ class SharedArrays:
     def _copy_external(self, name: str, tensor: onnx.TensorProto, base_dir: str | None,
                        dtype: np.dtype, shape: tuple[int, ...], want: int) -> None:
         """An external tensor's bytes straight from its data file (never through Python)."""
-        if base_dir is None:
-            raise ValueError(f"{tensor.name!r} is stored externally and its folder is unknown")
         info = external_info(tensor)
+        if base_dir is None and not spill.is_spilled(tensor):
+            raise ValueError(f"{tensor.name!r} is stored externally and its folder is unknown")
         length = want if info.length is None else info.length
         if length != want:
             raise ValueError(f"{tensor.name!r}: external data of {length} bytes for shape {shape}")
@@ -98,7 +99,7 @@ class SharedArrays:
         self._names.add(name)
         self.entries.append((name, dtype.str, tuple(shape), self.nbytes))
         self._file.flush()
-        with open(os.path.join(base_dir, info.location), "rb") as src:
+        with open(spill.resolve(base_dir, info.location), "rb") as src:
             offset, left = info.offset or 0, length
             while left:  # in the kernel, page cache to page cache
                 done = os.sendfile(self._file.fileno(), src.fileno(), offset, left)
