@@ -593,3 +593,36 @@ def test_a_data_file_is_resolved_once_and_every_tensor_still_checked_against_it(
     data.write_bytes(data.read_bytes()[:max(ends.values()) - 1])
     msg = refused(path, "shorter", max(ends, key=ends.get))
     assert checked[-1] == "m.onnx.data" and checked.count("m.onnx.data") == 2, msg
+
+
+def test_load_external_can_leave_exactly_the_main_initializers_on_disk(tmp_path):
+    """``main_initializers=False`` (a streamed save copies those itself): every other tensor,
+    subgraph initializers and tensor attributes included, is read in; no main one is."""
+    from onnx import TensorProto
+
+    def arr(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((16, 16)).astype(np.float32)
+
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(arr(1), "cv")),
+         helper.make_node("Add", ["c", "inner"], ["y_then"])], "then", [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [16, 16])],
+        [numpy_helper.from_array(arr(2), "inner")])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+         helper.make_node("Add", ["y", "main"], ["z"])], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [16, 16])],
+        [numpy_helper.from_array(arr(3), "main"), numpy_helper.from_array(arr(4), "main2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0,
+              location="m.data", convert_attribute=True)
+    lazy = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    every = list(model_io._all_tensors(lazy))
+    assert len(every) == 6 and all(edh.uses_external_data(t) for t in every)
+    model_io.load_external(lazy, tmp_path, main_initializers=False)
+    main = {t.name for t in lazy.graph.initializer}
+    for t in model_io._all_tensors(lazy):
+        assert edh.uses_external_data(t) == (t.name in main), t.name
+    model_io.load_external(lazy, tmp_path)
+    assert not any(edh.uses_external_data(t) for t in model_io._all_tensors(lazy))

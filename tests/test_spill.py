@@ -3,6 +3,7 @@ and a fold with a spill writing exactly the bytes of one without."""
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,17 @@ def test_fold_file_without_keep_model_spills_and_leaves_nothing_behind(tmp_path:
         return made[-1]
 
     monkeypatch.setattr(Spill, "beside", staticmethod(beside))
+    read_in: list[str] = []  # weights the save read into the proto: none (they stream)
+    load = onnx.external_data_helper.load_external_data_for_tensor
+
+    def recorded(t: onnx.TensorProto, base: str) -> None:
+        if any(f.name == "stage_model" for f in traceback.extract_stack()):
+            read_in.append(t.name)
+        load(t, base)
+
+    monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_tensor", recorded)
     result = fold_file(path, out, in_place=in_place, keep_model=False)
+    assert read_in == []
     assert result.passed and made and made[0].nbytes > 0
     assert Path(made[0].folder).parent == tmp_path  # beside the output, on its disk
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".bnfold")]

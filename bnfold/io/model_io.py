@@ -69,6 +69,15 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     return edh._get_all_tensors(model)  # initializers and tensor attributes, subgraphs included
 
 
+def _tensors_but_main_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """``_all_tensors`` without the main graph's initializers: subgraph initializers, then
+    tensor attributes (in functions too)."""
+    for node in model.graph.node:
+        for a in node.attribute:
+            yield from edh._recursive_attribute_processor(a, edh._get_initializer_tensors_from_graph)
+    yield from edh._get_attribute_tensors(model)
+
+
 def _check_opset(model: onnx.ModelProto, path: str) -> None:
     opset = default_opset(model)
     if opset is None:
@@ -265,12 +274,12 @@ def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str], *,
     """Read every tensor still external (relative to ``source_dir``, or in a fold's scratch
     file, ``io.spill``) into ``model`` itself; with ``main_initializers=False`` all but the main
     graph's initializers (``proto_stream`` writes those from their files)."""
-    skip = set() if main_initializers else {id(t) for t in model.graph.initializer}
+    tensors = _all_tensors(model) if main_initializers else _tensors_but_main_initializers(model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for tensor in _all_tensors(model):
-                if id(tensor) in skip or not edh.uses_external_data(tensor):
+            for tensor in tensors:
+                if not edh.uses_external_data(tensor):
                     continue
                 if spill.is_spilled(tensor):
                     spill.inline(tensor)

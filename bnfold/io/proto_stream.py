@@ -26,13 +26,12 @@ from onnx import external_data_helper as edh
 from onnx import helper
 
 from bnfold.io import spill
-from bnfold.io.data_file import copy_field, external_info, external_length
+from bnfold.io.data_file import copy_field, copy_range, external_info, external_length
 
 _LEN = 2  # wire type of a length-delimited field (bytes, strings, messages)
 _RAW_DATA = 9  # TensorProto.raw_data
 _RAW_TAG = bytes([_RAW_DATA << 3 | _LEN])
 _BIG_ELEMENTS = 1 << 16  # tensors this large are written in parts; smaller ones whole
-_COPY_CHUNK = 16 * 2**20  # bytes of external data copied at a time
 _DEFAULT = 0  # TensorProto.DEFAULT: data_location once external data is read in
 
 
@@ -146,16 +145,11 @@ class _External:
         assert self.parts is not None
         written = f.write(self.parts[0]) + f.write(_RAW_TAG) + f.write(varint(self.length))
         with open(self.path, "rb") as src:
-            src.seek(self.offset)
-            left = self.length
-            while left:
-                chunk = src.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise ValueError(f"{self.path}: ends before the {self.length} bytes of "
-                                     f"tensor {name!r} (offset {self.offset})")
-                written += f.write(chunk)
-                left -= len(chunk)
-        return written + f.write(self.parts[1])
+            copied = copy_range(src, self.offset, self.length, f)
+        if copied != self.length:
+            raise ValueError(f"{self.path}: ends before the {self.length} bytes of tensor "
+                             f"{name!r} (offset {self.offset})")
+        return written + copied + f.write(self.parts[1])
 
 
 def _external(t: Message, source_dir: str | None) -> _External | None:
