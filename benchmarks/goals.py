@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FOLD = "bnfold"
+UNPROVEN = "bnfold_unproven"  # bnfold.fold(prove=False): informational, never a goal
 GEOMEAN_LIMIT, MAX_LIMIT, ORT_LIMIT, CLI_LIMIT = 0.8, 1.2, 1.0, 1.0
 RSS_VERIFY_LIMIT, RSS_NO_VERIFY_LIMIT = 3.0, 2.0
 RESNET50 = "resnet50"
@@ -56,11 +57,13 @@ def median_of(res: dict[str, Any] | None) -> float | None:
     return float(res["median_s"])
 
 
-def fold_ratios(rows: list[dict[str, Any]], other: str) -> dict[str, float]:
-    """bnfold's median time over ``other``'s, per model where both ran."""
+def fold_ratios(rows: list[dict[str, Any]], other: str, ours_tool: str = FOLD
+                ) -> dict[str, float]:
+    """bnfold's (``ours_tool``'s) median time over ``other``'s, per model where both ran."""
     out = {}
     for row in rows:
-        ours, theirs = median_of(row["tools"].get(FOLD)), median_of(row["tools"].get(other))
+        ours = median_of(row["tools"].get(ours_tool))
+        theirs = median_of(row["tools"].get(other))
         if ours is not None and theirs is not None:
             out[row["model"]] = ours / theirs
     return out
@@ -86,6 +89,21 @@ def tool_goals(rows: list[dict[str, Any]]) -> list[Goal]:
         Goal("fold / ort_basic on ResNet-50", worst_ort[1] if worst_ort else None, ORT_LIMIT,
              ", ".join(f"{m} {r:.2f}" for m, r in vs_ort.items()) or "no ResNet-50 measured"),
     ]
+
+
+def unproven_note(rows: list[dict[str, Any]]) -> str | None:
+    """One line on what the per-fold proofs cost: bnfold without them (``bnfold.fold(prove=
+    False)``, not what the CLI runs) against onnxscript, and the proofs' share of bnfold's
+    time; None when that tool did not run."""
+    bare = fold_ratios(rows, "onnxscript", UNPROVEN)
+    share = fold_ratios(rows, UNPROVEN)  # bnfold / bnfold_unproven
+    if not bare or not share:
+        return None
+    worst = max(bare.items(), key=lambda kv: kv[1])
+    return (f"without its per-fold proofs (bnfold.fold(prove=False), informational, not a goal): "
+            f"fold / onnxscript geometric mean {geomean(list(bare.values())):.2f}, worst "
+            f"{worst[1]:.2f} ({worst[0]}); the proofs make bnfold {geomean(list(share.values())):.2f}x "
+            f"slower (geometric mean over {len(share)} models)")
 
 
 def cli_goals(cli: dict[str, Any] | None) -> list[Goal]:

@@ -86,3 +86,14 @@ def test_cli_table_ratios_to_onnxslim() -> None:
     table = goals.format_cli_table(_cli(fold=2.0, nv=1.0, slim=4.0, tree=300.0, tree_nv=250.0))
     assert "| bnfold fold | 2.00 | 0.50 | 300 (3.00x) | 150 (1.50x) |" in table
     assert "| onnxslim | 4.00 | 1.00 | 50 (0.50x) | 25 (0.25x) |" in table
+
+
+def test_the_unproven_fold_is_a_note_not_a_goal() -> None:
+    rows = [_row("a", {"bnfold": 4.0, "bnfold_unproven": 1.0, "onnxscript": 2.0}),
+            _row("b", {"bnfold": 9.0, "bnfold_unproven": 3.0, "onnxscript": 1.0})]
+    note = goals.unproven_note(rows)
+    assert note is not None and "not a goal" in note
+    assert "geometric mean 1.22" in note and "worst 3.00 (b)" in note  # sqrt(0.5 * 3)
+    assert "3.46x slower" in note  # sqrt(4 * 3)
+    assert all("unproven" not in g.name for g in goals.tool_goals(rows))
+    assert goals.unproven_note([_row("a", {"bnfold": 1.0, "onnxscript": 2.0})]) is None

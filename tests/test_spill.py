@@ -170,3 +170,14 @@ def test_a_termination_signal_mid_fold_removes_the_scratch_file(tmp_path: Path, 
     assert child.returncode == -getattr(signal, name), child.stderr
     assert "finished" not in child.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.onnx"]
+
+
+def test_a_scratch_file_that_cannot_be_written_is_a_clean_output_error(tmp_path: Path):
+    from bnfold.errors import OutputError
+
+    t = _tensor((64, 64, 3, 3))
+    with Spill(tmp_path) as s:
+        s._file.close()
+        s._file = open("/dev/full", "wb")  # noqa: SIM115 - every write: ENOSPC
+        with pytest.raises(OutputError, match="scratch file"):
+            s.put(t, numpy_helper.to_array(t))

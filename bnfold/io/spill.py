@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper as edh
 
+from bnfold.errors import OutputError
+
 MIN_BYTES = 64 * 1024  # smaller weights stay in the proto (a pointer and a write cost more)
 PREFIX = "bnfold-spill-"
 
@@ -122,8 +124,12 @@ class Spill:
             return False
         data = np.ascontiguousarray(value)
         offset = self.nbytes
-        self._file.write(memoryview(data).cast("B"))
-        self._file.flush()  # readers open the file themselves
+        try:
+            self._file.write(memoryview(data).cast("B"))
+            self._file.flush()  # readers open the file themselves
+        except OSError as exc:  # a full disk: the output on the same disk would fail too
+            raise OutputError(f"{self.folder}: cannot write the folded weights' scratch file: "
+                              f"{exc.strerror or exc}") from None
         self.nbytes += data.nbytes
         for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data",
                       "uint64_data", "external_data"):
