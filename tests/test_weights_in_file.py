@@ -120,3 +120,21 @@ def test_proof_copies_large_original_weights_file_to_file(tmp_path: Path, monkey
     assert result.records[0].folded and result.records[0].proof_engine == "onnxruntime"
     assert len(copied) == 1  # the original conv weight; the folded one is in the proto
     assert max_error(model, result.model) < tolerance(model)
+
+
+def test_the_file_is_read_through_a_window_not_mapped(tmp_path: Path, monkeypatch) -> None:
+    """pread through ``_FileView`` gives the bytes a whole-file buffer gives, with windows
+    smaller than a record and a truncated file still refused (None: parsed normally)."""
+    import mmap
+
+    from bnfold.io import weights_in_file
+
+    path = _save(_model(), tmp_path / "m.onnx")
+    data = path.read_bytes()
+    whole = weights_in_file._model(memoryview(data), len(data), path.name)
+    monkeypatch.setattr(mmap, "mmap", None)  # mapping the file would fail now
+    monkeypatch.setattr(weights_in_file._FileView, "WINDOW", 7)
+    assert whole is not None and structure_bytes(path) == whole
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) - 100])
+    assert structure_bytes(cut) is None
