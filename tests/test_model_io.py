@@ -626,3 +626,17 @@ def test_load_external_can_leave_exactly_the_main_initializers_on_disk(tmp_path)
         assert edh.uses_external_data(t) == (t.name in main), t.name
     model_io.load_external(lazy, tmp_path)
     assert not any(edh.uses_external_data(t) for t in model_io._all_tensors(lazy))
+
+
+def test_save_without_reading_in_writes_the_same_file_and_keeps_the_pointers(tmp_path):
+    b = Builder()
+    x = b.input("x", ["N", 16, 6, 6])
+    b.output(b.bn(b.conv(x, 16, 32), 32))
+    onnx.save(b.model(), tmp_path / "m.onnx")
+    lazy = load_model(tmp_path / "m.onnx", load_external_data=False, weights_in_file=True)
+    assert any(edh.uses_external_data(t) for t in lazy.graph.initializer)
+    save_model(lazy, tmp_path / "a.onnx", source_dir=tmp_path, read_in=False)
+    assert any(edh.uses_external_data(t) for t in lazy.graph.initializer)  # not read in
+    save_model(lazy, tmp_path / "b.onnx", source_dir=tmp_path)  # reads them in (documented)
+    assert not any(edh.uses_external_data(t) for t in lazy.graph.initializer)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -54,7 +54,8 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     ``lazy_external`` (paths only): leave external data on disk and read each weight when a
     fold needs it, so a multi-GB model is not held in memory. Folded weights become inline;
     the others still reference the model's folder, given as ``result.external_base``: save
-    with ``save_model(result.model, out, source_dir=result.external_base)``.
+    with ``save_model(result.model, out, source_dir=result.external_base)`` (add
+    ``read_in=False`` to copy them file to file instead of reading them into the proto).
 
     With ``reparam`` (``bnfold.folding.reparam``) an Add of parallel Conv/BN/identity branches
     of one input (RepVGG, ACNet, MobileOne) that holds a BN becomes one Conv after the BN

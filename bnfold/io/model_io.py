@@ -424,7 +424,7 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
                overwrite: bool = True, external_data: bool | None = None,
                source_dir: str | os.PathLike[str] | None = None,
-               protect: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+               protect: Iterable[str | os.PathLike[str]] = (), read_in: bool = True) -> list[str]:
     """Write ``model`` atomically (temp files, fsync, rename); return the paths written.
 
     external_data=None chooses external data only when the model is too big for one protobuf;
@@ -433,9 +433,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *,
     and renamed into place before the model file.
     ``source_dir``: the folder that tensors still external (a lazy ``load_model``) are relative
     to; they are copied chunk-wise into the new data file, or, for a single-file output, read
-    into ``model`` itself. ``protect``: files that must never be replaced (the input's files,
-    see ``input_files``); the output itself being one of them is refused.
+    into ``model`` itself (``read_in=False``: the main graph's weights are copied from their
+    files as they are written, and ``model`` keeps pointing at them: memory stays flat).
+    ``protect``: files that must never be replaced (the input's files, see ``input_files``);
+    the output itself being one of them is refused.
     """
     with stage_model(model, path, overwrite=overwrite, external_data=external_data,
-                     source_dir=source_dir, protect=protect) as staged:
+                     source_dir=source_dir, protect=protect, read_in=read_in) as staged:
         return staged.commit()

@@ -76,9 +76,11 @@ def _raw_length(t: Message) -> int | None:
         return None
 
 
-def _split_tensor(t: Message) -> tuple[bytes, bytes]:
+def _split_tensor(t: Message, read_in: bool = False) -> tuple[bytes, bytes]:
     """A raw tensor's records before and after ``raw_data`` (field 9), without touching the
-    data (``ListFields`` would copy it out)."""
+    data (``ListFields`` would copy it out). ``read_in``: an external tensor's records once its
+    data is read in: no external fields, ``data_location`` DEFAULT as onnx's loader sets it,
+    none for a folded weight from a fold's scratch file (``write_tensor`` sets none)."""
     before, after = type(t)(), type(t)()
     before.dims.extend(t.dims)
     for name in ("data_type", "name"):
@@ -86,10 +88,14 @@ def _split_tensor(t: Message) -> tuple[bytes, bytes]:
             setattr(before, name, getattr(t, name))
     if t.HasField("segment"):
         before.segment.CopyFrom(t.segment)
-    for name in ("doc_string", "data_location"):
-        if t.HasField(name):
-            setattr(after, name, getattr(t, name))
-    after.external_data.extend(t.external_data)
+    if t.HasField("doc_string"):
+        after.doc_string = t.doc_string
+    if not read_in:
+        if t.HasField("data_location"):
+            after.data_location = t.data_location
+        after.external_data.extend(t.external_data)
+    elif not spill.is_spilled(t):
+        after.data_location = _DEFAULT
     if hasattr(t, "metadata_props"):
         after.metadata_props.extend(t.metadata_props)
     return before.SerializeToString(), after.SerializeToString()
@@ -97,9 +103,7 @@ def _split_tensor(t: Message) -> tuple[bytes, bytes]:
 
 class _External:
     """A main-graph initializer still stored externally, written with its data read in: a big
-    plain one streamed from its file (``parts``), any other read into a copy (``whole``). The
-    records are those of the tensor read in: ``data_location`` DEFAULT as onnx's loader sets
-    it, none for a folded weight from a fold's scratch file (as it would be in memory)."""
+    plain one streamed from its file (``parts``), any other read into a copy (``whole``)."""
 
     def __init__(self, t: Message, source_dir: str | None) -> None:
         info = external_info(t)
@@ -109,20 +113,7 @@ class _External:
         self.parts: tuple[bytes, bytes] | None = None
         if (math.prod(t.dims) >= _BIG_ELEMENTS and not any(len(getattr(t, f)) for f in _TYPED)
                 and not _has_unknown(t) and not t.HasField("raw_data")):
-            before, after = type(t)(), type(t)()
-            before.dims.extend(t.dims)
-            for name in ("data_type", "name"):
-                if t.HasField(name):
-                    setattr(before, name, getattr(t, name))
-            if t.HasField("segment"):
-                before.segment.CopyFrom(t.segment)
-            if t.HasField("doc_string"):
-                after.doc_string = t.doc_string
-            if not spill.is_spilled(t):  # a folded weight never had one (``write_tensor``)
-                after.data_location = _DEFAULT
-            if hasattr(t, "metadata_props"):
-                after.metadata_props.extend(t.metadata_props)
-            self.parts = before.SerializeToString(), after.SerializeToString()
+            self.parts = _split_tensor(t, read_in=True)
         else:
             copy = type(t)()
             copy.CopyFrom(t)
