@@ -279,12 +279,8 @@ def load_external(model: onnx.ModelProto, source_dir: str | os.PathLike[str], *,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for tensor in tensors:
-                if not edh.uses_external_data(tensor):
-                    continue
-                if spill.is_spilled(tensor):
-                    spill.inline(tensor)
-                else:
-                    edh.load_external_data_for_tensor(tensor, str(source_dir))
+                if edh.uses_external_data(tensor):
+                    spill.read_in(tensor, source_dir)
     except (OSError, ValueError) as exc:
         raise InputError(f"{source_dir}: cannot read external data: {exc}") from None
 

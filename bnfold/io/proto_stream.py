@@ -117,10 +117,7 @@ class _External:
         else:
             copy = type(t)()
             copy.CopyFrom(t)
-            if spill.is_spilled(copy):
-                spill.inline(copy)
-            else:
-                edh.load_external_data_for_tensor(copy, str(source_dir))
+            spill.read_in(copy, source_dir)
             self.whole = copy.SerializeToString()
 
     def size(self) -> int:

@@ -65,11 +65,6 @@ def is_spilled(tensor: onnx.TensorProto) -> bool:
     return location is not None and location in _FILES
 
 
-def is_spill_location(location: str) -> bool:
-    """Whether ``location`` names a scratch file (open or closed): no file in any folder."""
-    return location.startswith(PREFIX) and location.endswith(".bin")
-
-
 def inline(tensor: onnx.TensorProto) -> None:
     """Read a spilled tensor's bytes back into it: the tensor is as ``write_tensor`` would
     have left it without a spill (raw data, no ``data_location``)."""
@@ -86,6 +81,17 @@ def inline(tensor: onnx.TensorProto) -> None:
     del tensor.external_data[:]
     tensor.ClearField("data_location")
     tensor.raw_data = data
+
+
+def read_in(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None) -> None:
+    """Read an external tensor's data into it: from the fold's scratch file (``inline``), else
+    with onnx's loader relative to ``base_dir`` (ValueError without one)."""
+    if is_spilled(tensor):
+        inline(tensor)
+    elif base_dir is None:
+        raise ValueError(f"{tensor.name!r} is stored externally and has no folder to be read from")
+    else:
+        edh.load_external_data_for_tensor(tensor, str(base_dir))
 
 
 def current() -> Spill | None:
