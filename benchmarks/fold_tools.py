@@ -59,6 +59,8 @@ def _tool(name: str) -> Callable[[str, str], None]:
         import bnfold
         from bnfold.io.model_io import save_model
 
+        _time_ort_checks()
+
         def fold_to_file(i: str, o: str) -> None:
             # what `bnfold fold IN -o OUT --no-verify` does after parsing its options: a lazy
             # fold (weights read from the input as needed), saved with the rest copied from it
@@ -104,6 +106,30 @@ def _tool(name: str) -> Callable[[str, str], None]:
     raise SystemExit(f"unknown tool {name}")
 
 
+# seconds the fold spent in calls to its ORT child (proof sessions and runs, constant
+# cross-checks: the model bytes, feeds and outputs through the pipe included) during one job
+ORT_CHECKS: list[float] = []
+
+
+def _time_ort_checks() -> None:
+    """Time every call bnfold makes to its ORT child (``OrtProcess._call``, the one place they
+    go through), so a job can report how much of the fold they are: the floor of any fold
+    that checks each rewrite on ONNX Runtime, whatever the rest costs."""
+    from bnfold.verification.engines import OrtProcess
+
+    inner = OrtProcess._call
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            ORT_CHECKS[-1] += time.perf_counter() - start
+
+    OrtProcess._call = timed  # type: ignore[method-assign]
+    ORT_CHECKS.append(0.0)
+
+
 def _rss_kb(field: str) -> int:
     """VmRSS / VmHWM from /proc (ru_maxrss would carry the parent's peak over exec)."""
     with open("/proc/self/status", encoding="ascii") as fh:
@@ -145,13 +171,18 @@ def job(fn: Callable[[str, str], None], src: str, dst: str) -> dict[str, Any]:
     gc.collect()
     _reset_peak_rss()
     base = _rss_kb("VmRSS") * 1024
+    if ORT_CHECKS:
+        ORT_CHECKS[-1] = 0.0
     start = time.perf_counter()
     try:
         fn(src, dst)
     except Exception as exc:  # noqa: BLE001 - a tool failure is the finding, reported
         return {"error": f"crash: {type(exc).__name__}: {str(exc).strip()[:160]}"}
     elapsed = time.perf_counter() - start
-    return {"time_s": elapsed, "base_rss_mb": base / 1e6, "peak_rss_mb": _rss_kb("VmHWM") * 1024 / 1e6}
+    out = {"time_s": elapsed, "base_rss_mb": base / 1e6, "peak_rss_mb": _rss_kb("VmHWM") * 1024 / 1e6}
+    if ORT_CHECKS:
+        out["ort_checks_s"] = ORT_CHECKS[-1]
+    return out
 
 
 def serve(tool: str) -> None:
@@ -273,9 +304,12 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [r for r in runs if "error" in r]
     if failed:
         return {"error": failed[0]["error"]}
-    return {"times_s": [r["time_s"] for r in runs], "median_s": statistics.median(r["time_s"] for r in runs),
-            "base_rss_mb": min(r["base_rss_mb"] for r in runs),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+    out = {"times_s": [r["time_s"] for r in runs], "median_s": statistics.median(r["time_s"] for r in runs),
+           "base_rss_mb": min(r["base_rss_mb"] for r in runs),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+    if all("ort_checks_s" in r for r in runs):
+        out["ort_checks_s"] = statistics.median(r["ort_checks_s"] for r in runs)
+    return out
 
 
 def bench_model(name: str, src: str, tools: list[str], out_dir: str, rounds: int,
@@ -404,9 +438,9 @@ def print_run(run: dict[str, Any], detail: bool = False) -> None:
         print(goals.format_cli_table(run["cli"]))
         print()
     print(goals.format_goals(goals.tool_goals(rows) + goals.cli_goals(run.get("cli"))))
-    note = goals.unproven_note(rows)
-    if note:
-        print(f"\n{note}")
+    for note in (goals.unproven_note(rows), goals.ort_floor_note(rows)):
+        if note:
+            print(f"\n{note}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,41 @@ def unproven_note(rows: list[dict[str, Any]]) -> str | None:
             f"slower (geometric mean over {len(share)} models)")
 
 
+def ort_floor_note(rows: list[dict[str, Any]]) -> str | None:
+    """One line on the floor the ORT checks set: the seconds bnfold's fold spends in its ORT
+    child (``ort_checks_s``: the proofs' sessions and runs, constant cross-checks) over the
+    other tools' whole fold. No fold that runs those checks can be faster than them, so
+    where they alone are above a limit, the goal cannot be met while every fold is proven on
+    ONNX Runtime. None when no row carries the measurement."""
+    def floor(other: str, keep: Any = lambda m: True) -> dict[str, float]:
+        out = {}
+        for row in rows:
+            res, theirs = row["tools"].get(FOLD) or {}, median_of(row["tools"].get(other))
+            if "error" not in res and res.get("ort_checks_s") and theirs and keep(row["model"]):
+                out[row["model"]] = float(res["ort_checks_s"]) / theirs
+        return out
+
+    vs_script = floor("onnxscript")
+    if not vs_script:
+        return None
+    share = {row["model"]: row["tools"][FOLD]["ort_checks_s"] / median_of(row["tools"][FOLD])
+             for row in rows if row["model"] in vs_script and median_of(row["tools"][FOLD])}
+    mean = geomean(list(vs_script.values()))
+    over = sorted((m for m, r in vs_script.items() if r > MAX_LIMIT), key=vs_script.get)
+    worst = max(vs_script.items(), key=lambda kv: kv[1])
+    text = (f"floor of the ORT checks (bnfold's calls to its ORT child alone, "
+            f"{geomean(list(share.values())):.0%} of its fold time, geometric mean): over "
+            f"onnxscript's whole fold {mean:.2f} geometric mean "
+            f"({'above' if mean > GEOMEAN_LIMIT else 'within'} the {GEOMEAN_LIMIT} goal), "
+            f"above {MAX_LIMIT} on {len(over)} of {len(vs_script)} models (worst {worst[1]:.2f}, "
+            f"{worst[0]})")
+    vs_ort = floor("ort_basic", is_resnet50)
+    if vs_ort:
+        text += "; over ort_basic on ResNet-50: " + ", ".join(f"{m} {r:.2f}"
+                                                               for m, r in vs_ort.items())
+    return text
+
+
 def cli_goals(cli: dict[str, Any] | None) -> list[Goal]:
     """The CLI wall-time and peak-RSS goals from ``cli_runs.compare_cli`` results."""
     if not cli or "commands" not in cli:

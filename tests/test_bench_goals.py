@@ -97,3 +97,17 @@ def test_the_unproven_fold_is_a_note_not_a_goal() -> None:
     assert "3.46x slower" in note  # sqrt(4 * 3)
     assert all("unproven" not in g.name for g in goals.tool_goals(rows))
     assert goals.unproven_note([_row("a", {"bnfold": 1.0, "onnxscript": 2.0})]) is None
+
+
+def test_the_ort_floor_is_the_checks_alone_over_the_other_tools() -> None:
+    rows = [_row("a", {"bnfold": 4.0, "onnxscript": 2.0}, bnfold={"ort_checks_s": 1.0}),
+            _row("b", {"bnfold": 8.0, "onnxscript": 1.0}, bnfold={"ort_checks_s": 2.0}),
+            _row("resnet50", {"bnfold": 3.0, "onnxscript": 3.0, "ort_basic": 1.0},
+                 bnfold={"ort_checks_s": 1.5})]
+    note = goals.ort_floor_note(rows)
+    assert note is not None
+    assert "31% of its fold time" in note  # (1/4 * 2/8 * 1.5/3) ** (1/3) = 0.315
+    assert "0.79 geometric mean (within the 0.8 goal)" in note  # (0.5 * 2 * 0.5) ** (1/3) = 0.79
+    assert "above 1.2 on 1 of 3 models (worst 2.00, b)" in note
+    assert "over ort_basic on ResNet-50: resnet50 1.50" in note
+    assert goals.ort_floor_note([_row("a", {"bnfold": 1.0, "onnxscript": 2.0})]) is None

@@ -716,3 +716,23 @@ def test_a_graph_is_indexed_once_per_pass_and_not_again_after_the_last(monkeypat
     monkeypatch.setattr(folding._Context, "index", counting)
     result = bnfold.fold(model, prove=False)
     assert result.bn_after == 0 and len(built) == 2
+
+
+def test_a_chain_of_conv_bn_blocks_computes_each_plan_once(monkeypatch):
+    """Conv -> BN -> Relu -> Conv -> BN ...: the second BN's conv reads the first block's Relu,
+    which the first fold of a pass touched; it is put off to the next pass before its plan
+    (float64 weights) is made, not after, so every BN is matched exactly once."""
+    import bnfold.folding as fold_module
+
+    calls = []
+    real = fold_module.match_bn
+    monkeypatch.setattr(fold_module, "match_bn", lambda g, node, notes: (
+        calls.append(node.output[0]), real(g, node, notes))[1])
+    b = Builder(seed=3)
+    y = b.input("x", ["N", 3, 6, 6])
+    for i in range(6):
+        y = b.node("Relu", [b.bn(b.conv(y, 3, 3), 3)])
+    b.output(y)
+    result = folded_ok(b.model())
+    assert all(r.folded for r in result.records) and len(result.records) == 6
+    assert sorted(calls) == sorted(r.bn_output for r in result.records)
