@@ -490,13 +490,19 @@ def test_errors_measured_together_equal_the_pair_by_pair_numbers():
              (np.zeros((2, 2), np.float32), np.zeros((2, 3), np.float32)),
              pair((3, 4), np.float32, True), pair((), np.float32, False)]
     pairs.append((np.full((2, 2), np.nan, np.float32), np.full((2, 2), np.nan, np.float32)))
-    got = proof._errors(pairs)
-    for (ref, cand), found in zip(pairs, got):
-        if ref.shape != cand.shape:
-            assert found is None
-            continue
-        r64 = np.asarray(ref, dtype=np.float64)
-        want_d = float(abs_errors(r64, np.asarray(cand, dtype=np.float64)).max(initial=0.0))
-        want_p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
-        assert found == (want_d, want_p)
+    finite = [pairs[0], pair((2, 5), np.float16, False), pairs[3], pair((4, 1), np.float32, False)]
+
+    def check(pairs, got):  # noqa: ANN001, ANN202
+        for (ref, cand), found in zip(pairs, got):
+            if ref.shape != cand.shape:
+                assert found is None
+                continue
+            r64 = np.asarray(ref, dtype=np.float64)
+            want_d = float(abs_errors(r64, np.asarray(cand, dtype=np.float64)).max(initial=0.0))
+            want_p = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+            assert found == (want_d, want_p)
+        return got
+
+    got = check(pairs, proof._errors(pairs))
     assert got[2][0] == np.inf and got[2][1] == 1e4 and got[1] == (0.0, 0.0)
+    check(finite, proof._errors(finite))  # all finite: the plain difference, mixed dtypes

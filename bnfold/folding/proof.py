@@ -255,11 +255,18 @@ def _errors(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, flo
     sized = [r.shape == c.shape and r.size > 0 for r, c in pairs]
     live = [pc for pc, ok in zip(pairs, sized) if ok]
     if live:
-        ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r, _ in live])
-        cand = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for _, c in live])
-        diff = abs_errors(ref, cand)
-        size = np.abs(ref)
-        size[~np.isfinite(ref)] = 0.0
+        # joined in their own dtypes (a common one where they differ: float16 and float32
+        # values are exact in it), widened once
+        ref = np.concatenate([r.ravel() for r, _ in live]).astype(np.float64)
+        cand = np.concatenate([c.ravel() for _, c in live]).astype(np.float64)
+        diff = np.abs(np.subtract(cand, ref, out=cand), out=cand)
+        if np.isfinite(diff).all():  # both finite everywhere: the plain difference is it
+            size = np.abs(ref, out=ref)
+        else:  # NaN/inf somewhere: agreement on them counts as zero (``abs_errors``)
+            cand = np.concatenate([c.ravel() for _, c in live]).astype(np.float64)
+            diff = abs_errors(ref, cand)
+            size = np.abs(ref)
+            size[~np.isfinite(ref)] = 0.0
         starts = np.cumsum([0] + [r.size for r, _ in live[:-1]])
         found = iter(zip(np.maximum.reduceat(diff, starts).tolist(),
                          np.maximum.reduceat(size, starts).tolist()))
