@@ -179,17 +179,32 @@ def test_proof_model_keeps_the_model_opsets_and_parameter_nodes(monkeypatch):
                                    if n.op_type == "Conv")  # both sides read the same draws
 
 
+def record_submits(monkeypatch) -> list[tuple]:  # noqa: ANN001
+    """Every command the proofs send their ORT child (``OrtProcess.submit``'s message)."""
+    sent: list[tuple] = []
+    real_submit = OrtProcess.submit
+
+    def recording(self, label, *msg):  # noqa: ANN001, ANN002, ANN202
+        sent.append(msg)
+        return real_submit(self, label, *msg)
+
+    monkeypatch.setattr(OrtProcess, "submit", recording)
+    return sent
+
+
 def record_loads(monkeypatch) -> list[tuple[str, int]]:  # noqa: ANN001
-    """(session key, model bytes or -1 for a path) of every session the proofs' ORT child loads."""
-    loads: list[tuple[str, int]] = []
-    real_load = OrtProcess.load
+    """(session key, model bytes or -1 for a path) of every session the proofs' ORT child
+    loads; a batch (load, runs and drop in one command) is "proof-pair"."""
+    sent = record_submits(monkeypatch)
 
-    def recording(self, key, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        loads.append((key, len(source) if isinstance(source, bytes) else -1))
-        return real_load(self, key, source, *args, **kwargs)
+    class Loads(list):
+        def __iter__(self):  # noqa: ANN204
+            for msg in sent:
+                if msg[0] in ("load", "once"):
+                    key, source = ("proof-pair", msg[1]) if msg[0] == "once" else msg[1:3]
+                    yield key, len(source) if isinstance(source, bytes) else -1
 
-    monkeypatch.setattr(OrtProcess, "load", recording)
-    return loads
+    return Loads()
 
 
 def test_fifty_bn_model_is_proved_with_one_session(monkeypatch):
@@ -331,15 +346,11 @@ def test_forward_fold_proof_runs_on_a_capped_spatial_size(monkeypatch):
     x = b.input("x", ["N", 8, 224, 224])
     b.output(b.conv(b.bn(b.node("Relu", [x]), 8), 8, 8, k=3, pads=0))
     model = b.model()
-    shapes = []
-    real_run = OrtProcess.run
-
-    def recording(self, key, feed, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        shapes.extend(v.shape for k, v in feed.items() if k.startswith("r0_"))
-        return real_run(self, key, feed, *args, **kwargs)
-
-    monkeypatch.setattr(OrtProcess, "run", recording)
+    sent = record_submits(monkeypatch)
     result = bnfold.fold(model)
+    feeds = [f for msg in sent if msg[0] == "once" for f in msg[5]]
+    feeds += [msg[2] for msg in sent if msg[0] == "run"]
+    shapes = [v.shape for feed in feeds for k, v in feed.items() if k.startswith("r0_")]
     assert result.records[0].folded and result.records[0].direction == "forward"
     assert shapes and all(s[2] <= 8 and s[3] <= 8 for s in shapes if len(s) == 4), shapes
 
@@ -370,22 +381,14 @@ def test_one_wrong_fold_in_a_combined_proof_is_localized_and_undone_alone(monkey
 
 
 def test_batched_proof_hands_weights_over_in_a_shared_file(monkeypatch):
-    from bnfold.verification.shared import SharedArrays
-
-    handed = []
-    real_load = OrtProcess.load
-
-    def recording(self, key, source, label, chain, opt_level, fixed=None):  # noqa: ANN001, ANN202
-        handed.append(fixed)
-        return real_load(self, key, source, label, chain, opt_level, fixed)
-
-    monkeypatch.setattr(OrtProcess, "load", recording)
+    sent = record_submits(monkeypatch)
     b = Builder()
     y = b.input("x", ["N", 128, 4, 4])
     b.output(b.bn(b.conv(y, 128, 128, k=2, pads=0), 128))
     result = bnfold.fold(b.model())
+    handed = [msg[4] for msg in sent if msg[0] == "once"]
     assert result.records[0].proof_engine == "onnxruntime" and len(handed) == 1
-    assert all(isinstance(f, SharedArrays) and len(f) >= 1 for f in handed)
+    assert all(f[0] == "shared" and len(f[2]) >= 1 for f in handed)  # a file the child maps
 
 
 def test_proof_batches_are_capped_in_regions(monkeypatch):
@@ -410,14 +413,13 @@ def test_proof_batches_map_at_most_sixteen_megabytes_of_weights_in_the_child(mon
     from bnfold.verification.shared import SharedArrays
 
     handed: list[int] = []
-    real_load = OrtProcess.load
+    real_spec = SharedArrays.spec
 
-    def recording(self, key, source, label, chain, opt_level, fixed=None):  # noqa: ANN001, ANN202
-        if isinstance(fixed, SharedArrays):
-            handed.append(fixed.nbytes)
-        return real_load(self, key, source, label, chain, opt_level, fixed)
+    def recording(self):  # noqa: ANN001, ANN202
+        handed.append(self.nbytes)
+        return real_spec(self)
 
-    monkeypatch.setattr(OrtProcess, "load", recording)
+    monkeypatch.setattr(SharedArrays, "spec", recording)
     b = Builder()
     y = b.input("x", ["N", 256, 2, 2])
     for _ in range(4):
@@ -428,18 +430,19 @@ def test_proof_batches_map_at_most_sixteen_megabytes_of_weights_in_the_child(mon
     assert len(handed) == 2 and max(handed) <= 16 << 20 < sum(handed)
 
 
-def test_freed_memory_is_given_back_before_each_proof_batch(monkeypatch):
+def test_freed_memory_is_given_back_before_the_proofs_and_after_each_batch(monkeypatch):
     """The parent holds the folded model while the child maps a batch: the fold's freed
-    temporaries, then each batch's feeds and outputs, go back to the system first."""
+    temporaries go back to the system before the first batch, each batch's feeds and outputs
+    once it is judged (the next batch is in the child by then)."""
     events: list[str] = []
     monkeypatch.setattr(proof, "trim_heap", lambda: events.append("trim"))
-    real_load = OrtProcess.load
+    real_submit = OrtProcess.submit
 
-    def recording(self, key, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        events.append(key)
-        return real_load(self, key, *args, **kwargs)
+    def recording(self, label, *msg):  # noqa: ANN001, ANN002, ANN202
+        events.append("proof-pair" if msg[0] == "once" else msg[0])
+        return real_submit(self, label, *msg)
 
-    monkeypatch.setattr(OrtProcess, "load", recording)
+    monkeypatch.setattr(OrtProcess, "submit", recording)
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
     b = Builder()
     y = b.input("x", ["N", 2, 4, 4])
@@ -448,7 +451,7 @@ def test_freed_memory_is_given_back_before_each_proof_batch(monkeypatch):
     b.output(y)
     result = bnfold.fold(b.model())
     assert len(result.folded) == 3
-    assert events == ["trim", "proof-pair", "trim", "proof-pair", "trim"]
+    assert events == ["trim", "proof-pair", "proof-pair", "trim", "trim"]
 
 
 def test_fold_after_matmul_on_symbolic_tokens_is_proven():

@@ -15,9 +15,9 @@ kernel for its dtype. Folds whose proof fails are undone by the caller.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -96,10 +96,9 @@ def prove(original: onnx.ModelProto, folded: onnx.ModelProto, records: list[Fold
     # they went into the proto), then each batch's feeds and outputs. glibc keeps them in the
     # heap otherwise. ResNet-50, peak of bnfold + child: 296 -> 256 MB without verification
     trim_heap()
-    for chunk in _chunks(ready):
-        for g, proof in zip(chunk, _run_chunk(chunk, original, proc)):
+    for chunk, found in _run_chunks(_chunks(ready), original, proc):
+        for g, proof in zip(chunk, found):
             proofs.update({k: proof for k in g.keys})
-        trim_heap()
     return proofs
 
 
@@ -192,32 +191,133 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
     return [c for c in chunks if c]
 
 
-def _run_chunk(chunk: list[_Group], model: onnx.ModelProto, proc: Any) -> list[Proof]:
-    """Run the chunk as one model holding every original region and its folded replacement
-    side by side (``_pair``); per region where the batch fails."""
+@dataclass
+class _Batch:
+    """One chunk's proof model, its fed weights and draws; the child's outputs once collected
+    (None when the batch could not be built or run: its regions then run alone)."""
+
+    chunk: list[_Group]
+    weights: SharedArrays | None = None
+    pair: onnx.ModelProto | None = None
+    feeds: list[dict] = field(default_factory=list)
+    outs: list[dict] | None = None
+    sent: bool = False
+
+
+def _run_chunks(chunks: list[list[_Group]], model: onnx.ModelProto,
+                proc: Any) -> Iterator[tuple[list[_Group], list[Proof]]]:
+    """Each chunk with its proofs, in order. The child runs one chunk's batch while this
+    process builds the next one's and judges the one before (the two overlap on two cores:
+    ResNet-50 has 12 chunks); a region that needs the child again (a failed batch or verdict,
+    a float16 truth) waits until nothing is in flight."""
+    before: _Batch | None = None
+    batch: _Batch | None = None
     try:
-        with SharedArrays() as weights:
-            pair = _pair(chunk, model, weights)
-            feeds = [_feeds(pair, seed, skip=weights) for seed in SEEDS]
-            outs = _run_pair(proc, pair, feeds, weights)
-        truths = None
-        if any(d in _LOW for g in chunk for _, d in g.original.outputs):
-            truths = _float32_truth(proc, _model([g.original for g in chunk], model), feeds, {})
+        for chunk in [*chunks, None]:
+            batch = _build(chunk, model) if chunk is not None else None
+            if before is not None:
+                _collect(before, proc)
+            if batch is not None:
+                _submit(batch, proc)
+            if before is not None:
+                found = _judge_batch(before)
+                if any(p is None for p in found) or _needs_truth(before.chunk):
+                    if batch is not None:
+                        _collect(batch, proc)  # the child is idle for the calls that follow
+                    found = _settle(before, found, model, proc)
+                yield before.chunk, [p for p in found if p is not None]
+                trim_heap()
+            before = batch
+    finally:  # left early (an error, an interrupt): nothing stays in flight or on disk
+        for left in (before, batch):
+            if left is not None:
+                _collect(left, proc)
+                if left.weights is not None:
+                    left.weights.close()
+
+
+def _build(chunk: list[_Group], model: onnx.ModelProto) -> _Batch:
+    """The chunk as one model holding every original region and its folded replacement side
+    by side (``_pair``), with its weights file and seeded draws."""
+    batch = _Batch(chunk, SharedArrays())
+    try:
+        batch.pair = _pair(chunk, model, batch.weights)
+        batch.feeds = [_feeds(batch.pair, seed, skip=batch.weights) for seed in SEEDS]
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
-        return [_run_alone(g, model, proc) for g in chunk]
-    proofs = []
-    every = [[(out[f"o{i}_{o}"], out[f"f{i}_{o}"]) for out in outs
-              for o, _ in g.original.outputs] for i, g in enumerate(chunk)]
+        batch.weights.close()
+        batch.pair, batch.weights = None, None
+    return batch
+
+
+def _submit(batch: _Batch, proc: Any) -> None:
+    """Hand the batch to the child (ORT, CPU, no graph optimizations) without waiting."""
+    if batch.pair is None:
+        return
+    try:
+        proc.submit("a fold's proof region", "once", batch.pair.SerializeToString(),
+                    ["CPUExecutionProvider"], "disabled", batch.weights.spec(), batch.feeds,
+                    [o.name for o in batch.pair.graph.output])
+        batch.sent = True
+    except Exception:  # noqa: BLE001 - a child that died: the regions run alone
+        batch.weights.close()
+
+
+def _collect(batch: _Batch, proc: Any) -> None:
+    """The child's outputs of a submitted batch (once; None when it failed)."""
+    if not batch.sent:
+        return
+    batch.sent = False
+    try:
+        batch.outs = proc.collect("a fold's proof region")
+    except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
+        batch.outs = None
+    finally:
+        batch.weights.close()
+
+
+def _pairs(batch: _Batch) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per region of the batch: (original, folded) outputs for each draw."""
+    return [[(out[f"o{i}_{o}"], out[f"f{i}_{o}"]) for out in batch.outs or []
+             for o, _ in g.original.outputs] for i, g in enumerate(batch.chunk)]
+
+
+def _judge_batch(batch: _Batch) -> list[Proof | None]:
+    """Each region's verdict from the batch's outputs, None where the child is needed again
+    (no outputs, or a region that failed: it runs alone)."""
+    if batch.outs is None:
+        return [None] * len(batch.chunk)
+    every = _pairs(batch)
     stats = iter(_errors([p for pairs in every for p in pairs]))
-    for i, (g, pairs) in enumerate(zip(chunk, every)):
+    found: list[Proof | None] = []
+    for pairs in every:
         proof = _judge(pairs, "onnxruntime", [next(stats) for _ in pairs])
-        if not proof.passed:
+        found.append(proof if proof.passed else None)
+    return found
+
+
+def _needs_truth(chunk: list[_Group]) -> bool:
+    return any(d in _LOW for g in chunk for _, d in g.original.outputs)
+
+
+def _settle(batch: _Batch, found: list[Proof | None], model: onnx.ModelProto,
+            proc: Any) -> list[Proof]:
+    """The verdicts that need the child: regions run alone, and float16/bfloat16 regions
+    judged against the float32 truth of the batch's draws."""
+    truths = None
+    if batch.outs is not None and _needs_truth(batch.chunk):
+        truths = _float32_truth(proc, _model([g.original for g in batch.chunk], model),
+                                batch.feeds, {})
+    out = []
+    for i, (g, proof, pairs) in enumerate(zip(batch.chunk, found, _pairs(batch)
+                                              if batch.outs is not None
+                                              else [[]] * len(batch.chunk))):
+        if proof is None:
             proof = _run_alone(g, model, proc)
         elif truths is not None:
             names = [f"r{i}_{o}" for o, _ in g.original.outputs]
             proof = _precision(proof, pairs, [t[n] for t in truths for n in names])
-        proofs.append(proof)
-    return proofs
+        out.append(proof)
+    return out
 
 
 def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
@@ -259,7 +359,8 @@ def _errors(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, flo
         # values are exact in it), widened once
         ref = np.concatenate([r.ravel() for r, _ in live]).astype(np.float64)
         cand = np.concatenate([c.ravel() for _, c in live]).astype(np.float64)
-        diff = np.abs(np.subtract(cand, ref, out=cand), out=cand)
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, judged by abs_errors below
+            diff = np.abs(np.subtract(cand, ref, out=cand), out=cand)
         if np.isfinite(diff).all():  # both finite everywhere: the plain difference is it
             size = np.abs(ref, out=ref)
         else:  # NaN/inf somewhere: agreement on them counts as zero (``abs_errors``)
@@ -448,10 +549,10 @@ def _add(graph: onnx.GraphProto, regions: list[Region], tag: str,
 
 
 def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
-    for field in (node.input, node.output):
-        for j, n in enumerate(field):
+    for names in (node.input, node.output):
+        for j, n in enumerate(names):
             if n in rename:
-                field[j] = rename[n]
+                names[j] = rename[n]
     for _, sub in subgraphs(node):
         for inner in sub.node:
             _rename(inner, rename)
@@ -483,12 +584,6 @@ def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feed
     ``weights`` are each model's initializers given as inputs (see ``_model``)."""
     originals = _run_keyed(proc, "proof-original", o_model, feeds, weights[0])
     return list(zip(originals, _run_keyed(proc, "proof-folded", f_model, feeds, weights[1])))
-
-
-def _run_pair(proc: Any, pair: onnx.ModelProto, feeds: list[dict],
-              weights: SharedArrays) -> list[dict]:
-    """The ``_pair`` model's outputs for each feed; ``weights`` its initializers as inputs."""
-    return _run_keyed(proc, "proof-pair", pair, feeds, weights)
 
 
 def _run_keyed(proc: Any, key: str, model: onnx.ModelProto, feeds: list[dict],

@@ -78,6 +78,7 @@ class OrtProcess:
         self._loaded: dict[str, tuple[str | bytes, list[str], str, str]] = {}
         self._live: set[str] = set()
         self._scratch: str | None = None
+        self._in_flight = False
 
     def __enter__(self) -> OrtProcess:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
@@ -108,17 +109,36 @@ class OrtProcess:
         return self._proc
 
     def _call(self, label: str, *msg: Any) -> Any:
+        self.submit(label, *msg)
+        return self.collect(label)
+
+    def submit(self, label: str, *msg: Any) -> None:
+        """Send one command and return at once; ``collect`` reads its reply. Nothing else may
+        be sent before that (one command in flight: the child answers in order)."""
+        if self._in_flight:
+            raise RuntimeError("an ORT child command is still in flight")
         proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         try:
             pickle.dump(msg, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._crashed(proc, label) from None
+        self._in_flight = True
+
+    def collect(self, label: str) -> Any:
+        """The reply to the command ``submit`` sent (waiting for it); errors raised as ``_call``
+        raises them."""
+        proc = self._proc
+        if not self._in_flight or proc is None:
+            raise RuntimeError("no ORT child command in flight")
+        assert proc.stdout is not None
+        try:
             reply = pickle.load(proc.stdout)
-        except (EOFError, BrokenPipeError, ConnectionResetError, pickle.UnpicklingError):
-            said = self._reap()
-            how = _how(proc.returncode)
-            raise Crashed(label, how if proc.returncode is None or proc.returncode < 0 or not said
-                          else f"{how}: {said}") from None
+        except (EOFError, ConnectionResetError, pickle.UnpicklingError):
+            raise self._crashed(proc, label) from None
+        finally:
+            self._in_flight = False
         if reply[0] == "error":
             _, kind, text = reply
             if kind == "no_kernel":
@@ -126,10 +146,17 @@ class OrtProcess:
             raise RuntimeError(text)
         return reply[1]
 
+    def _crashed(self, proc: subprocess.Popen[bytes], label: str) -> Crashed:
+        said = self._reap()
+        how = _how(proc.returncode)
+        return Crashed(label, how if proc.returncode is None or proc.returncode < 0 or not said
+                       else f"{how}: {said}")
+
     def _reap(self) -> str:
         """Forget a dead (or dying) child; the next call starts a fresh one. Returns the last
         line the child wrote to stderr (why it exited, when it says)."""
         proc, self._proc = self._proc, None
+        self._in_flight = False
         if proc is not None:
             for stream in (proc.stdin, proc.stdout):
                 try:

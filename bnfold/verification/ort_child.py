@@ -11,6 +11,8 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
+  ("once", model bytes, [providers], opt level, fixed as for "load", [{input: array}], [outputs])
+                                  -> ("ok", [{output: array} per feed]): load, run, drop in one
   ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
@@ -134,6 +136,15 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 reply = ("ok", sessions[key].get_providers())
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
+            elif msg[0] == "once":  # one round trip: the parent can work while it runs
+                _, source, providers, opt_level, fixed, feeds, outputs = msg
+                session = _load(source, providers, opt_level)
+                given = map_shared(fixed) if isinstance(fixed, tuple) else fixed
+                try:
+                    reply = ("ok", [_run(session, {**given, **f}, outputs) for f in feeds])
+                finally:
+                    del session, given
+                    trim_heap()
             elif msg[0] == "drop":
                 if sessions.pop(msg[1], None) is not None:
                     fixed_feeds.pop(msg[1], None)
