@@ -118,7 +118,8 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     ``in_place`` ``src`` itself, replaced atomically) and verify it when ``verify`` is given.
 
     Refuses (BnfoldError, nothing written) before any work: ``in_place`` with ``out``, an output
-    on a file the input reads, an unavailable provider, an input no size runs. The output has
+    on a file the input reads, an unavailable provider, an input no size runs; a model ORT
+    cannot load is refused before anything is written (its load runs beside the fold). The output has
     external data when ``external_data`` says so, else when the input has, or when over 2 GiB.
     A model without BN is written only when ``out`` is named (``result.output`` is None
     otherwise). A failed verification keeps the written file (the report says it failed),
@@ -143,19 +144,26 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     dest = src if in_place else Path(out) if out is not None else default_output(src)
     inputs = check_output_paths(src, dest, in_place=in_place, overwrite=overwrite,
                                 external_data=external_data)
-    size = original = proc = None
+    original = proc = None
+    probed: Callable[[], Any] = lambda: None  # noqa: E731
     if verify is not None:
-        from bnfold.verification.api import LoadedModel, probe_size
+        from bnfold.verification.api import LoadedModel, start_probe
         from bnfold.verification.shared_child import shared_process
 
         proc = shared_process().start()  # imports ORT while the input is read
         original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
-        # the sizes the original runs are found before any work (a model no size fits is refused)
-        size = probe_size(original, proc, **verify.probe_options())
+        # the sizes the original runs (a model no size fits is refused before anything is
+        # written); where there is nothing to size ORT loads it while the fold goes on
+        probed = start_probe(original, proc, **verify.probe_options())
     tell(f"loading and folding {src}")
     with _scratch(dest, keep_model) as scratch:
-        folded = fold(src, check=check, lazy_external=True, progress=progress, reparam=reparam,
-                      spill=scratch)
+        try:
+            folded = fold(src, check=check, lazy_external=True, progress=progress,
+                          reparam=reparam, spill=scratch)
+        except Exception:
+            probed()  # the original's own refusal first, as when the probe ran before the fold
+            raise
+        size = probed()
         result = FoldFileResult(src, dest, folded)
         for note in folded.warnings:
             tell(f"warning: {note}")

@@ -66,6 +66,27 @@ def test_after_a_crash_the_child_restarts_and_reloads_its_sessions() -> None:
         assert proc._start().pid != first
 
 
+def test_a_sent_command_is_answered_later_or_before_the_next_one() -> None:
+    """``send`` returns at once; its reply is read by ``get`` or before the next command (kept,
+    errors too). ``once`` loads, runs every feed and drops the session in one command."""
+    with engines.OrtProcess() as proc:
+        reply = proc.send("a", "once", _relu().SerializeToString(), CPU, "disabled", None,
+                          [X, {"x": -X["x"]}], ["y"])
+        assert proc._in_flight
+        proc.load("b", _relu().SerializeToString(), "b", CPU, "disabled")  # reads it first
+        enabled, outs = reply.get()
+        assert "CPUExecutionProvider" in enabled
+        assert [o["y"].tolist() for o in outs] == [[[0, 0.5, 2]], [[1, 0, 0]]]
+        bad = proc.send("bad", "once", b"garbage", CPU, "disabled", None, [], [])
+        assert proc.run("b", X)["y"].tolist() == [[0, 0.5, 2]]
+        with pytest.raises(RuntimeError):
+            bad.get()
+        proc.submit("c", "info")
+        with pytest.raises(RuntimeError, match="in flight"):
+            proc.submit("c", "info")
+        assert proc.collect("c")[0]
+
+
 def test_missing_kernel_is_no_kernel_not_an_input_error() -> None:
     with engines.OrtProcess() as proc, pytest.raises(engines.NoKernel, match="NOT_IMPLEMENTED"):
         proc.load("c", _conv(T.DOUBLE).SerializeToString(), "c", CPU, "disabled")

@@ -268,7 +268,7 @@ def _collect(batch: _Batch, proc: Any) -> None:
         return
     batch.sent = False
     try:
-        batch.outs = proc.collect("a fold's proof region")
+        batch.outs = proc.collect("a fold's proof region")[1]
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         batch.outs = None
     finally:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import onnx
 
-from bnfold.errors import InputError
+from bnfold.errors import BnfoldError, InputError
 from bnfold.inputs import ShapeRequest, check_signatures, graph_inputs
 from bnfold.verification import cases, engines, explain, feeds, runner
 from bnfold.verification.localize import localize, not_a_fold
@@ -185,6 +185,45 @@ def probe_size(original: ModelArg | LoadedModel, proc: engines.OrtProcess, *,
                            provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
     finally:  # also when no size runs: a caller's long-lived child keeps no session of it
         proc.drop("probe")
+
+
+def start_probe(original: LoadedModel, proc: engines.OrtProcess, *, shapes: Shapes = None,
+                dims: Dims = None, providers: Sequence[str] = ("cpu",),
+                opt_level: str = "disabled", seed: int = 0,
+                data: Any = None) -> Callable[[], SizeChoice | None]:
+    """``probe_size`` begun, its result when the returned function is called. A model file
+    whose inputs leave no dim to size (most) is only loaded: that goes to ``proc`` and this
+    returns at once, so the caller folds while ORT loads (and drops) the original; the result
+    is then None, or the InputError ``probe_size`` raises for a model ORT cannot load. Other
+    models are probed here, as ``probe_size`` does."""
+    options = {"shapes": shapes, "dims": dims, "providers": providers, "opt_level": opt_level,
+               "seed": seed, "data": data}
+    request = ShapeRequest.of(shapes, dims)
+    if (data is not None or not isinstance(original.source, str)
+            or request.sized_inputs(graph_inputs(original.proto))):
+        size = probe_size(original, proc, **options)
+        return lambda: size
+    label = f"the original model {original.label}"
+    chain = runner.provider_chain(providers[0])
+    reply = proc.send(label, "once", original.source, chain, opt_level, None, [], [])
+
+    def result() -> SizeChoice | None:
+        try:
+            enabled, _ = reply.get()
+        except engines.NoKernel:  # sizes tried on onnx.reference, as probe_size does
+            return probe_size(original, proc, **options)
+        except engines.Crashed as exc:
+            raise InputError(f"{exc}; the original model itself cannot run on onnxruntime here, "
+                             "so nothing can be verified (fold with --no-verify to skip "
+                             "verification)") from None
+        except RuntimeError as exc:
+            raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
+        if chain[0] not in enabled:
+            raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; check the "
+                              "GPU driver/CUDA install or use --provider cpu")
+        return None
+
+    return result
 
 
 def _environment(proc: engines.OrtProcess, providers: Sequence[str], opt_level: str,

@@ -65,6 +65,36 @@ def _shapes(feed: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feed.items())
 
 
+class Reply:
+    """The reply to an ``OrtProcess.send``: read when asked (``get``) or when the process sends
+    its next command, whichever comes first."""
+
+    def __init__(self, proc: OrtProcess, label: str) -> None:
+        self._proc, self._label = proc, label
+        self._done = False
+        self._value: Any = None
+        self._error: Exception | None = None
+
+    def settle(self) -> None:
+        """Read the reply now (an error is kept for ``get``)."""
+        if self._done:
+            return
+        self._done = True
+        if self._proc._deferred is self:
+            self._proc._deferred = None
+        try:
+            self._value = self._proc.collect(self._label)
+        except Exception as exc:  # noqa: BLE001 - raised by get(), where the caller asks
+            self._error = exc
+
+    def get(self) -> Any:
+        """The reply's value; the error ``OrtProcess.collect`` raised for it, raised here."""
+        self.settle()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class OrtProcess:
     """One ORT child process holding sessions by key; restarted (sessions reloaded) after a crash.
 
@@ -79,6 +109,7 @@ class OrtProcess:
         self._live: set[str] = set()
         self._scratch: str | None = None
         self._in_flight = False
+        self._deferred: Reply | None = None
 
     def __enter__(self) -> OrtProcess:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
@@ -112,9 +143,19 @@ class OrtProcess:
         self.submit(label, *msg)
         return self.collect(label)
 
+    def send(self, label: str, *msg: Any) -> Reply:
+        """Send one command and return at once; its reply is read by ``Reply.get``, or before
+        the next command is sent (then kept for ``get``): the caller need not wait for it."""
+        self.submit(label, *msg)
+        self._deferred = Reply(self, label)
+        return self._deferred
+
     def submit(self, label: str, *msg: Any) -> None:
         """Send one command and return at once; ``collect`` reads its reply. Nothing else may
-        be sent before that (one command in flight: the child answers in order)."""
+        be sent before that (one command in flight: the child answers in order), except that a
+        ``send``'s reply is read here first."""
+        if self._deferred is not None:
+            self._deferred.settle()
         if self._in_flight:
             raise RuntimeError("an ORT child command is still in flight")
         proc = self._start()

@@ -11,8 +11,8 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
-  ("once", model bytes, [providers], opt level, fixed as for "load", [{input: array}], [outputs])
-                                  -> ("ok", [{output: array} per feed]): load, run, drop in one
+  ("once", model path or bytes, [providers], opt level, fixed as for "load", [{input: array}],
+   [outputs])  -> ("ok", (enabled providers, [{output: array} per feed])): load, run, drop
   ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
@@ -139,9 +139,10 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "once":  # one round trip: the parent can work while it runs
                 _, source, providers, opt_level, fixed, feeds, outputs = msg
                 session = _load(source, providers, opt_level)
-                given = map_shared(fixed) if isinstance(fixed, tuple) else fixed
+                given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
                 try:
-                    reply = ("ok", [_run(session, {**given, **f}, outputs) for f in feeds])
+                    reply = ("ok", (session.get_providers(),
+                                    [_run(session, {**given, **f}, outputs) for f in feeds]))
                 finally:
                     del session, given
                     trim_heap()
