@@ -138,3 +138,35 @@ def test_the_file_is_read_through_a_window_not_mapped(tmp_path: Path, monkeypatc
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(data[: len(data) - 100])
     assert structure_bytes(cut) is None
+
+
+def test_read_raw_reads_weights_left_in_the_file_and_follows_a_replaced_file(
+        tmp_path: Path) -> None:
+    """``read_raw`` gives a left-in-file weight the bytes onnx's loader reads (one descriptor
+    kept open per model file); after the file at the path is replaced, the new file's bytes.
+    Other tensors (a separate data file, a path with a folder) are not its: None."""
+    from bnfold.graph.values import tensor_value
+    from bnfold.io.weights_in_file import parse_structure, read_raw
+
+    path = _save(_model(), tmp_path / "m.onnx")
+    lazy = parse_structure(path)
+    left = [t for t in lazy.graph.initializer if edh.uses_external_data(t)]
+    for t in left:
+        assert read_raw(t, tmp_path) == edh._read_external_data_bytes(t, str(tmp_path))
+        assert np.array_equal(tensor_value(t, str(tmp_path)), numpy_helper.to_array(t, str(tmp_path)))
+    assert read_raw(left[0], None) is None
+    other = onnx.TensorProto()
+    other.CopyFrom(left[0])
+    for entry in other.external_data:
+        if entry.key == "location":
+            entry.value = "sub/m.onnx"
+    assert read_raw(other, tmp_path) is None
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:  # the same structure, other weights
+        t.raw_data = (numpy_helper.to_array(t) + 1).astype(np.float32).tobytes()
+    (tmp_path / "new.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "new.onnx").replace(path)
+    fresh = parse_structure(path)
+    t = next(t for t in fresh.graph.initializer if edh.uses_external_data(t))
+    want = numpy_helper.to_array(next(x for x in model.graph.initializer if x.name == t.name))
+    assert np.array_equal(tensor_value(t, str(tmp_path)), want)

@@ -15,7 +15,7 @@ import onnx
 from onnx import external_data_helper as edh
 from onnx import helper
 
-from bnfold.io import spill
+from bnfold.io import spill, weights_in_file
 from bnfold.io.data_file import external_length, stored_size
 from bnfold.folding.bn import label
 from bnfold.graph.index import GraphKey, ValueInfo, attr, subgraphs
@@ -346,7 +346,11 @@ def _inline(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.TensorProto:
         if base_dir is None:  # never the current directory: only the model's own folder
             raise RegionError(f"{tensor.name!r} is stored externally and the model's folder is "
                               "unknown")
-        edh.load_external_data_for_tensor(copy, base_dir)
+        raw = weights_in_file.read_raw(copy, base_dir)  # a weight left in the model file
+        if raw is None:
+            edh.load_external_data_for_tensor(copy, base_dir)
+        else:
+            copy.raw_data = raw
         copy.data_location = onnx.TensorProto.DEFAULT
         del copy.external_data[:]
     return copy

@@ -135,6 +135,48 @@ def is_model_file(path: str | os.PathLike[str]) -> bool:
     return os.path.realpath(path) in MODEL_FILES
 
 
+_OPEN: dict[str, tuple[int, tuple[int, ...]]] = {}  # model file -> (fd, its identity when opened)
+_MAX_OPEN = 4
+
+
+def read_raw(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None) -> bytes | None:
+    """The bytes of a weight ``structure_bytes`` left in its model file, read with one
+    ``pread`` on a descriptor kept open for that file (opened again when the file at the path
+    is another one); None for every other tensor (onnx's loader reads those, checking their
+    paths). A fold reads a few hundred weights: opening the file through onnx's loader for each
+    cost MobileNetV2 some 20 ms."""
+    if base_dir is None:
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if not location or os.path.basename(location) != location or "length" not in info:
+        return None
+    path = os.path.realpath(os.path.join(os.fspath(base_dir), location))
+    if path not in MODEL_FILES:
+        return None
+    offset, length = int(info.get("offset", 0)), int(info["length"])
+    data = os.pread(_descriptor(path), length, offset)
+    if len(data) != length:
+        raise ValueError(f"{tensor.name!r}: the model file ends before its {length} bytes")
+    return data
+
+
+def _descriptor(path: str) -> int:
+    st = os.stat(path)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _OPEN.pop(path, None)
+    if cached is not None and cached[1] == identity:
+        _OPEN[path] = cached  # most recently used last
+        return cached[0]
+    if cached is not None:
+        os.close(cached[0])
+    while len(_OPEN) >= _MAX_OPEN:
+        os.close(_OPEN.pop(next(iter(_OPEN)))[0])
+    fd = os.open(path, os.O_RDONLY)  # not inherited by child processes (PEP 446)
+    _OPEN[path] = (fd, identity)
+    return fd
+
+
 def structure_bytes(path: str | os.PathLike[str]) -> bytes | None:
     """The model at ``path`` serialized with its large main-graph weights left in the file,
     or None when the file is not one this reads (parse it normally then)."""
