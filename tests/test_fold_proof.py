@@ -348,9 +348,10 @@ def test_forward_fold_proof_runs_on_a_capped_spatial_size(monkeypatch):
     model = b.model()
     sent = record_submits(monkeypatch)
     result = bnfold.fold(model)
-    feeds = [f for msg in sent if msg[0] == "once" for f in msg[5]]
-    feeds += [msg[2] for msg in sent if msg[0] == "run"]
-    shapes = [v.shape for feed in feeds for k, v in feed.items() if k.startswith("r0_")]
+    drawn = [spec for msg in sent if msg[0] == "once" for spec in msg[5][2]]  # made there
+    shapes = [tuple(shape) for name, shape, _ in drawn if name.startswith("r0_")]
+    shapes += [v.shape for msg in sent if msg[0] == "run" for k, v in msg[2].items()
+               if k.startswith("r0_")]
     assert result.records[0].folded and result.records[0].direction == "forward"
     assert shapes and all(s[2] <= 8 and s[3] <= 8 for s in shapes if len(s) == 4), shapes
 

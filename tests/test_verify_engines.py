@@ -81,6 +81,14 @@ def test_a_sent_command_is_answered_later_or_before_the_next_one() -> None:
         assert proc.run("b", X)["y"].tolist() == [[0, 0.5, 2]]
         with pytest.raises(RuntimeError):
             bad.get()
+        _, measured = proc.send("d", "once", _relu().SerializeToString(), CPU, "disabled", None,
+                                ("draws", [0, 1], [("x", [2, 3], "float32")]),
+                                ("errors", [("y", "y")])).get()  # drawn and measured there
+        from bnfold.verification.ort_child import draws
+
+        for seed, [(stats, shape, same)] in zip((0, 1), measured):
+            peak = float(np.maximum(draws(seed, [("x", [2, 3], "float32")])["x"], 0).max())
+            assert stats == (0.0, peak) and shape == same == (2, 3)
         proc.submit("c", "info")
         with pytest.raises(RuntimeError, match="in flight"):
             proc.submit("c", "info")

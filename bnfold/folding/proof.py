@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from bnfold.folding.region import (Region, RegionError, Scope, cut, merged_regio
 from bnfold.folding.report import FoldRecord, Reason
 from bnfold.graph.index import GraphKey, ValueInfo, subgraphs, value_infos
 from bnfold.verification.compare import abs_errors, default_tolerance, region_precision
-from bnfold.verification.ort_child import trim_heap
+from bnfold.verification.ort_child import draws, pair_errors, trim_heap
 from bnfold.verification.shared import SharedArrays
 from bnfold.verification.shared_child import shared_process
 
@@ -193,15 +193,32 @@ def _chunks(groups: list[_Group]) -> list[list[_Group]]:
 
 @dataclass
 class _Batch:
-    """One chunk's proof model, its fed weights and draws; the child's outputs once collected
-    (None when the batch could not be built or run: its regions then run alone)."""
+    """One chunk's proof model, its fed weights and what its draws are; once collected, the
+    child's results per draw: the outputs (float16/bfloat16 regions, judged against a float32
+    truth here) or each region output's errors (``pair_errors``, measured in the child: no
+    arrays cross the pipe either way but these); None when the batch could not be built or
+    run (its regions then run alone)."""
 
     chunk: list[_Group]
     weights: SharedArrays | None = None
     pair: onnx.ModelProto | None = None
-    feeds: list[dict] = field(default_factory=list)
-    outs: list[dict] | None = None
+    specs: list[tuple[str, list[int], str]] = field(default_factory=list)
+    outs: list[Any] | None = None
     sent: bool = False
+
+    @property
+    def feeds(self) -> list[dict]:
+        """The draws the child made, made again (for the calls that need them here)."""
+        return [draws(seed, self.specs) for seed in SEEDS]
+
+    @property
+    def low(self) -> bool:
+        """Whether a region has float16/bfloat16 outputs (judged on the outputs themselves)."""
+        return _needs_truth(self.chunk)
+
+    def output_pairs(self) -> list[tuple[str, str]]:
+        return [(f"o{i}_{o}", f"f{i}_{o}") for i, g in enumerate(self.chunk)
+                for o, _ in g.original.outputs]
 
 
 def _run_chunks(chunks: list[list[_Group]], model: onnx.ModelProto,
@@ -242,7 +259,7 @@ def _build(chunk: list[_Group], model: onnx.ModelProto) -> _Batch:
     batch = _Batch(chunk, SharedArrays())
     try:
         batch.pair = _pair(chunk, model, batch.weights)
-        batch.feeds = [_feeds(batch.pair, seed, skip=batch.weights) for seed in SEEDS]
+        batch.specs = _draw_specs(batch.pair, skip=batch.weights)
     except Exception:  # noqa: BLE001 - any failure of the batch: isolate region by region
         batch.weights.close()
         batch.pair, batch.weights = None, None
@@ -254,9 +271,11 @@ def _submit(batch: _Batch, proc: Any) -> None:
     if batch.pair is None:
         return
     try:
+        outputs = ([o.name for o in batch.pair.graph.output] if batch.low
+                   else ("errors", batch.output_pairs()))
         proc.submit("a fold's proof region", "once", batch.pair.SerializeToString(),
-                    ["CPUExecutionProvider"], "disabled", batch.weights.spec(), batch.feeds,
-                    [o.name for o in batch.pair.graph.output])
+                    ["CPUExecutionProvider"], "disabled", batch.weights.spec(),
+                    ("draws", list(SEEDS), batch.specs), outputs)
         batch.sent = True
     except Exception:  # noqa: BLE001 - a child that died: the regions run alone
         batch.weights.close()
@@ -276,23 +295,43 @@ def _collect(batch: _Batch, proc: Any) -> None:
 
 
 def _pairs(batch: _Batch) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Per region of the batch: (original, folded) outputs for each draw."""
+    """Per region of the batch: (original, folded) outputs for each draw (outputs sent back)."""
     return [[(out[f"o{i}_{o}"], out[f"f{i}_{o}"]) for out in batch.outs or []
              for o, _ in g.original.outputs] for i, g in enumerate(batch.chunk)]
 
 
+class _Seen(NamedTuple):
+    """What ``_judge`` reads of an output the child measured: its dtype and shape."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
 def _judge_batch(batch: _Batch) -> list[Proof | None]:
-    """Each region's verdict from the batch's outputs, None where the child is needed again
-    (no outputs, or a region that failed: it runs alone)."""
+    """Each region's verdict from the batch's results, None where the child is needed again
+    (no results, or a region that failed: it runs alone)."""
     if batch.outs is None:
         return [None] * len(batch.chunk)
-    every = _pairs(batch)
-    stats = iter(_errors([p for pairs in every for p in pairs]))
-    found: list[Proof | None] = []
-    for pairs in every:
-        proof = _judge(pairs, "onnxruntime", [next(stats) for _ in pairs])
-        found.append(proof if proof.passed else None)
-    return found
+    every: list[list[tuple[Any, Any]]] = []
+    stats: list[list[tuple[float, float] | None]] = []
+    if batch.low:  # the outputs came back: measured here
+        every = _pairs(batch)
+        found = iter(_errors([p for pairs in every for p in pairs]))
+        stats = [[next(found) for _ in pairs] for pairs in every]
+    else:  # measured in the child: per draw, each output pair's errors and shapes
+        k = 0
+        for g in batch.chunk:
+            dtypes = [np.dtype(helper.tensor_dtype_to_np_dtype(d)) for _, d in g.original.outputs]
+            measured = [(dt, *draw[k + j]) for draw in batch.outs for j, dt in enumerate(dtypes)]
+            every.append([(_Seen(dt, tuple(r)), _Seen(dt, tuple(c)))
+                          for dt, _, r, c in measured])
+            stats.append([s for _, s, _, _ in measured])
+            k += len(dtypes)
+    verdicts: list[Proof | None] = []
+    for pairs, found_stats in zip(every, stats):
+        proof = _judge(pairs, "onnxruntime", found_stats)
+        verdicts.append(proof if proof.passed else None)
+    return verdicts
 
 
 def _needs_truth(chunk: list[_Group]) -> bool:
@@ -304,13 +343,13 @@ def _settle(batch: _Batch, found: list[Proof | None], model: onnx.ModelProto,
     """The verdicts that need the child: regions run alone, and float16/bfloat16 regions
     judged against the float32 truth of the batch's draws."""
     truths = None
-    if batch.outs is not None and _needs_truth(batch.chunk):
+    every = [[] for _ in batch.chunk]
+    if batch.outs is not None and batch.low:
         truths = _float32_truth(proc, _model([g.original for g in batch.chunk], model),
                                 batch.feeds, {})
+        every = _pairs(batch)
     out = []
-    for i, (g, proof, pairs) in enumerate(zip(batch.chunk, found, _pairs(batch)
-                                              if batch.outs is not None
-                                              else [[]] * len(batch.chunk))):
+    for i, (g, proof, pairs) in enumerate(zip(batch.chunk, found, every)):
         if proof is None:
             proof = _run_alone(g, model, proc)
         elif truths is not None:
@@ -347,32 +386,7 @@ def _run_alone(g: _Group, model: onnx.ModelProto, proc: Any) -> Proof:
     return Proof(False, detail="not proven: no engine runs the region: " + "; ".join(errors))
 
 
-def _errors(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float] | None]:
-    """Per (original, folded) pair: the largest |folded - original| as ``abs_errors`` counts it
-    and the largest finite |original|, both in float64 (None where the shapes differ). All
-    pairs are measured together, each array op once over their concatenation: the same
-    numbers as pair by pair, without a dozen numpy calls per region."""
-    sized = [r.shape == c.shape and r.size > 0 for r, c in pairs]
-    live = [pc for pc, ok in zip(pairs, sized) if ok]
-    if live:
-        # joined in their own dtypes (a common one where they differ: float16 and float32
-        # values are exact in it), widened once
-        ref = np.concatenate([r.ravel() for r, _ in live]).astype(np.float64)
-        cand = np.concatenate([c.ravel() for _, c in live]).astype(np.float64)
-        with np.errstate(invalid="ignore"):  # inf - inf: NaN, judged by abs_errors below
-            diff = np.abs(np.subtract(cand, ref, out=cand), out=cand)
-        if np.isfinite(diff).all():  # both finite everywhere: the plain difference is it
-            size = np.abs(ref, out=ref)
-        else:  # NaN/inf somewhere: agreement on them counts as zero (``abs_errors``)
-            cand = np.concatenate([c.ravel() for _, c in live]).astype(np.float64)
-            diff = abs_errors(ref, cand)
-            size = np.abs(ref)
-            size[~np.isfinite(ref)] = 0.0
-        starts = np.cumsum([0] + [r.size for r, _ in live[:-1]])
-        found = iter(zip(np.maximum.reduceat(diff, starts).tolist(),
-                         np.maximum.reduceat(size, starts).tolist()))
-    return [next(found) if ok else None if r.shape != c.shape else (0.0, 0.0)
-            for (r, c), ok in zip(pairs, sized)]
+_errors = pair_errors  # (original, folded) pairs -> (max |difference|, max finite |original|)
 
 
 def _judge(pairs: list[tuple[np.ndarray, np.ndarray]], engine: str,
@@ -564,18 +578,16 @@ def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
 def _feeds(model: onnx.ModelProto, seed: int,
            skip: SharedArrays | None = None) -> dict[str, np.ndarray]:
     """Seeded random activations for the graph inputs (not initializers, not fed weights)."""
-    rng = np.random.default_rng(seed)
+    return draws(seed, _draw_specs(model, skip))
+
+
+def _draw_specs(model: onnx.ModelProto,
+                skip: SharedArrays | None = None) -> list[tuple[str, list[int], str]]:
+    """(name, shape, dtype name) of the inputs ``_feeds`` draws, in the graph's order."""
     inits = {t.name for t in model.graph.initializer} | set(skip or ())
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value for d in tt.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        wide = np.float64 if dtype == np.float64 else np.float32  # float32 draws: half the cost
-        feeds[vi.name] = rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
-    return feeds
+    return [(vi.name, [d.dim_value for d in vi.type.tensor_type.shape.dim],
+             np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name)
+            for vi in model.graph.input if vi.name not in inits]
 
 
 def _run_ort(proc: Any, o_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: list[dict],

@@ -17,6 +17,7 @@ caller parses the file normally.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterator
 
@@ -151,7 +152,7 @@ def read_raw(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None) 
     location = info.get("location", "")
     if not location or os.path.basename(location) != location or "length" not in info:
         return None
-    path = os.path.realpath(os.path.join(os.fspath(base_dir), location))
+    path = _resolved(os.fspath(base_dir), location)
     if path not in MODEL_FILES:
         return None
     offset, length = int(info.get("offset", 0)), int(info["length"])
@@ -159,6 +160,14 @@ def read_raw(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None) 
     if len(data) != length:
         raise ValueError(f"{tensor.name!r}: the model file ends before its {length} bytes")
     return data
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(folder: str, location: str) -> str:
+    """The resolved path of a model file's weights (``realpath`` costs an ``lstat`` per part of
+    the path, for each of a few hundred reads): a file replaced at the path is seen by
+    ``_descriptor``, which checks the file's identity on every read."""
+    return os.path.realpath(os.path.join(folder, location))
 
 
 def _descriptor(path: str) -> int:

@@ -11,8 +11,11 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    or ("shared", file, [(name, dtype, shape, offset)]))       -> ("ok", enabled providers)
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
-  ("once", model path or bytes, [providers], opt level, fixed as for "load", [{input: array}],
-   [outputs])  -> ("ok", (enabled providers, [{output: array} per feed])): load, run, drop
+  ("once", model path or bytes, [providers], opt level, fixed as for "load", feeds, outputs)
+   -> ("ok", (enabled providers, [result per feed])): load, run, drop in one command. feeds:
+   [{input: array}], or ("draws", [seed], [(input, shape, dtype)]) for ``draws(seed, ...)``;
+   outputs: [names] (result: {output: array}), or ("errors", [(original, folded)]) (result:
+   ``pair_errors`` of those outputs, with their shapes: no arrays go back).
   ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
@@ -109,6 +112,89 @@ def trim_heap() -> None:
         trim(0)
 
 
+def _once(source: str | bytes, providers: list[str], opt_level: str, fixed: Any, feeds: Any,
+          outputs: Any) -> tuple[list[str], list[Any]]:
+    """The "once" command: load, run every feed, drop (and give the heap back)."""
+    session = _load(source, providers, opt_level)
+    given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
+    if isinstance(feeds, tuple):  # ("draws", seeds, specs): made here, not sent
+        feeds = [draws(seed, feeds[2]) for seed in feeds[1]]
+    pairs = outputs[1] if isinstance(outputs, tuple) else None
+    names = [n for pair in pairs for n in pair] if pairs is not None else outputs
+    try:
+        results = []
+        for feed in feeds:
+            out = _run(session, {**given, **feed}, names)
+            if pairs is None:
+                results.append(out)
+                continue
+            found = [(out[o], out[f]) for o, f in pairs]
+            results.append([(stats, r.shape, c.shape)
+                            for stats, (r, c) in zip(pair_errors(found), found)])
+        return session.get_providers(), results
+    finally:
+        del session, given
+        trim_heap()
+
+
+def draws(seed: int, specs: list[tuple[str, list[int], str]]) -> dict[str, Any]:
+    """Seeded standard-normal inputs, in ``specs``' order (name, shape, dtype name): float32
+    draws (half the cost of float64) cast to the dtype; float64 inputs drawn in float64."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape, dtype_name in specs:
+        dtype = _dtype(dtype_name)
+        wide = np.float64 if dtype == np.float64 else np.float32
+        out[name] = rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
+    return out
+
+
+def _dtype(name: str) -> Any:
+    """A numpy dtype by its name; bfloat16 and float8 types from ml_dtypes (imported only then)."""
+    import numpy as np
+
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
+def pair_errors(pairs: list[tuple[Any, Any]]) -> list[tuple[float, float] | None]:
+    """Per (original, folded) pair: the largest |folded - original| and the largest finite
+    |original|, both in float64 (None where the shapes differ; (0, 0) when empty). NaN or inf
+    where both agree counts as no difference, where they do not as an infinite one (the rule
+    of ``bnfold.verification.compare.abs_errors``). All pairs are measured together, each array
+    op once over their concatenation: the same numbers as pair by pair."""
+    import numpy as np
+
+    sized = [r.shape == c.shape and r.size > 0 for r, c in pairs]
+    live = [pc for pc, ok in zip(pairs, sized) if ok]
+    if live:
+        # joined in their own dtypes (a common one where they differ: float16 and float32
+        # values are exact in it), widened once
+        ref = np.concatenate([np.ravel(r) for r, _ in live]).astype(np.float64)
+        cand = np.concatenate([np.ravel(c) for _, c in live]).astype(np.float64)
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, judged below
+            diff = np.abs(np.subtract(cand, ref))
+        if np.isfinite(diff).all():  # both finite everywhere: the plain difference is it
+            size = np.abs(ref, out=ref)
+        else:
+            same = (np.isnan(ref) & np.isnan(cand)) | (np.isinf(ref) & (ref == cand))
+            diff[same] = 0.0
+            diff[np.isnan(diff)] = np.inf
+            size = np.abs(ref)
+            size[~np.isfinite(ref)] = 0.0
+        starts = np.cumsum([0] + [r.size for r, _ in live[:-1]])
+        found = iter(zip(np.maximum.reduceat(diff, starts).tolist(),
+                         np.maximum.reduceat(size, starts).tolist()))
+    return [next(found) if ok else None if r.shape != c.shape else (0.0, 0.0)
+            for (r, c), ok in zip(pairs, sized)]
+
+
 def _error(exc: BaseException) -> tuple[str, str, str]:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -137,15 +223,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
             elif msg[0] == "once":  # one round trip: the parent can work while it runs
-                _, source, providers, opt_level, fixed, feeds, outputs = msg
-                session = _load(source, providers, opt_level)
-                given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
-                try:
-                    reply = ("ok", (session.get_providers(),
-                                    [_run(session, {**given, **f}, outputs) for f in feeds]))
-                finally:
-                    del session, given
-                    trim_heap()
+                reply = ("ok", _once(*msg[1:]))
             elif msg[0] == "drop":
                 if sessions.pop(msg[1], None) is not None:
                     fixed_feeds.pop(msg[1], None)
