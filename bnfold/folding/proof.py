@@ -15,6 +15,7 @@ kernel for its dtype. Folds whose proof fails are undone by the caller.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator, NamedTuple
@@ -548,7 +549,7 @@ def _add(graph: onnx.GraphProto, regions: list[Region], tag: str,
             _rename(copy, rename)
         for t in region.initializers:
             if (weights is not None and t.data_type in _FED
-                    and int(np.prod(t.dims, dtype=np.int64)) * 2 > _FED_BYTES):
+                    and math.prod(t.dims) * 2 > _FED_BYTES):
                 weights.add_tensor(rename[t.name], t, region.base_dir)
                 inputs.append(helper.make_tensor_value_info(rename[t.name], t.data_type,
                                                             list(t.dims)))

@@ -8,6 +8,7 @@ folder elsewhere) and the child maps it: no copy in the child, and the parent ke
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Iterator
@@ -69,7 +70,7 @@ class SharedArrays:
         typed fields converted once."""
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
         shape = tuple(int(d) for d in tensor.dims)
-        want = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        want = dtype.itemsize * math.prod(shape)
         if edh.uses_external_data(tensor):
             self._copy_external(name, tensor, base_dir, dtype, shape, want)
         elif tensor.HasField("raw_data"):
