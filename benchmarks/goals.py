@@ -107,11 +107,11 @@ def unproven_note(rows: list[dict[str, Any]]) -> str | None:
 
 
 def ort_floor_note(rows: list[dict[str, Any]]) -> str | None:
-    """One line on the floor the ORT checks set: the seconds bnfold's fold spends in its ORT
-    child (``ort_checks_s``: the proofs' sessions and runs, constant cross-checks) over the
-    other tools' whole fold. No fold that runs those checks can be faster than them, so
-    where they alone are above a limit, the goal cannot be met while every fold is proven on
-    ONNX Runtime. None when no row carries the measurement."""
+    """One line on what waiting for ONNX Runtime costs: the seconds bnfold's fold spends
+    sending to its ORT child and waiting for it (``ort_checks_s``: proof batches, constant
+    cross-checks, less what runs while the next batch is built) over the other tools' whole
+    fold. Where that alone is above a limit, the goal cannot be met without hiding more of
+    the ORT checks. None when no row carries the measurement."""
     def floor(other: str, keep: Any = lambda m: True) -> dict[str, float]:
         out = {}
         for row in rows:
@@ -128,7 +128,7 @@ def ort_floor_note(rows: list[dict[str, Any]]) -> str | None:
     mean = geomean(list(vs_script.values()))
     over = sorted((m for m, r in vs_script.items() if r > MAX_LIMIT), key=vs_script.get)
     worst = max(vs_script.items(), key=lambda kv: kv[1])
-    text = (f"floor of the ORT checks (bnfold's calls to its ORT child alone, "
+    text = (f"waiting for the ORT checks (bnfold's time in its ORT child's commands, "
             f"{geomean(list(share.values())):.0%} of its fold time, geometric mean): over "
             f"onnxscript's whole fold {mean:.2f} geometric mean "
             f"({'above' if mean > GEOMEAN_LIMIT else 'within'} the {GEOMEAN_LIMIT} goal), "
