@@ -226,7 +226,7 @@ def _run_chunks(chunks: list[list[_Group]], model: onnx.ModelProto,
                 proc: Any) -> Iterator[tuple[list[_Group], list[Proof]]]:
     """Each chunk with its proofs, in order. The child runs one chunk's batch while this
     process builds the next one's and judges the one before (the two overlap on two cores:
-    ResNet-50 has 12 chunks); a region that needs the child again (a failed batch or verdict,
+    ResNet-50 has 14 chunks); a region that needs the child again (a failed batch or verdict,
     a float16 truth) waits until nothing is in flight."""
     before: _Batch | None = None
     batch: _Batch | None = None
