@@ -1,6 +1,8 @@
 """Local proof of every fold: wrong folds are caught and undone wherever they sit."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -510,3 +512,69 @@ def test_errors_measured_together_equal_the_pair_by_pair_numbers():
     got = check(pairs, proof._errors(pairs))
     assert got[2][0] == np.inf and got[2][1] == 1e4 and got[1] == (0.0, 0.0)
     check(finite, proof._errors(finite))  # all finite: the plain difference, mixed dtypes
+
+
+def test_a_child_that_dies_with_a_batch_in_flight_costs_only_that_batch(monkeypatch):
+    """Batches run in the child while the next is built: killed then, the batch in flight is
+    lost (its regions run alone in a new child), the next one runs in the new child, every fold
+    is still proven on ORT and nothing is left in flight."""
+    import signal
+
+    from bnfold.verification.shared_child import shared_process
+
+    monkeypatch.setattr(proof, "_BATCH_REGIONS", 1)
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(3):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    real_build, built = proof._build, []
+
+    def build(chunk, model):  # noqa: ANN001, ANN202
+        built.append(real_build(chunk, model))
+        if len(built) == 2:  # the first batch is in the child now
+            os.kill(shared_process()._start().pid, signal.SIGKILL)
+        return built[-1]
+
+    monkeypatch.setattr(proof, "_build", build)
+    loads = record_loads(monkeypatch)
+    result = bnfold.fold(b.model())
+    assert len(result.folded) == 3
+    assert all(r.proof_engine == "onnxruntime" for r in result.records)
+    # the lost first batch's region runs alone (original, folded) once the second is back
+    assert [k for k, _ in loads] == ["proof-pair", "proof-pair", "proof-original",
+                                     "proof-folded", "proof-pair"]
+    assert not shared_process()._in_flight
+
+
+def test_an_error_while_a_batch_is_in_flight_leaves_the_child_ready(monkeypatch):
+    """The proofs raise (here: judging the first batch) while the next batch runs: its reply is
+    read and its weights file removed on the way out, so the next fold finds the child idle."""
+    from bnfold.verification.shared_child import shared_process
+
+    monkeypatch.setattr(proof, "_BATCH_REGIONS", 1)
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(3):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    model = b.model()
+    files: list[str] = []
+    real_build = proof._build
+
+    def build(chunk, model):  # noqa: ANN001, ANN202
+        batch = real_build(chunk, model)
+        files.append(batch.weights.path)
+        return batch
+
+    def broken(batch):  # noqa: ANN001, ANN202
+        raise RuntimeError("judging failed")
+
+    monkeypatch.setattr(proof, "_build", build)
+    monkeypatch.setattr(proof, "_judge_batch", broken)
+    with pytest.raises(RuntimeError, match="judging failed"):
+        bnfold.fold(model)
+    assert len(files) == 2 and not shared_process()._in_flight
+    assert not any(os.path.exists(f) for f in files)
+    monkeypatch.undo()
+    assert len(bnfold.fold(model).folded) == 3
