@@ -28,6 +28,16 @@ def corrupt_bn(monkeypatch: pytest.MonkeyPatch, channels: int, *, shift: float =
     monkeypatch.setattr(fold_bn, "fold_params", wrong)
 
 
+def pointwise_chain(n: int) -> onnx.ModelProto:
+    """``n`` blocks of 1x1 Conv -> BN on 2 channels: one proof region each, tiny weights."""
+    b = Builder()
+    y = b.input("x", ["N", 2, 4, 4])
+    for _ in range(n):
+        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
+    b.output(y)
+    return b.model()
+
+
 def conv_bn_chain() -> onnx.ModelProto:
     b = Builder()
     x = b.input("x", ["N", 3, 6, 6])
@@ -210,12 +220,7 @@ def record_loads(monkeypatch) -> list[tuple[str, int]]:  # noqa: ANN001
 
 
 def test_fifty_bn_model_is_proved_with_one_session(monkeypatch):
-    b = Builder()
-    y = b.input("x", ["N", 2, 4, 4])
-    for _ in range(52):
-        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
-    b.output(y)
-    model = b.model()
+    model = pointwise_chain(52)
     made = record_loads(monkeypatch)
     result = bnfold.fold(model)
     assert len(result.folded) == 52 and all(r.proof_engine for r in result.records)
@@ -398,13 +403,9 @@ def test_proof_batches_are_capped_in_regions(monkeypatch):
     """ORT's session creation is super-linear in the node count: 5 folds with a cap of 2
     regions per batch take 3 batched sessions (each an original and folded pair)."""
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
-    b = Builder()
-    y = b.input("x", ["N", 2, 4, 4])
-    for _ in range(5):
-        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
-    b.output(y)
+    model = pointwise_chain(5)
     loads = record_loads(monkeypatch)
-    result = bnfold.fold(b.model())
+    result = bnfold.fold(model)
     assert len(result.folded) == 5 and all(r.proof_engine for r in result.records)
     assert [k for k, _ in loads] == ["proof-pair"] * 3
 
@@ -447,12 +448,8 @@ def test_freed_memory_is_given_back_before_the_proofs_and_after_each_batch(monke
 
     monkeypatch.setattr(OrtProcess, "submit", recording)
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 2)
-    b = Builder()
-    y = b.input("x", ["N", 2, 4, 4])
-    for _ in range(3):
-        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
-    b.output(y)
-    result = bnfold.fold(b.model())
+    model = pointwise_chain(3)
+    result = bnfold.fold(model)
     assert len(result.folded) == 3
     assert events == ["trim", "proof-pair", "proof-pair", "trim", "trim"]
 
@@ -523,11 +520,7 @@ def test_a_child_that_dies_with_a_batch_in_flight_costs_only_that_batch(monkeypa
     from bnfold.verification.shared_child import shared_process
 
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 1)
-    b = Builder()
-    y = b.input("x", ["N", 2, 4, 4])
-    for _ in range(3):
-        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
-    b.output(y)
+    model = pointwise_chain(3)
     real_build, built = proof._build, []
 
     def build(chunk, model):  # noqa: ANN001, ANN202
@@ -538,7 +531,7 @@ def test_a_child_that_dies_with_a_batch_in_flight_costs_only_that_batch(monkeypa
 
     monkeypatch.setattr(proof, "_build", build)
     loads = record_loads(monkeypatch)
-    result = bnfold.fold(b.model())
+    result = bnfold.fold(model)
     assert len(result.folded) == 3
     assert all(r.proof_engine == "onnxruntime" for r in result.records)
     # the lost first batch's region runs alone (original, folded) once the second is back
@@ -553,12 +546,7 @@ def test_an_error_while_a_batch_is_in_flight_leaves_the_child_ready(monkeypatch)
     from bnfold.verification.shared_child import shared_process
 
     monkeypatch.setattr(proof, "_BATCH_REGIONS", 1)
-    b = Builder()
-    y = b.input("x", ["N", 2, 4, 4])
-    for _ in range(3):
-        y = b.bn(b.conv(y, 2, 2, k=1, pads=0), 2)
-    b.output(y)
-    model = b.model()
+    model = pointwise_chain(3)
     files: list[str] = []
     real_build = proof._build
 

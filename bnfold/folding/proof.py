@@ -239,7 +239,7 @@ def _run_chunks(chunks: list[list[_Group]], model: onnx.ModelProto,
                 _submit(batch, proc)
             if before is not None:
                 found = _judge_batch(before)
-                if any(p is None for p in found) or _needs_truth(before.chunk):
+                if any(p is None for p in found) or before.low:
                     if batch is not None:
                         _collect(batch, proc)  # the child is idle for the calls that follow
                     found = _settle(before, found, model, proc)
