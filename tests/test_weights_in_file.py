@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import external_data_helper as edh
 from onnx import numpy_helper
 
@@ -170,3 +171,27 @@ def test_read_raw_reads_weights_left_in_the_file_and_follows_a_replaced_file(
     t = next(t for t in fresh.graph.initializer if edh.uses_external_data(t))
     want = numpy_helper.to_array(next(x for x in model.graph.initializer if x.name == t.name))
     assert np.array_equal(tensor_value(t, str(tmp_path)), want)
+
+
+def test_a_fold_keeps_no_descriptor_of_its_model_file(tmp_path: Path) -> None:
+    """``read_raw``'s descriptors are closed when ``fold`` returns: a model file replaced
+    afterwards (an in-place fold replaces its input) is not kept allocated by an open fd."""
+    import os
+
+    from bnfold.io import weights_in_file
+
+    path = _save(_model(), tmp_path / "m.onnx")
+    opened: list[str] = []
+    real = weights_in_file._descriptor
+
+    def descriptor(p: str) -> int:
+        opened.append(p)
+        return real(p)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(weights_in_file, "_descriptor", descriptor)
+        assert bnfold.fold(path, lazy_external=True).bn_after == 0
+    assert opened  # the fold read its weights through them
+    fds = os.listdir("/proc/self/fd")
+    assert not any(os.path.realpath(f"/proc/self/fd/{fd}") == os.path.realpath(path)
+                   for fd in fds if os.path.exists(f"/proc/self/fd/{fd}"))

@@ -28,6 +28,7 @@ from bnfold.io.model_io import (MIN_OPSET, check_model_proto, default_opset, loa
                                 load_model)
 from bnfold.graph.shapes import GraphShapes, infer
 from bnfold.io.skeleton import skeleton
+from bnfold.io import weights_in_file
 from bnfold.io.spill import Spill
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -74,11 +75,14 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     written to its scratch file as they are made and ``result.model`` points at them, so the
     fold holds no copy of them; keep the spill open until the model is saved.
     """
-    with gc_paused(), (spill.active() if spill is not None else nullcontext()):
-        result = _fold(model, check, copy, prove, progress, reparam)
-    if result.external_base is not None and not lazy_external:
-        load_external(result.model, result.external_base)
-        result.external_base = None
+    try:
+        with gc_paused(), (spill.active() if spill is not None else nullcontext()):
+            result = _fold(model, check, copy, prove, progress, reparam)
+        if result.external_base is not None and not lazy_external:
+            load_external(result.model, result.external_base)
+            result.external_base = None
+    finally:  # a model file replaced later (in place) keeps no disk space through an open fd
+        weights_in_file.close_files()
     return result
 
 

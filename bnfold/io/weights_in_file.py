@@ -170,6 +170,13 @@ def _resolved(folder: str, location: str) -> str:
     return os.path.realpath(os.path.join(folder, location))
 
 
+def close_files() -> None:
+    """Close the descriptors ``read_raw`` keeps (``fold`` does at its end: a file replaced
+    afterwards, as an in-place fold replaces its input, must not stay allocated on disk)."""
+    while _OPEN:
+        os.close(_OPEN.popitem()[1][0])
+
+
 def _descriptor(path: str) -> int:
     st = os.stat(path)
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
