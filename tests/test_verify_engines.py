@@ -96,8 +96,10 @@ def test_a_sent_command_is_answered_later_or_before_the_next_one() -> None:
 
 
 def test_missing_kernel_is_no_kernel_not_an_input_error() -> None:
-    with engines.OrtProcess() as proc, pytest.raises(engines.NoKernel, match="NOT_IMPLEMENTED"):
-        proc.load("c", _conv(T.DOUBLE).SerializeToString(), "c", CPU, "disabled")
+    with engines.OrtProcess() as proc:
+        with pytest.raises(engines.NoKernel, match="NOT_IMPLEMENTED"):
+            proc.load("c", _conv(T.DOUBLE).SerializeToString(), "c", CPU, "disabled")
+        assert not proc.has("c")  # a session that did not load is not kept to reload
 
 
 def test_model_ort_refuses_is_a_one_line_input_error() -> None:

@@ -229,7 +229,11 @@ class OrtProcess:
         be reloaded after a crash)."""
         kept = fixed if isinstance(fixed, SharedArrays) else dict(fixed or {})
         self._loaded[key] = (source, list(chain), opt_level, label, kept)
-        self._ensure(key)
+        try:
+            self._ensure(key)
+        except BaseException:  # not loaded: nothing to reload after a restart, or to drop
+            self._loaded.pop(key, None)
+            raise
 
     def _ensure(self, key: str) -> None:
         if key in self._live and self._proc is not None:
