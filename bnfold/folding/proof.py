@@ -215,7 +215,7 @@ class _Batch:
     @property
     def low(self) -> bool:
         """Whether a region has float16/bfloat16 outputs (judged on the outputs themselves)."""
-        return _needs_truth(self.chunk)
+        return any(d in _LOW for g in self.chunk for _, d in g.original.outputs)
 
     def output_pairs(self) -> list[tuple[str, str]]:
         return [(f"o{i}_{o}", f"f{i}_{o}") for i, g in enumerate(self.chunk)
@@ -333,10 +333,6 @@ def _judge_batch(batch: _Batch) -> list[Proof | None]:
         proof = _judge(pairs, "onnxruntime", found_stats)
         verdicts.append(proof if proof.passed else None)
     return verdicts
-
-
-def _needs_truth(chunk: list[_Group]) -> bool:
-    return any(d in _LOW for g in chunk for _, d in g.original.outputs)
 
 
 def _settle(batch: _Batch, found: list[Proof | None], model: onnx.ModelProto,

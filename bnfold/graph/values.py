@@ -21,18 +21,18 @@ def tensor_value(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray |
             return numpy_helper.to_array(copy)
         if base_dir is None:
             return None
-        plain = _PLAIN.get(tensor.data_type)
-        raw = weights_in_file.read_raw(tensor, base_dir) if plain and np.little_endian else None
+        plain = tensor.data_type in _PLAIN and np.little_endian
+        raw = weights_in_file.read_raw(tensor, base_dir) if plain else None
         if raw is not None:  # a weight left in the model file: read as onnx would, faster
-            return np.frombuffer(raw, dtype=plain).reshape(tuple(tensor.dims))
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            return np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.dims))
         return numpy_helper.to_array(tensor, base_dir)
     return numpy_helper.to_array(tensor)
 
 
-T = onnx.TensorProto
-_PLAIN = {T.FLOAT: np.float32, T.DOUBLE: np.float64, T.FLOAT16: np.float16, T.INT8: np.int8,
-          T.INT16: np.int16, T.INT32: np.int32, T.INT64: np.int64, T.UINT8: np.uint8,
-          T.UINT16: np.uint16, T.UINT32: np.uint32, T.UINT64: np.uint64, T.BOOL: np.bool_}
+_T = onnx.TensorProto
+_PLAIN = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.INT16, _T.INT32, _T.INT64,
+                    _T.UINT8, _T.UINT16, _T.UINT32, _T.UINT64, _T.BOOL})
 """Element types whose raw little-endian bytes are the numpy array as they are."""
 
 
