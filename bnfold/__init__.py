@@ -7,16 +7,28 @@ Public API: ``fold_file`` (file in, folded and verified file out, with ``VerifyO
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 from bnfold.errors import BnfoldError, InputError, OutputError  # noqa: E402
-from bnfold.folding import fold, inspect  # noqa: E402
-from bnfold.folding.report import FoldRecord, FoldResult, Reason  # noqa: E402
-from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
 
+if TYPE_CHECKING:
+    from bnfold.folding import fold, inspect
+    from bnfold.folding.report import FoldRecord, FoldResult, Reason
+    from bnfold.pipeline import FoldFileResult, VerifyOptions, fold_file
+
+# imported when first used: `import bnfold` (and the CLI, which starts ORT's child process
+# before the fold engine, onnx and numpy are imported) costs nothing it does not need
 _LAZY = {
+    "fold": ("bnfold.folding", "fold"),
+    "inspect": ("bnfold.folding", "inspect"),
+    "FoldRecord": ("bnfold.folding.report", "FoldRecord"),
+    "FoldResult": ("bnfold.folding.report", "FoldResult"),
+    "Reason": ("bnfold.folding.report", "Reason"),
+    "fold_file": ("bnfold.pipeline", "fold_file"),
+    "VerifyOptions": ("bnfold.pipeline", "VerifyOptions"),
+    "FoldFileResult": ("bnfold.pipeline", "FoldFileResult"),
     "verify": ("bnfold.verification", "verify"),
     "benchmark": ("bnfold.bench", "benchmark"),
     "export": ("bnfold.exporting", "export"),

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnfold.errors import BnfoldError
-from bnfold.folding.report import FoldResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the CLI imports this before it starts ORT's child
+    from bnfold.folding.report import FoldResult
     from bnfold.io.spill import Spill
+    from bnfold.verification.early import OriginalAhead
     from bnfold.verification.engines import OrtProcess
     from bnfold.verification.report import Report
 
@@ -61,7 +62,7 @@ class VerifyOptions:
             provider_chain(provider)
 
     def probe_options(self) -> dict[str, Any]:
-        """The options ``probe_size`` takes."""
+        """The options ``probe_size`` (and ``early.start_original``) take."""
         return {"shapes": list(self.shapes) or None, "dims": list(self.dims) or None,
                 "providers": self.providers,
                 "opt_level": self.opt_level, "seed": self.seed, "data": list(self.data) or None}
@@ -130,7 +131,8 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     file for it), so the folded weights are not held while the verification runs (the CLI).
 
     ORT runs in the one child the fold's proofs use (``shared_child.shared_process``): the size
-    probe before the fold, the verification after it (one ORT start, one process).
+    probe before the fold (beside it where nothing is to be sized), the original's runs while
+    the folded model is written (``early``), the folded model's after (one ORT start).
     """
     from bnfold.folding import fold
     from bnfold.io.model_io import check_output_paths
@@ -144,26 +146,29 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     dest = src if in_place else Path(out) if out is not None else default_output(src)
     inputs = check_output_paths(src, dest, in_place=in_place, overwrite=overwrite,
                                 external_data=external_data)
-    original = proc = None
-    probed: Callable[[], Any] = lambda: None  # noqa: E731
+    original = proc = ahead = None
     if verify is not None:
-        from bnfold.verification.api import LoadedModel, start_probe
+        from bnfold.verification.api import LoadedModel
+        from bnfold.verification.early import start_original
         from bnfold.verification.shared_child import shared_process
 
         proc = shared_process().start()  # imports ORT while the input is read
         original = LoadedModel.of(src)  # parsed and checked once, for the probe and verify
         # the sizes the original runs (a model no size fits is refused before anything is
         # written); where there is nothing to size ORT loads it while the fold goes on
-        probed = start_probe(original, proc, **verify.probe_options())
+        ahead = start_original(original, proc, **verify.probe_options(),
+                               batch_sizes=list(verify.batch_sizes) or None)
     tell(f"loading and folding {src}")
     with _scratch(dest, keep_model) as scratch:
         try:
             folded = fold(src, check=check, lazy_external=True, progress=progress,
                           reparam=reparam, spill=scratch)
         except Exception:
-            probed()  # the original's own refusal first, as when the probe ran before the fold
+            if ahead is not None:  # the original's own refusal first, as when probed before
+                ahead.checked()
             raise
-        size = probed()
+        if ahead is not None:
+            ahead.checked()
         result = FoldFileResult(src, dest, folded)
         for note in folded.warnings:
             tell(f"warning: {note}")
@@ -176,8 +181,10 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
         if external_data is None and len(inputs) > 1:  # the input has external data: so has the output
             external_data = True
         del folded  # result.fold is the one reference left (emptied once written without keep_model)
+        if ahead is not None:  # the proofs are done: the child runs the original during the write
+            ahead.send_runs()
         _write_and_verify(result, inputs, in_place, external_data, overwrite, verify, keep_model,
-                          lambda folded_path: _verify(result, original, folded_path, verify, size,
+                          lambda folded_path: _verify(result, original, folded_path, verify, ahead,
                                                       proc, progress, tell), tell)
     return result
 
@@ -232,13 +239,15 @@ def _write_and_verify(result: FoldFileResult, inputs: list[Path], in_place: bool
 
 
 def _verify(result: FoldFileResult, original: Any, folded_path: str, options: VerifyOptions,
-            size: Any, proc: OrtProcess | None, progress: Say | None, tell: Say) -> Report:
-    """Compare the original and the folded file on ONNX Runtime; write the reports when asked."""
+            ahead: OriginalAhead, proc: OrtProcess | None, progress: Say | None,
+            tell: Say) -> Report:
+    """Compare the original and the folded file on ONNX Runtime (the original's outputs from
+    ``ahead`` where it ran while the fold was written); write the reports when asked."""
     from bnfold.verification import verify
 
     tell("verifying on ONNX Runtime")
-    report = verify(original, folded_path, fold_result=result.fold, size=size, proc=proc,
-                    progress=progress, **options.verify_options())
+    report = verify(original, folded_path, fold_result=result.fold, size=ahead.size, proc=proc,
+                    progress=progress, original_runs=ahead.runs(), **options.verify_options())
     report.folded = str(result.output)
     if options.report_dir is not None:
         report.write(options.report_dir)

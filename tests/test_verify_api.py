@@ -386,60 +386,6 @@ def test_a_failed_size_probe_leaves_no_session_in_the_callers_child() -> None:
         assert not proc.has("probe")
 
 
-def test_a_probe_with_nothing_to_size_loads_the_original_while_the_caller_works(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``start_probe`` on a file whose inputs leave only the batch open sends one command and
-    returns before its reply (read with the result, or before the next command)."""
-    from bnfold.verification.api import LoadedModel, start_probe
-    from bnfold.verification.engines import OrtProcess
-
-    path = tmp_path / "m.onnx"
-    onnx.save(_classifier(), path)
-    sent: list[str] = []
-    real_submit, real_collect = OrtProcess.submit, OrtProcess.collect
-    monkeypatch.setattr(OrtProcess, "submit",
-                        lambda self, label, *msg: (real_submit(self, label, *msg), sent.append(msg[0])))
-    monkeypatch.setattr(OrtProcess, "collect",
-                        lambda self, label: (sent.append("reply"), real_collect(self, label))[1])
-    with OrtProcess() as proc:
-        result = start_probe(LoadedModel.of(path), proc)
-        assert sent == ["once"]  # sent, its reply not read yet
-        assert proc.info()[0] and sent == ["once", "reply", "info", "reply"]  # read first
-        assert result() is None and not proc.has("probe")
-
-
-def test_a_probe_begun_on_a_model_ort_cannot_load_refuses_it_when_asked(tmp_path: Path) -> None:
-    from bnfold.verification.api import LoadedModel, start_probe
-    from bnfold.verification.engines import OrtProcess
-
-    from onnx import external_data_helper as edh
-
-    model = onnx.load("models/resnet_digits.onnx")  # every tensor external: ORT refuses it
-    edh.convert_model_to_external_data(model, all_tensors_to_one_file=True, location="w.bin",
-                                       size_threshold=0)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    with OrtProcess() as proc:
-        result = start_probe(LoadedModel.of(path), proc)
-        with pytest.raises(InputError, match="onnxruntime cannot load the original model"):
-            result()
-        assert proc.info()[0]  # the child still answers
-
-
-def test_a_probe_with_dims_to_size_runs_at_once(tmp_path: Path) -> None:
-    from modelgen import sized_model
-
-    from bnfold.verification.api import LoadedModel, start_probe
-    from bnfold.verification.engines import OrtProcess
-
-    path = tmp_path / "m.onnx"
-    onnx.save(sized_model(8192), path)  # runs at 64x64, not at 32x32
-    with OrtProcess() as proc:
-        result = start_probe(LoadedModel.of(path), proc)
-        assert not proc._in_flight
-        assert result().size == 64
-
-
 def test_progress_callback_hears_every_case() -> None:
     m = _classifier()
     heard: list[str] = []

@@ -76,7 +76,8 @@ def test_child_feeds_mapped_arrays_and_reloads_them_after_a_crash() -> None:
         np.testing.assert_array_equal(proc.run("m", x)["y"], w + 1)  # reloaded from the file
 
 
-def test_an_external_tensor_is_copied_from_its_file_at_its_offset(tmp_path) -> None:
+def test_an_external_tensor_is_read_in_its_own_file_at_its_offset(tmp_path) -> None:
+    """Not copied: the entry names the data file and offset, and the child maps that file."""
     w = np.arange(300, dtype=np.float32).reshape(3, 100)
     (tmp_path / "d.bin").write_bytes(b"x" * 10 + w.tobytes() + b"tail")
     t = numpy_helper.from_array(w, "w")
@@ -84,10 +85,14 @@ def test_an_external_tensor_is_copied_from_its_file_at_its_offset(tmp_path) -> N
     t.ClearField("raw_data")
     t.data_location = T.EXTERNAL
     with SharedArrays() as shared:
-        shared.add("first", np.ones(3, np.float16))  # the copy starts on an aligned offset
+        shared.add("first", np.ones(3, np.float16))
         shared.add_tensor("w", t, str(tmp_path))
-        np.testing.assert_array_equal(shared.arrays()["w"], w)
-        assert shared.entries[1][3] % 64 == 0
+        np.testing.assert_array_equal(shared.arrays()["w"], w)  # unaligned in its file: read
+        assert shared.entries[1][3:] == (10, str(tmp_path / "d.bin"))
+        assert shared.nbytes == 6 and os.path.getsize(shared.path) == 6  # nothing copied
+        (tmp_path / "d.bin").write_bytes(b"x" * 10 + w.tobytes()[:-1])
+        with pytest.raises(ValueError, match="ends before its length"):
+            shared.add_tensor("cut", t, str(tmp_path))
         t.raw_data = b"0"
         edh.set_external_data(t, "d.bin", offset=10, length=w.nbytes - 4)
         t.ClearField("raw_data")

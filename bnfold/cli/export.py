@@ -10,10 +10,9 @@ import click
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.options import AliasedOption
 from bnfold.cli.render import fold_table, terminal_width
-from bnfold.exporting.exporter import ExportResult, batchnorm_modules, load_factory, require_torch
-from bnfold.inputs import parse_dims
 
 if TYPE_CHECKING:
+    from bnfold.exporting.exporter import ExportResult
     from bnfold.exporting.with_fold import ExportFoldResult
 
 
@@ -68,6 +67,9 @@ def export_cmd(factory: str, output: Path, input_shape: str, weights: str | None
       bnfold export mypkg.nets:make_net --weights net.pt -o net.onnx --shape 1x3x32x32
       bnfold export models.zoo:mlp_digits -o /tmp/mlp.onnx --shape 1x64 --fold --json
     """
+    from bnfold.exporting.exporter import batchnorm_modules, load_factory, require_torch
+    from bnfold.inputs import parse_dims
+
     torch = require_torch()
     shape = parse_dims(input_shape, what="--shape", minimum=1)
     _say(f"building {factory}", quiet)

@@ -13,12 +13,20 @@ from bnfold.cli.progress import status_line
 from bnfold.cli.render import fold_table, terminal_width
 from bnfold.errors import BnfoldError
 from bnfold.ort import OPT_LEVELS, PROVIDERS
-from bnfold.pipeline import VerifyOptions, fold_file
 
 
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=True)
+
+
+def _start_ort() -> None:
+    """Start the ORT child the fold's proofs and the verification use, before the fold engine,
+    onnx and numpy are imported here: its own ORT import (about 0.2 s) overlaps theirs, so it is
+    ready when the first proof is sent (``bnfold fold`` on ResNet-50: about 0.25 s sooner)."""
+    from bnfold.verification.shared_child import shared_process
+
+    shared_process().start()
 
 
 @click.command("fold")
@@ -85,6 +93,9 @@ def fold_cmd(model: Path, output: Path | None, in_place: bool, external_data: bo
     """
     if report_dir is not None and not do_verify:
         raise BnfoldError("--report needs --verify")
+    _start_ort()
+    from bnfold.pipeline import VerifyOptions, fold_file
+
     verify = VerifyOptions(providers=providers or ("cpu",), opt_level=opt_level, seed=seed,
                            shapes=shapes, dims=dims, batch_sizes=batch_sizes, data=data, atol=atol,
                            rtol=rtol, report_dir=report_dir) if do_verify else None

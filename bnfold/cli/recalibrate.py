@@ -10,7 +10,6 @@ import click
 from bnfold.cli import EXIT_VERIFY_FAILED
 from bnfold.cli.options import shape_options
 from bnfold.errors import OutputError
-from bnfold.io.output_paths import same_file
 from bnfold.pipeline import VerifyOptions, default_output, fold_file
 
 
@@ -76,6 +75,7 @@ def recalibrate_cmd(model: Path, data: Path, output: Path, momentum: float | Non
       bnfold recalibrate model.onnx --data calib_npy/ -o m.onnx --batch-size 64 --fold
       bnfold recalibrate model.onnx --data calib.npz -o m.onnx --cumulative --report recal/
     """
+    from bnfold.io.output_paths import same_file
     from bnfold.recalibration import recalibrate
 
     if momentum is not None and cumulative:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
-from bnfold.folding.report import FoldResult
+if TYPE_CHECKING:  # the CLI starts ORT's child before the fold engine is imported
+    from bnfold.folding.report import FoldResult
 
 _HEAD = ("BN", "graph", "outcome", "into / reason")
 _ARROWS = {"backward": "<- backward", "forward": "-> forward", "reparam": "<> reparam"}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import onnx
 
-from bnfold.errors import BnfoldError, InputError
+from bnfold.errors import InputError
 from bnfold.inputs import ShapeRequest, check_signatures, graph_inputs
 from bnfold.verification import cases, engines, explain, feeds, runner
 from bnfold.verification.localize import localize, not_a_fold
@@ -26,6 +26,7 @@ from bnfold.verification.sizes import SizeChoice, choose_size
 
 if TYPE_CHECKING:
     from bnfold.folding.report import FoldResult
+    from bnfold.verification.early import OriginalRuns
 
 ModelArg = Union[str, Path, onnx.ModelProto]
 Shapes = Union[Mapping[str, Sequence[int]], Sequence[str], None]  # {name: dims} or "NAME:DIMS"
@@ -64,7 +65,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
            labels: str | Path | np.ndarray | None = None, atol: float | None = None,
            rtol: float | None = None, localize_failures: bool = True,
            size: SizeChoice | int | None = None, proc: engines.OrtProcess | None = None,
-           progress: Callable[[str], None] | None = None) -> Report:
+           progress: Callable[[str], None] | None = None,
+           original_runs: OriginalRuns | None = None) -> Report:
     """Compare ``folded`` against ``original`` and return the Report.
 
     ``data``: an .npz path, several paths, or {input name: array}; without it inputs are random,
@@ -82,7 +84,9 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
     size of ``sizes.SIZE_LADDER`` the original runs (``sizes.choose_size``). ``proc``: an ORT
     child to use (left open; by default one is started and closed here). ``progress`` gets a
     short message per run ("running the original on case 2 of 3", "verifying case 2 of 3").
-    The ORT child holds one model at a time (``cases``).
+    The ORT child holds one model at a time (``cases``). ``original_runs``: the original's
+    outputs run before (``early.start_original``), used on the first provider where they
+    answer this call's own input sets.
     """
     seed_list = list(seeds) if seeds is not None else [seed + i for i in range(feeds.DEFAULT_SEEDS)]
     own = proc is None
@@ -100,7 +104,8 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
         if labels is not None and data is None:
             raise InputError("--labels needs --data: the labelled inputs to score")
         request = ShapeRequest.of(shapes, dims)
-        choice = _size_choice(size, proc, a, request, providers, opt_level, seed_list[0], data)
+        choice = _size_choice(size, proc, a, request, providers, opt_level, seed_list[0], data,
+                              ran_before=original_runs is not None)
         sets = feeds.input_sets(graph_inputs(a.proto), seeds=seed_list, request=request,
                                 batch_sizes=batch_sizes, data=data,
                                 size=choice.size if choice is not None else None)
@@ -118,8 +123,10 @@ def verify(original: ModelArg | LoadedModel, folded: ModelArg | LoadedModel, *,
         tick = _counter(progress, len(sets) * len(providers))
         for provider in providers:
             pair = cases.ModelPair(proc, a, b, provider, opt_level, report)
+            known = (original_runs.outputs_for(provider, opt_level, sets)
+                     if original_runs is not None and provider == providers[0] else None)
             failed = cases.run_cases(report, pair, sets, (truth, truth32), label_arr, atol, rtol,
-                                     tick, random=random_outputs(a.proto))
+                                     tick, random=random_outputs(a.proto), known=known)
             pair.release()
             if report.crash is not None:
                 break
@@ -155,9 +162,10 @@ def _counter(progress: Callable[[str], None] | None, total: int) -> Callable[[st
 
 def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: LoadedModel,
                  request: ShapeRequest, providers: Sequence[str], opt_level: str,
-                 seed: int, data: Any) -> SizeChoice | None:
+                 seed: int, data: Any, ran_before: bool = False) -> SizeChoice | None:
     """The size for symbolic non-batch dims: given, or probed on the original (whose session
-    is kept for the first provider's cases); None when nothing is symbolic or data is given."""
+    is kept for the first provider's cases); None when nothing is symbolic or data is given.
+    ``ran_before``: the original ran already (``early``), so nothing is loaded to check it."""
     if data is not None:
         return None
     if isinstance(size, SizeChoice):
@@ -165,6 +173,8 @@ def _size_choice(size: SizeChoice | int | None, proc: engines.OrtProcess, a: Loa
     open_inputs = request.sized_inputs(graph_inputs(a.proto))
     if size is not None:
         return SizeChoice(int(size), tuple(open_inputs)) if open_inputs else None
+    if ran_before and not open_inputs:  # nothing to size, and ORT loaded it already
+        return None
     return choose_size(proc, a.source, a.proto, a.label, request=request, provider=providers[0],
                        opt_level=opt_level, seed=seed, key=f"original:{providers[0]}")
 
@@ -185,45 +195,6 @@ def probe_size(original: ModelArg | LoadedModel, proc: engines.OrtProcess, *,
                            provider=providers[0], opt_level=opt_level, seed=seed, key="probe")
     finally:  # also when no size runs: a caller's long-lived child keeps no session of it
         proc.drop("probe")
-
-
-def start_probe(original: LoadedModel, proc: engines.OrtProcess, *, shapes: Shapes = None,
-                dims: Dims = None, providers: Sequence[str] = ("cpu",),
-                opt_level: str = "disabled", seed: int = 0,
-                data: Any = None) -> Callable[[], SizeChoice | None]:
-    """``probe_size`` begun, its result when the returned function is called. A model file
-    whose inputs leave no dim to size (most) is only loaded: that goes to ``proc`` and this
-    returns at once, so the caller folds while ORT loads (and drops) the original; the result
-    is then None, or the InputError ``probe_size`` raises for a model ORT cannot load. Other
-    models are probed here, as ``probe_size`` does."""
-    options = {"shapes": shapes, "dims": dims, "providers": providers, "opt_level": opt_level,
-               "seed": seed, "data": data}
-    request = ShapeRequest.of(shapes, dims)
-    if (data is not None or not isinstance(original.source, str)
-            or request.sized_inputs(graph_inputs(original.proto))):
-        size = probe_size(original, proc, **options)
-        return lambda: size
-    label = f"the original model {original.label}"
-    chain = runner.provider_chain(providers[0])
-    reply = proc.send(label, "once", original.source, chain, opt_level, None, [], [])
-
-    def result() -> SizeChoice | None:
-        try:
-            enabled, _ = reply.get()
-        except engines.NoKernel:  # sizes tried on onnx.reference, as probe_size does
-            return probe_size(original, proc, **options)
-        except engines.Crashed as exc:
-            raise InputError(f"{exc}; the original model itself cannot run on onnxruntime here, "
-                             "so nothing can be verified (fold with --no-verify to skip "
-                             "verification)") from None
-        except RuntimeError as exc:
-            raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
-        if chain[0] not in enabled:
-            raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; check the "
-                              "GPU driver/CUDA install or use --provider cpu")
-        return None
-
-    return result
 
 
 def _environment(proc: engines.OrtProcess, providers: Sequence[str], opt_level: str,

@@ -109,19 +109,21 @@ def run_cases(report: Report, pair: ModelPair, sets: list[tuple[str, Chunks]],
               truths: tuple[explain.GroundTruth, explain.GroundTruth],
               label_arr: np.ndarray | None, atol: float | None, rtol: float | None,
               tick: Callable[[str], None] = lambda what: None,
-              random: frozenset[str] = frozenset()) -> tuple[str, bool, dict] | None:
+              random: frozenset[str] = frozenset(), known: list[Outputs] | None = None
+              ) -> tuple[str, bool, dict] | None:
     """Run and judge every input set on one provider; returns the first failing case's provider,
     whether it ran on onnx.reference, and its feed (for localisation). Sets ``report.crash``
     (after judging the cases before) and returns None when ORT crashes on the folded model. ``truths``: the
     float64 truth (for failures) and the float32 one (precision of float16/bfloat16 outputs).
     ``random``: the outputs a random op reaches (``random_ops.random_outputs``), nondeterministic
     when two original runs differ at all. ``tick`` hears "running the original on case" and
-    "verifying case" once per input set each."""
+    "verifying case" once per input set each. ``known``: the original's outputs per set, run
+    before on this provider's ORT session kind (``early``): not run again."""
     cases = []
-    for source, chunks in sets:
+    for i, (source, chunks) in enumerate(sets):
         tick("running the original on case")
         cases.append(_Case(f"{pair.provider}: {source}", source, chunks,
-                           _run_original(pair, chunks)))
+                           known[i] if known is not None else _run_original(pair, chunks)))
     ref_engine = pair.engine
     try:
         pair.open("folded")

@@ -16,13 +16,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Mapping, Protocol, Sequence
-
-import numpy as np
-import onnx
+from typing import IO, TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from bnfold.errors import BnfoldError, InputError, first_line
-from bnfold.verification.shared import SharedArrays
+
+if TYPE_CHECKING:  # imported where used: the child starts before numpy and onnx are imported
+    import numpy as np
+    import onnx
+
+    from bnfold.verification.shared import SharedArrays
 
 CHILD = Path(__file__).with_name("ort_child.py")
 REFERENCE = "onnx.reference"  # the engine name cases carry when ORT lacks a kernel
@@ -227,6 +229,8 @@ class OrtProcess:
         ``fixed``: inputs fed to every run of this session, sent to the child once (pickled,
         or as a ``SharedArrays`` file the child maps; it must stay open while the session may
         be reloaded after a crash)."""
+        from bnfold.verification.shared import SharedArrays
+
         kept = fixed if isinstance(fixed, SharedArrays) else dict(fixed or {})
         self._loaded[key] = (source, list(chain), opt_level, label, kept)
         try:
@@ -240,7 +244,7 @@ class OrtProcess:
             return
         source, chain, opt_level, label, fixed = self._loaded[key]
         try:
-            sent = fixed.spec() if isinstance(fixed, SharedArrays) else fixed
+            sent = fixed.spec() if not isinstance(fixed, dict) else fixed  # a SharedArrays
             enabled = self._call(label, "load", key, source, chain, opt_level, sent)
         except RuntimeError as exc:
             raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
@@ -332,6 +336,8 @@ class ReferenceModel:
         except Exception as exc:  # noqa: BLE001 - reported as a one-line input error
             raise InputError(f"{REFERENCE} failed on {self.label} with inputs {_shapes(feed)}: "
                              f"{_first(exc)}") from None
+        import numpy as np
+
         return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
@@ -345,8 +351,10 @@ def ort_source(model: str | onnx.ModelProto, proc: OrtProcess, name: str,
     """What the ORT child loads: a path as is; a proto serialised, or written into the scratch
     folder with external data when it is too big for one protobuf or its tensors still live in
     files under ``source_dir`` (a lazily loaded model)."""
+    import onnx
+
     from bnfold.io.model_io import (PROTO_HEADROOM, PROTOBUF_LIMIT, save_model, tensor_bytes,
-                                 uses_external_data)
+                                    uses_external_data)
 
     if not isinstance(model, onnx.ModelProto):
         return str(model)
@@ -363,6 +371,8 @@ def ort_source(model: str | onnx.ModelProto, proc: OrtProcess, name: str,
 
 def full_model(model: str | onnx.ModelProto) -> onnx.ModelProto:
     """The proto with its external data read in (for onnx.reference, which runs in memory)."""
+    import onnx
+
     if isinstance(model, onnx.ModelProto):
         return model
     from bnfold.io.model_io import load_model
@@ -372,6 +382,8 @@ def full_model(model: str | onnx.ModelProto) -> onnx.ModelProto:
 
 def run_chunks(model: Runner, chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Run every chunk of an input set and join the outputs along the batch axis."""
+    import numpy as np
+
     results = [model.run(c) for c in chunks]
     if len(results) == 1:
         return results[0]

@@ -15,7 +15,8 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
    -> ("ok", (enabled providers, [result per feed])): load, run, drop in one command. feeds:
    [{input: array}], or ("draws", [seed], [(input, shape, dtype)]) for ``draws(seed, ...)``;
    outputs: [names] (result: {output: array}), or ("errors", [(original, folded)]) (result:
-   ``pair_errors`` of those outputs, with their shapes: no arrays go back).
+   ``pair_errors`` of those outputs, with their shapes: no arrays go back), or ("cap", bytes)
+   (result: every output, as for None; the whole list None once they exceed ``bytes``).
   ("info",) -> ("ok", (onnxruntime version, [available providers]))
 Errors reply ("error", kind, first line) with kind "no_kernel" (ORT NOT_IMPLEMENTED) or "ort".
 """
@@ -56,21 +57,24 @@ def _load(source: str | bytes, providers: list[str], opt_level: str) -> Any:
 
 def map_shared(spec: Any) -> dict[str, Any]:
     """The arrays of a ``bnfold.verification.shared.SharedArrays`` file, mapped copy-on-write: read
-    in place (no copy), and writable for ORT without changing the file."""
+    in place (no copy), and writable for ORT without changing the file. An entry with a file of
+    its own (name, dtype, shape, offset, file) is read where it lies in that file (a weight
+    still in the model file or in the fold's scratch file); each file is mapped once."""
     import mmap
 
     import numpy as np
 
     _, path, entries = spec
-    if not entries:
-        return {}
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        buf = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
+    maps: dict[str, Any] = {}
     out = {}
-    for name, dtype, shape, offset in entries:
+    for name, dtype, shape, offset, *where in entries:
+        file = where[0] if where and where[0] else path
+        if file not in maps:
+            with open(file, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                maps[file] = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
         count = int(np.prod(shape, dtype=np.int64))
-        out[name] = np.frombuffer(buf, dtype=np.dtype(dtype), count=count,
+        out[name] = np.frombuffer(maps[file], dtype=np.dtype(dtype), count=count,
                                   offset=offset).reshape(shape)
     return out
 
@@ -113,20 +117,27 @@ def trim_heap() -> None:
 
 
 def _once(source: str | bytes, providers: list[str], opt_level: str, fixed: Any, feeds: Any,
-          outputs: Any) -> tuple[list[str], list[Any]]:
+          outputs: Any) -> tuple[list[str], list[Any] | None]:
     """The "once" command: load, run every feed, drop (and give the heap back)."""
     session = _load(source, providers, opt_level)
     given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
     if isinstance(feeds, tuple):  # ("draws", seeds, specs): made here, not sent
         feeds = [draws(seed, feeds[2]) for seed in feeds[1]]
-    pairs = outputs[1] if isinstance(outputs, tuple) else None
-    names = [n for pair in pairs for n in pair] if pairs is not None else outputs
+    pairs = outputs[1] if isinstance(outputs, tuple) and outputs[0] == "errors" else None
+    cap = outputs[1] if isinstance(outputs, tuple) and outputs[0] == "cap" else None
+    names = ([n for pair in pairs for n in pair] if pairs is not None
+             else None if cap is not None else outputs)
     try:
-        results = []
+        results: list[Any] | None = []
         for feed in feeds:
             out = _run(session, {**given, **feed}, names)
             if pairs is None:
                 results.append(out)
+                if cap is not None:
+                    cap -= sum(v.nbytes for v in out.values())
+                    if cap < 0:  # too big to hold: the caller runs them when it needs them
+                        results = None
+                        break
                 continue
             found = [(out[o], out[f]) for o, f in pairs]
             results.append([(stats, r.shape, c.shape)
