@@ -325,3 +325,28 @@ def test_an_original_onnxruntime_cannot_load_is_refused_before_anything_is_writt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "w.bin"]
     res = invoke("fold", tmp_path / "m.onnx", "-q", "--no-verify")
     assert res.exit_code == 0 and (tmp_path / "m.folded.onnx").exists()
+
+
+def test_fold_starts_the_ort_child_before_the_fold_engine_is_imported(model_path, tmp_path):
+    """Its ORT import overlaps the parent's imports and parse (fresh interpreter: nothing of
+    bnfold's engine imported before the command runs)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from bnfold.verification import engines\n"
+        "real, seen = engines.OrtProcess._start, []\n"
+        "def start(self):\n"
+        "    seen.append('bnfold.folding' in sys.modules or 'onnx' in sys.modules)\n"
+        "    return real(self)\n"
+        "engines.OrtProcess._start = start\n"
+        "from bnfold.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "finally:\n"
+        "    print('first start after the engine:', seen[0], file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", probe, "fold", str(model_path), "-o",
+                          str(tmp_path / "f.onnx"), "-q"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "first start after the engine: False" in out.stderr

@@ -566,3 +566,34 @@ def test_an_error_while_a_batch_is_in_flight_leaves_the_child_ready(monkeypatch)
     assert not any(os.path.exists(f) for f in files)
     monkeypatch.undo()
     assert len(bnfold.fold(model).folded) == 3
+
+
+def test_weights_left_in_the_model_file_are_mapped_where_they_lie(tmp_path, monkeypatch) -> None:
+    """A lazy fold of a saved model: the original conv weights (over the fed size, wherever
+    protobuf put them in the file) are read by the child from the model file itself, not
+    copied into the proof's shared file; the proofs measure the same errors as a fold held in
+    memory."""
+    from bnfold.verification import shared
+
+    b = Builder(seed=3)
+    y = b.input("x", ["N", 64, 6, 6])
+    for _ in range(2):
+        y = b.bn(b.conv(y, 64, 64), 64)  # 64*64*3*3 float32 = 144 KB per weight
+    b.output(y)
+    model = b.model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    mapped: list[tuple] = []
+    real_spec = shared.SharedArrays.spec
+
+    def spec(self):
+        found = real_spec(self)
+        mapped.extend(e for e in found[2] if len(e) == 5)
+        return found
+
+    monkeypatch.setattr(shared.SharedArrays, "spec", spec)
+    lazy = bnfold.fold(str(path), lazy_external=True)
+    assert {e[4] for e in mapped} == {str(path)} and len(mapped) == 2
+    held = bnfold.fold(model)
+    assert [r.proof_max_abs for r in lazy.records] == [r.proof_max_abs for r in held.records]
+    assert all(r.target is not None for r in lazy.records)
