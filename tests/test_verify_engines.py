@@ -95,6 +95,28 @@ def test_a_sent_command_is_answered_later_or_before_the_next_one() -> None:
         assert proc.collect("c")[0]
 
 
+def test_once_sends_back_only_the_outputs_that_differ_from_the_expected_ones() -> None:
+    """("same", expected): an output byte-identical to its expected array comes back as None
+    (dtype and shape count), given pickled or in a shared file."""
+    from bnfold.verification.shared import SharedArrays
+
+    y = np.array([[0.0, 0.5, 2.0]], np.float32)
+    cases = {"equal": (y, None), "one value off": (y + np.float32(1e-7), "array"),
+             "other dtype": (y.astype(np.float64), "array"), "other shape": (y[0], "array")}
+    with engines.OrtProcess() as proc, SharedArrays() as shared:
+        shared.add("y", y)
+        for expected in [{"y": y}, shared.spec()]:
+            _, [out] = proc.send("m", "once", _relu().SerializeToString(), CPU, "disabled", None,
+                                 [X], ("same", expected)).get()
+            assert out == {"y": None}
+        for name, (expected, back) in cases.items():
+            _, [out] = proc.send("m", "once", _relu().SerializeToString(), CPU, "disabled", None,
+                                 [X], ("same", {"y": expected})).get()
+            assert (out["y"] is None) == (back is None), name
+            if back is not None:
+                assert out["y"].tolist() == y.tolist()
+
+
 def test_missing_kernel_is_no_kernel_not_an_input_error() -> None:
     with engines.OrtProcess() as proc:
         with pytest.raises(engines.NoKernel, match="NOT_IMPLEMENTED"):

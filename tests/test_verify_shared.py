@@ -100,3 +100,11 @@ def test_an_external_tensor_is_read_in_its_own_file_at_its_offset(tmp_path) -> N
             shared.add_tensor("short", t, str(tmp_path))
         with pytest.raises(ValueError, match="folder is unknown"):
             shared.add_tensor("nowhere", t)
+
+
+def test_a_scalar_keeps_its_shape() -> None:
+    with SharedArrays() as shared:
+        shared.add("s", np.array(3, np.int64))
+        shared.add("v", np.array([3], np.int64))
+        arrays = shared.arrays()
+    assert arrays["s"].shape == () and arrays["v"].shape == (1,) and int(arrays["s"]) == 3

@@ -15,9 +15,8 @@ pass evaluated; content keys cannot go stale when a weight is rewritten.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +25,7 @@ from onnx import helper, numpy_helper
 from bnfold.errors import first_line
 
 _ULPS = 4  # float results may differ by rounding between numpy and ORT kernels
-_KEYS = itertools.count()  # session keys in the shared child
+_SHARED_BYTES = 256 << 10  # leaves and expected values above this go through a shared file
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,10 @@ def _key(s: Subgraph, versions: tuple) -> bytes:
     for node in s.nodes:
         h.update(node.SerializeToString(deterministic=True))
     for name in sorted(s.leaves):
-        value = np.ascontiguousarray(s.leaves[name])
+        value = np.asarray(s.leaves[name], order="C")
         h.update(repr((name, value.dtype.str, value.shape)).encode())
-        h.update(value.tobytes())
+        h.update(value.reshape(-1).view(np.uint8) if value.dtype.kind in "biufc"
+                 else value.tobytes())  # the bytes in place, not a copy
     return h.digest()
 
 
@@ -125,8 +125,10 @@ def _reference(batch: list[Subgraph], versions: tuple) -> dict[str, np.ndarray |
     from onnx.reference import ReferenceEvaluator
 
     def run(members: list[Subgraph]) -> list[np.ndarray]:
-        model = _tiny_model(members, *versions, None)
-        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+        fed = {n: np.asarray(v) for s in members for n, v in s.leaves.items()
+               if _mappable(np.asarray(v))}  # fed, not copied into initializers
+        model = _tiny_model(members, *versions, None, fed=fed.keys())
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, fed)]
 
     out: dict[str, np.ndarray | Evaluated] = {}
     try:
@@ -158,8 +160,11 @@ def _runtime(batch: list[Subgraph], references: dict, versions: tuple,
     from bnfold.verification.engines import Crashed
 
     types = {s.output: helper.np_dtype_to_tensor_dtype(references[s.output].dtype) for s in batch}
+    leaves = {n: v for s in batch for n, v in s.leaves.items()}
+    fed = {n: np.asarray(v) for n, v in leaves.items() if _mappable(np.asarray(v))}
     try:
-        return dict(_run_ort(_tiny_model(batch, *versions, types)))
+        return dict(_run_ort(_tiny_model(batch, *versions, types, fed=fed.keys()), fed,
+                             {s.output: references[s.output] for s in batch}))
     except Crashed as exc:
         if len(batch) == 1:
             return {batch[0].output: Evaluated(
@@ -174,32 +179,55 @@ def _runtime(batch: list[Subgraph], references: dict, versions: tuple,
     return out
 
 
-def _run_ort(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every output of ``model`` (no inputs) on ORT's CPU provider, in the shared child."""
+def _run_ort(model: onnx.ModelProto, fed: dict[str, np.ndarray],
+             expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of ``model`` on ORT's CPU provider, in the shared child, once. ``fed``: its
+    inputs (the leaves), handed over in a shared file the child maps, not pickled; an output
+    whose bytes equal its ``expected`` value (onnx.reference's, also shared) is not sent back:
+    the expected array stands for it (most constants are exact: a Transpose, a Cast)."""
+    from bnfold.verification.shared import SharedArrays
     from bnfold.verification.shared_child import shared_process
 
-    proc = shared_process()
-    key = f"bnfold-const-{next(_KEYS)}"
-    try:
-        proc.load(key, model.SerializeToString(), "a constant subgraph",
-                  ["CPUExecutionProvider"], "disabled")
-        return proc.run(key, {})
-    finally:
-        proc.drop(key)
+    same = {n: np.asarray(v) for n, v in expected.items() if _mappable(np.asarray(v))}
+    proc, source = shared_process(), model.SerializeToString()
+    if sum(v.nbytes for v in [*fed.values(), *same.values()]) < _SHARED_BYTES:
+        _, [out] = proc.send("a constant subgraph", "once", source, ["CPUExecutionProvider"],
+                             "disabled", fed, [{}], ("same", same)).get()  # pickled: small
+    else:
+        with SharedArrays() as inputs, SharedArrays() as answers:
+            for name, value in fed.items():
+                inputs.add(name, value)
+            for name, value in same.items():
+                answers.add(name, value)
+            _, [out] = proc.send("a constant subgraph", "once", source, ["CPUExecutionProvider"],
+                                 "disabled", inputs.spec(), [{}], ("same", answers.spec())).get()
+    return {n: same[n] if v is None else v for n, v in out.items()}
+
+
+def _mappable(value: np.ndarray) -> bool:
+    """A plain numpy dtype (bool, ints, IEEE floats) that a shared file holds by its name;
+    bfloat16, float8 and strings go into the model instead."""
+    return value.dtype.kind in "biuf" and np.dtype(value.dtype.str) == value.dtype
 
 
 def _tiny_model(members: Sequence[Subgraph], opset_imports: Sequence[onnx.OperatorSetIdProto],
-                ir_version: int, elem_types: dict[str, int] | None) -> onnx.ModelProto:
+                ir_version: int, elem_types: dict[str, int] | None,
+                fed: Collection[str] = ()) -> onnx.ModelProto:
+    """The members as one model: leaves in ``fed`` are its inputs (fed at run time), the
+    others its initializers."""
     leaves: dict[str, np.ndarray] = {}
     for s in members:
         leaves.update(s.leaves)
-    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in leaves.items()]
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in leaves.items() if n not in fed]
     inputs = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    if ir_version >= 4:  # initializers are not graph inputs from IR 4 on
+        inputs = []
+    inputs += [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+        np.asarray(leaves[n]).dtype), list(np.shape(leaves[n]))) for n in leaves if n in fed]
     outputs = [helper.make_tensor_value_info(
         s.output, (elem_types or {}).get(s.output, onnx.TensorProto.UNDEFINED), None)
         for s in members]
-    graph = helper.make_graph(_ordered(members), "bnfold_const", inputs if ir_version < 4 else [],
-                              outputs, inits)
+    graph = helper.make_graph(_ordered(members), "bnfold_const", inputs, outputs, inits)
     for node in graph.node:  # only ai.onnx ops are evaluated: spell their domain one way
         node.domain = ""
     imports = list(opset_imports)
@@ -220,6 +248,8 @@ def _ordered(members: Sequence[Subgraph]) -> list[onnx.NodeProto]:
 
 def _disagreement(reference: np.ndarray, runtime: np.ndarray) -> str:
     """Empty when the two results agree (same dtype and shape, values within a few ulps)."""
+    if reference is runtime:  # ORT's bytes were the same (``_run_ort``)
+        return ""
     if reference.dtype != runtime.dtype:
         return f"dtype {reference.dtype} vs {runtime.dtype}"
     if reference.shape != runtime.shape:

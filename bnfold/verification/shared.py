@@ -85,7 +85,8 @@ class SharedArrays:
 
     def add(self, name: str, array: np.ndarray) -> None:
         """A numpy array under ``name``."""
-        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        # order="C", not ascontiguousarray: that makes a 0-d array 1-d
+        array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
         self._write(name, array.dtype, array.shape, array.tobytes())
 
     def _copy_external(self, name: str, tensor: onnx.TensorProto, base_dir: str | None,
