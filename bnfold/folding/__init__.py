@@ -86,6 +86,12 @@ def fold(model: ModelLike, *, check: bool = True, copy: bool = True,
     return result
 
 
+def _copied(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
           progress: Callable[[str], None] | None, reparam: bool) -> FoldResult:
     """``fold`` with a path's weights left on disk (``result.external_base``)."""
@@ -101,8 +107,8 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
         pristine.CopyFrom(proto)
     before = skeleton(proto) if check else None
     # the input's shapes, inferred once: every (re)fold starts from the input, and the input is
-    # the proofs' original
-    infos = infer(proto)
+    # the proofs' original (on a copy of the skeleton the check uses: made once)
+    infos = infer(proto, _copied(before) if before is not None else None)
     excluded: dict[tuple[str, str], tuple[Reason, str]] = {}
     unmerged: dict[tuple[str, str], str] = {}  # BNs of reparam merges whose proof failed
     original: tuple[onnx.ModelProto, str | None] | None = None

@@ -26,14 +26,16 @@ class GraphShapes(NamedTuple):
     mismatches: dict[str, str]  # tensor -> "declared ..., inferred ..." (the numbers)
 
 
-def infer(model: onnx.ModelProto) -> dict[GraphKey, GraphShapes]:
+def infer(model: onnx.ModelProto, bare: onnx.ModelProto | None = None,
+          ) -> dict[GraphKey, GraphShapes]:
     """Inferred shapes and dtypes of each graph's values, keyed by the graph's structural key.
 
     Per graph, because sibling subgraphs may reuse a name for different values. Strict
     inference with data propagation first; if the model trips it, the lenient pass (still
-    on the cleared copy, so it never repeats a declaration) gives what it can.
+    on the cleared copy, so it never repeats a declaration) gives what it can. ``bare``: the
+    model's ``skeleton`` when the caller has one (it is changed here: give a copy).
     """
-    bare = skeleton(model)
+    bare = skeleton(model) if bare is None else bare
     for _, graph in walk_graphs(bare.graph):
         del graph.value_info[:]
         for out in graph.output:
