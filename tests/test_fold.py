@@ -686,9 +686,9 @@ def test_shape_inference_runs_once_per_fold_proofs_included(monkeypatch):
     calls = []
     real = shapes.infer
 
-    def counting(m):  # noqa: ANN001, ANN202
+    def counting(m, *rest):  # noqa: ANN001, ANN002, ANN202
         calls.append(m)
-        return real(m)
+        return real(m, *rest)
 
     monkeypatch.setattr(shapes, "infer", counting)
     monkeypatch.setattr(folding, "infer", counting)
