@@ -225,3 +225,38 @@ def test_fold_file_parses_and_checks_the_input_a_pinned_number_of_times(
     assert result.passed and result.fold.bn_after < result.fold.bn_before
     assert parses == {"m.onnx": 3, "out.onnx": 1}
     assert len(checks) == 4
+
+
+def test_no_session_of_the_original_is_left_in_the_shared_child(model_path: Path,
+                                                                 no_bn_path: Path,
+                                                                 tmp_path: Path) -> None:
+    """Verified, without BN (nothing written), or failing in the fold: the original's session
+    that the probe loaded is gone from the long-lived child afterwards."""
+    import numpy as np
+
+    from bnfold.verification import shared_child
+    from bnfold.verification.early import _KEY
+
+    proc = shared_child.shared_process()
+
+    def holds() -> bool:  # asked of the child: a run on a key it lacks is a KeyError there
+        try:
+            proc.send("check", "run", _KEY, {"x": np.zeros((1, 3, 5, 5), np.float32)}, None).get()
+        except RuntimeError as exc:
+            return str(exc) != repr(_KEY)
+        return True
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise BnfoldError("the fold failed")
+
+    assert fold_file(model_path, tmp_path / "o.onnx").passed
+    assert not holds()
+    assert fold_file(no_bn_path).output is None
+    assert not holds()
+    with pytest.MonkeyPatch.context() as mp:
+        import bnfold.folding
+
+        mp.setattr(bnfold.folding, "fold", fail)
+        with pytest.raises(BnfoldError, match="the fold failed"):
+            fold_file(model_path, tmp_path / "p.onnx")
+    assert not holds()

@@ -64,13 +64,15 @@ def test_the_probe_and_the_runs_are_one_command_each_not_waited_for(
     sent = _commands(monkeypatch)
     with OrtProcess() as proc:
         ahead = start_original(LoadedModel.of(path), proc)
-        assert [c for c, _ in sent] == ["once"]  # the probe: load, drop
-        assert proc.info()[0] and [c for c, _ in sent] == ["once", "reply", "info", "reply"]
+        assert [c for c, _ in sent] == ["load"]  # the probe: the session is kept
+        assert proc.info()[0] and [c for c, _ in sent] == ["load", "reply", "info", "reply"]
         assert ahead.checked() is None and not proc.has("probe")
         ahead.send_runs()
-        assert [c for c, _ in sent][4:] == ["once"]  # the runs, sent
+        assert [c for c, _ in sent][4:] == ["once"]  # the runs on that session, sent
         runs = ahead.runs()
         assert [c for c, _ in sent][4:] == ["once", "reply"]
+        ahead.release()
+        assert [c for c, _ in sent][4:] == ["once", "reply"]  # the runs dropped it
     assert runs is not None
     assert [source for source, _ in runs.sets] == [
         "random seed=0 batch=1", "random seed=1 batch=2", "random seed=2 batch=1"]
@@ -174,3 +176,46 @@ def test_a_model_with_dims_to_size_is_probed_at_once_and_runs_in_verify(tmp_path
         ahead.send_runs()
         assert not proc._in_flight and ahead.runs() is None
     assert size is not None and size.size == 64 and ahead.size is size
+
+
+def _holds_the_original(proc: OrtProcess) -> bool:
+    """Whether the child still holds the original's session (asked of the child itself)."""
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    try:
+        proc.send("check", "run", "bnfold-original-ahead", {"x": x}, None).get()
+    except RuntimeError:  # KeyError in the child: no such session
+        return False
+    return True
+
+
+def test_a_probe_whose_runs_are_never_sent_leaves_no_session_in_the_child(tmp_path: Path) -> None:
+    """A fold that fails, or a model without BN: ``release`` drops the original's session
+    (a long-lived child would hold its weights otherwise), read or not."""
+    path = _saved(tmp_path, _classifier())
+    with OrtProcess() as proc:
+        ahead = start_original(LoadedModel.of(path), proc)
+        assert ahead.checked() is None
+        assert _holds_the_original(proc)
+        ahead.release()
+        assert not _holds_the_original(proc)
+        unread = start_original(LoadedModel.of(path), proc)
+        unread.release()  # its probe never read
+        assert not _holds_the_original(proc)
+
+
+def test_a_child_restarted_after_the_probe_leaves_the_runs_to_verify(tmp_path: Path) -> None:
+    """A crash in a proof restarts the child without the original's session: the runs fail
+    quietly and ``verify`` runs the original itself."""
+    import os
+    import signal
+
+    path = _saved(tmp_path, _classifier())
+    with OrtProcess() as proc:
+        ahead = start_original(LoadedModel.of(path), proc)
+        assert ahead.checked() is None
+        os.kill(proc._start().pid, signal.SIGKILL)
+        with pytest.raises(Exception):
+            proc.info()  # the crash, seen by whatever command came next
+        ahead.send_runs()
+        assert ahead.runs() is None
+        assert proc.info()[0]

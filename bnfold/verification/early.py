@@ -2,13 +2,13 @@
 
 ``fold_file`` verifies after it writes, but the original's half of that (the size probe, its
 load, one run per input set) needs nothing from the fold. ``start_original`` sends the probe
-(load, drop) to the ORT child before the fold and returns at once; once the fold's proofs are
-done (they share the child and come first), ``send_runs`` sends the original's runs as one
-command ("once": load, run every input set, drop), which runs while this process writes the
-folded model. ``verify`` then runs only the folded model on the first provider, against these
-outputs, when its own input sets are equal to the ones run here (compared array by array, so an
-output is never judged against a different input). Outputs over ``HELD_OUTPUT_BYTES`` are not
-sent back (``verify`` runs the original as before).
+(the original's load, its session kept) to the ORT child before the fold and returns at once;
+once the fold's proofs are done (they share the child and come first), ``send_runs`` sends the
+original's runs as one command ("once" on that session: every input set, then its drop), which
+runs while this process writes the folded model. ``verify`` then runs only the folded model
+on the first provider, against these outputs, when its own input sets are equal to the ones
+run here (compared array by array, so an output is never judged against a different input).
+Outputs over ``HELD_OUTPUT_BYTES`` are not sent back (``verify`` runs the original as before).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ Outputs = dict[str, np.ndarray]
 # the most output bytes held through the fold: a classifier's are a few KB, a segmentation
 # model's at 512x512 about 20 MB per input set (more would add to the fold's peak memory)
 HELD_OUTPUT_BYTES = 32 << 20
+_KEY = "bnfold-original-ahead"  # the original's session in the child, from probe to runs
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class OriginalAhead:
         self._chain = runner.provider_chain(options["providers"][0])
         self._probe: engines.Reply | None = None
         self._runs: engines.Reply | None = None
+        self._held = False  # the child holds the original's session under _KEY
         self._sets: list[tuple[str, Chunks]] = []
         self.size: SizeChoice | None = None
         request = ShapeRequest.of(options["shapes"], options["dims"])
@@ -82,8 +84,10 @@ class OriginalAhead:
                 or request.sized_inputs(graph_inputs(original.proto))):
             self.size = probe_size(original, proc, **options)
             return
-        self._probe = proc.send(self._label, "once", original.source, self._chain,
-                                options["opt_level"], None, [], [])  # loaded, then dropped
+        # loaded and kept for the runs (not loaded twice): while the fold runs, the child then
+        # holds the original's weights, but less than it holds verifying the folded model
+        self._probe = proc.send(self._label, "load", _KEY, original.source, self._chain,
+                                options["opt_level"], {})
 
     def checked(self) -> SizeChoice | None:
         """The size for symbolic dims (None when nothing is sized), once the probe is read:
@@ -94,7 +98,8 @@ class OriginalAhead:
         if probe is None:
             return self.size
         try:
-            enabled, _ = probe.get()
+            enabled = probe.get()
+            self._held = True
         except engines.NoKernel:  # sizes tried on onnx.reference, as probe_size does
             self.size = probe_size(self._original, self._proc, **self._options)
             self._sets = []
@@ -117,13 +122,27 @@ class OriginalAhead:
         return None
 
     def send_runs(self) -> None:
-        """Send the original's runs (one command: load, every input set, drop) and return;
-        after ``checked``, where it found the model loads on ORT and nothing to size."""
-        if self._sets and self._runs is None:
+        """Send the original's runs (one command: every input set on the session the probe
+        loaded, then its drop) and return; after ``checked``, where it found the model loads
+        on ORT and nothing to size. A child restarted since (a crash in a proof) has no such
+        session: the runs then fail, and ``verify`` runs the original itself."""
+        if self._sets and self._held and self._runs is None:
             flat = [chunk for _, chunks in self._sets for chunk in chunks]
-            self._runs = self._proc.send(self._label, "once", self._original.source,
-                                         self._chain, self._options["opt_level"], None, flat,
+            self._held = False
+            self._runs = self._proc.send(self._label, "once", ("session", _KEY), self._chain,
+                                         self._options["opt_level"], None, flat,
                                          ("cap", HELD_OUTPUT_BYTES))
+        self.release()
+
+    def release(self) -> None:
+        """Drop the original's session if it is still held (no runs sent: a fold that failed,
+        a model without BN); a long-lived child keeps nothing of it."""
+        if self._held or self._probe is not None:  # a probe not read may have loaded it
+            self._held, self._probe = False, None
+            try:
+                self._proc.send(self._label, "drop", _KEY)
+            except (engines.Crashed, RuntimeError):  # a dead child holds nothing
+                pass
 
     def runs(self) -> OriginalRuns | None:
         """The original's outputs (waiting for them), or None where they were not made (a run

@@ -12,7 +12,8 @@ code printing to stdout is redirected to stderr so it cannot corrupt replies).
   ("run", key, {input: array}, [outputs] or None)            -> ("ok", {output: array})
   ("drop", key) -> ("ok", None);  ("quit",) -> ("ok", None), then exit
   ("once", model path or bytes, [providers], opt level, fixed as for "load", feeds, outputs)
-   -> ("ok", (enabled providers, [result per feed])): load, run, drop in one command. feeds:
+   -> ("ok", (enabled providers, [result per feed])): load, run, drop in one command; with
+   ("session", key) for the model, the session "load" made under key is run and dropped. feeds:
    [{input: array}], or ("draws", [seed], [(input, shape, dtype)]) for ``draws(seed, ...)``;
    outputs: [names] (result: {output: array}), or ("errors", [(original, folded)]) (result:
    ``pair_errors`` of those outputs, with their shapes: no arrays go back), or ("cap", bytes)
@@ -119,9 +120,10 @@ def trim_heap() -> None:
 
 
 def _once(source: str | bytes, providers: list[str], opt_level: str, fixed: Any, feeds: Any,
-          outputs: Any) -> tuple[list[str], list[Any] | None]:
-    """The "once" command: load, run every feed, drop (and give the heap back)."""
-    session = _load(source, providers, opt_level)
+          outputs: Any, session: Any = None) -> tuple[list[str], list[Any] | None]:
+    """The "once" command: load (or take ``session``, loaded before), run every feed, drop
+    (and give the heap back)."""
+    session = session if session is not None else _load(source, providers, opt_level)
     given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
     if isinstance(feeds, tuple):  # ("draws", seeds, specs): made here, not sent
         feeds = [draws(seed, feeds[2]) for seed in feeds[1]]
@@ -250,7 +252,14 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             elif msg[0] == "run":
                 reply = ("ok", _run(sessions[msg[1]], {**fixed_feeds[msg[1]], **msg[2]}, msg[3]))
             elif msg[0] == "once":  # one round trip: the parent can work while it runs
-                reply = ("ok", _once(*msg[1:]))
+                loaded = None
+                if isinstance(msg[1], tuple):  # ("session", key): a loaded session, used up
+                    loaded = sessions.pop(msg[1][1])
+                    fixed_feeds.pop(msg[1][1], None)
+                reply = ("ok", _once(*msg[1:], session=loaded))
+                if loaded is not None:  # the last reference: freed now, the heap given back
+                    del loaded
+                    trim_heap()
             elif msg[0] == "drop":
                 if sessions.pop(msg[1], None) is not None:
                     fixed_feeds.pop(msg[1], None)
