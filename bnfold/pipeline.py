@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +134,7 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     probe before the fold (beside it where nothing is to be sized), the original's runs while
     the folded model is written (``early``), the folded model's after (one ORT start).
     """
+    from bnfold.folding import fold
     from bnfold.io.model_io import check_output_paths
 
     tell = say or (lambda msg: None)
@@ -158,25 +159,7 @@ def fold_file(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
         ahead = start_original(original, proc, **verify.probe_options(),
                                batch_sizes=list(verify.batch_sizes) or None)
     tell(f"loading and folding {src}")
-    try:
-        return _fold_write_verify(src, out, dest, inputs, in_place, external_data, check,
-                                  overwrite, verify, progress, tell, reparam, keep_model,
-                                  original, proc, ahead)
-    finally:
-        if ahead is not None:  # its session, where no runs took it (an error, no BN)
-            ahead.release()
-
-
-def _fold_write_verify(src: Path, out: str | os.PathLike[str] | None, dest: Path,
-                       inputs: list[Path], in_place: bool, external_data: bool | None,
-                       check: bool, overwrite: bool, verify: VerifyOptions | None,
-                       progress: Say | None, tell: Say, reparam: bool, keep_model: bool,
-                       original: Any, proc: OrtProcess | None,
-                       ahead: OriginalAhead | None) -> FoldFileResult:
-    """``fold_file`` once its checks passed and the original's probe is under way."""
-    from bnfold.folding import fold
-
-    with _scratch(dest, keep_model) as scratch:
+    with _scratch(dest, keep_model) as scratch, ahead or nullcontext():
         try:
             folded = fold(src, check=check, lazy_external=True, progress=progress,
                           reparam=reparam, spill=scratch)

@@ -99,12 +99,10 @@ def _fold(model: ModelLike, check: bool, copy: bool, prove: bool,
     proto = _as_model(model, copy=copy, lazy=base is not None)
     backup = None
     if (check or prove) and isinstance(model, onnx.ModelProto) and not copy:
-        backup = onnx.ModelProto()
-        backup.CopyFrom(proto)
+        backup = _copied(proto)
     pristine = None
     if prove and backup is None and not isinstance(model, onnx.ModelProto) and _count_bns(proto):
-        pristine = onnx.ModelProto()  # the proofs' original: the structure, weights in the file
-        pristine.CopyFrom(proto)
+        pristine = _copied(proto)  # the proofs' original: the structure, weights in the file
     before = skeleton(proto) if check else None
     # the input's shapes, inferred once: every (re)fold starts from the input, and the input is
     # the proofs' original (on a copy of the skeleton the check uses: made once)

@@ -15,6 +15,7 @@ pass evaluated; content keys cannot go stale when a weight is rewritten.
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
@@ -125,8 +126,7 @@ def _reference(batch: list[Subgraph], versions: tuple) -> dict[str, np.ndarray |
     from onnx.reference import ReferenceEvaluator
 
     def run(members: list[Subgraph]) -> list[np.ndarray]:
-        fed = {n: np.asarray(v) for s in members for n, v in s.leaves.items()
-               if _mappable(np.asarray(v))}  # fed, not copied into initializers
+        fed = _fed(members)  # fed, not copied into initializers
         model = _tiny_model(members, *versions, None, fed=fed.keys())
         return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, fed)]
 
@@ -160,8 +160,7 @@ def _runtime(batch: list[Subgraph], references: dict, versions: tuple,
     from bnfold.verification.engines import Crashed
 
     types = {s.output: helper.np_dtype_to_tensor_dtype(references[s.output].dtype) for s in batch}
-    leaves = {n: v for s in batch for n, v in s.leaves.items()}
-    fed = {n: np.asarray(v) for n, v in leaves.items() if _mappable(np.asarray(v))}
+    fed = _fed(batch)
     try:
         return dict(_run_ort(_tiny_model(batch, *versions, types, fed=fed.keys()), fed,
                              {s.output: references[s.output] for s in batch}))
@@ -182,26 +181,33 @@ def _runtime(batch: list[Subgraph], references: dict, versions: tuple,
 def _run_ort(model: onnx.ModelProto, fed: dict[str, np.ndarray],
              expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of ``model`` on ORT's CPU provider, in the shared child, once. ``fed``: its
-    inputs (the leaves), handed over in a shared file the child maps, not pickled; an output
-    whose bytes equal its ``expected`` value (onnx.reference's, also shared) is not sent back:
-    the expected array stands for it (most constants are exact: a Transpose, a Cast)."""
+    inputs (the leaves); an output whose bytes equal its ``expected`` value (onnx.reference's)
+    is not sent back: the expected array stands for it (most constants are exact: a Transpose,
+    a Cast). Both go in a shared file the child maps when large, pickled with the command when
+    small (a file costs more than a few KB of pipe)."""
     from bnfold.verification.shared import SharedArrays
     from bnfold.verification.shared_child import shared_process
 
     same = {n: np.asarray(v) for n, v in expected.items() if _mappable(np.asarray(v))}
-    proc, source = shared_process(), model.SerializeToString()
-    if sum(v.nbytes for v in [*fed.values(), *same.values()]) < _SHARED_BYTES:
-        _, [out] = proc.send("a constant subgraph", "once", source, ["CPUExecutionProvider"],
-                             "disabled", fed, [{}], ("same", same)).get()  # pickled: small
-    else:
-        with SharedArrays() as inputs, SharedArrays() as answers:
+    with ExitStack() as files:
+        fixed, sent = fed, same  # small: pickled with the command
+        if sum(v.nbytes for v in [*fed.values(), *same.values()]) >= _SHARED_BYTES:
+            inputs, answers = (files.enter_context(SharedArrays()) for _ in range(2))
             for name, value in fed.items():
                 inputs.add(name, value)
             for name, value in same.items():
                 answers.add(name, value)
-            _, [out] = proc.send("a constant subgraph", "once", source, ["CPUExecutionProvider"],
-                                 "disabled", inputs.spec(), [{}], ("same", answers.spec())).get()
+            fixed, sent = inputs.spec(), answers.spec()
+        _, [out] = shared_process().send(
+            "a constant subgraph", "once", model.SerializeToString(), ["CPUExecutionProvider"],
+            "disabled", fixed, [{}], ("same", sent)).get()
     return {n: same[n] if v is None else v for n, v in out.items()}
+
+
+def _fed(members: Sequence[Subgraph]) -> dict[str, np.ndarray]:
+    """The members' leaves that go in as inputs: those of a plain dtype (``_mappable``)."""
+    leaves = {n: np.asarray(v) for s in members for n, v in s.leaves.items()}
+    return {n: v for n, v in leaves.items() if _mappable(v)}
 
 
 def _mappable(value: np.ndarray) -> bool:

@@ -64,7 +64,8 @@ class OriginalRuns:
 class OriginalAhead:
     """The original's side of ``fold_file``'s verification, begun before the fold: the size
     probe at once (``checked`` reads it), the runs when the fold's proofs no longer need the
-    child (``send_runs``; ``runs`` reads them). Made by ``start_original``."""
+    child (``send_runs``; ``runs`` reads them). Made by ``start_original``; as a context
+    manager, its session is released on the way out (an error, a model without BN)."""
 
     def __init__(self, original: LoadedModel, proc: engines.OrtProcess,
                  options: dict[str, Any], batch_sizes: Sequence[int] | None) -> None:
@@ -79,9 +80,9 @@ class OriginalAhead:
         self._held = False  # the child holds the original's session under _KEY
         self._sets: list[tuple[str, Chunks]] = []
         self.size: SizeChoice | None = None
-        request = ShapeRequest.of(options["shapes"], options["dims"])
+        self._request = ShapeRequest.of(options["shapes"], options["dims"])
         if (options["data"] is not None or not isinstance(original.source, str)
-                or request.sized_inputs(graph_inputs(original.proto))):
+                or self._request.sized_inputs(graph_inputs(original.proto))):
             self.size = probe_size(original, proc, **options)
             return
         # loaded and kept for the runs (not loaded twice): while the fold runs, the child then
@@ -102,19 +103,15 @@ class OriginalAhead:
             self._held = True
         except engines.NoKernel:  # sizes tried on onnx.reference, as probe_size does
             self.size = probe_size(self._original, self._proc, **self._options)
-            self._sets = []
             return self.size
         except engines.Crashed as exc:
             raise original_crashed(exc) from None
         except RuntimeError as exc:
             raise InputError(f"onnxruntime cannot load {self._label}: {exc}") from None
-        if self._chain[0] not in enabled:
-            raise BnfoldError(f"onnxruntime did not enable {self._chain[0]} for {self._label}; "
-                              "check the GPU driver/CUDA install or use --provider cpu")
-        request = ShapeRequest.of(self._options["shapes"], self._options["dims"])
+        engines.require_provider(self._chain, enabled, self._label)
         try:  # the input sets verify makes with these options
             self._sets = feeds.input_sets(
-                graph_inputs(self._original.proto), request=request, data=None,
+                graph_inputs(self._original.proto), request=self._request, data=None,
                 seeds=[self._options["seed"] + i for i in range(feeds.DEFAULT_SEEDS)],
                 batch_sizes=self._batch_sizes)
         except BnfoldError:  # bad --shape and the like: verify says so, as without this
@@ -132,6 +129,12 @@ class OriginalAhead:
             self._runs = self._proc.send(self._label, "once", ("session", _KEY), self._chain,
                                          self._options["opt_level"], None, flat,
                                          ("cap", HELD_OUTPUT_BYTES))
+        self.release()
+
+    def __enter__(self) -> OriginalAhead:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def release(self) -> None:
@@ -159,8 +162,12 @@ class OriginalAhead:
             return None
         if outputs is None:
             return None
+        at, joined = 0, []
+        for _, chunks in self._sets:  # per input set, its chunks' outputs joined
+            joined.append(engines.joined(outputs[at:at + len(chunks)]))
+            at += len(chunks)
         return OriginalRuns(self._options["providers"][0], self._options["opt_level"],
-                            self._sets, _joined(self._sets, outputs))
+                            self._sets, joined)
 
 
 def start_original(original: LoadedModel, proc: engines.OrtProcess, *, shapes: Shapes = None,
@@ -168,19 +175,9 @@ def start_original(original: LoadedModel, proc: engines.OrtProcess, *, shapes: S
                    opt_level: str = "disabled", seed: int = 0, data: Any = None,
                    batch_sizes: Sequence[int] | None = None) -> OriginalAhead:
     """``probe_size`` begun: a model file whose inputs leave no dim to size (most) is loaded
-    (and dropped) by ``proc`` while the caller works, and its runs can follow
-    (``OriginalAhead.send_runs``); other models are probed here, as ``probe_size`` does, and
-    their original runs in ``verify``."""
+    by ``proc`` while the caller works (the session kept for its runs,
+    ``OriginalAhead.send_runs``, or dropped by ``OriginalAhead.release``); other models are
+    probed here, as ``probe_size`` does, and their original runs in ``verify``."""
     options = {"shapes": shapes, "dims": dims, "providers": tuple(providers),
                "opt_level": opt_level, "seed": seed, "data": data}
     return OriginalAhead(original, proc, options, batch_sizes)
-
-
-def _joined(sets: list[tuple[str, Chunks]], outputs: list[Outputs]) -> list[Outputs]:
-    """Per input set, its chunks' outputs joined along the batch axis (``run_chunks``)."""
-    joined, at = [], 0
-    for _, chunks in sets:
-        results, at = outputs[at:at + len(chunks)], at + len(chunks)
-        joined.append(results[0] if len(results) == 1 else
-                      {k: np.concatenate([r[k] for r in results], axis=0) for k in results[0]})
-    return joined

@@ -63,6 +63,13 @@ def _how(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
+def require_provider(chain: Sequence[str], enabled: Sequence[str], label: str) -> None:
+    """BnfoldError when ORT did not enable the provider asked for (the chain's first)."""
+    if chain[0] not in enabled:
+        raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; "
+                          "check the GPU driver/CUDA install or use --provider cpu")
+
+
 def _shapes(feed: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feed.items())
 
@@ -249,9 +256,7 @@ class OrtProcess:
         except RuntimeError as exc:
             raise InputError(f"onnxruntime cannot load {label}: {exc}") from None
         self._live.add(key)
-        if chain[0] not in enabled:
-            raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; "
-                              "check the GPU driver/CUDA install or use --provider cpu")
+        require_provider(chain, enabled, label)
 
     def run(self, key: str, feed: Mapping[str, np.ndarray],
             outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -382,9 +387,13 @@ def full_model(model: str | onnx.ModelProto) -> onnx.ModelProto:
 
 def run_chunks(model: Runner, chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Run every chunk of an input set and join the outputs along the batch axis."""
+    return joined([model.run(c) for c in chunks])
+
+
+def joined(results: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of an input set's chunks joined along the batch axis."""
     import numpy as np
 
-    results = [model.run(c) for c in chunks]
     if len(results) == 1:
         return results[0]
     return {k: np.concatenate([r[k] for r in results], axis=0) for k in results[0]}

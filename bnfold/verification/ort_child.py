@@ -127,12 +127,12 @@ def _once(source: str | bytes, providers: list[str], opt_level: str, fixed: Any,
     given = map_shared(fixed) if isinstance(fixed, tuple) else fixed or {}
     if isinstance(feeds, tuple):  # ("draws", seeds, specs): made here, not sent
         feeds = [draws(seed, feeds[2]) for seed in feeds[1]]
-    pairs = outputs[1] if isinstance(outputs, tuple) and outputs[0] == "errors" else None
-    cap = outputs[1] if isinstance(outputs, tuple) and outputs[0] == "cap" else None
-    same = (outputs[1] if not isinstance(outputs[1], tuple) else map_shared(outputs[1])
-            ) if isinstance(outputs, tuple) and outputs[0] == "same" else None
+    kind, arg = outputs if isinstance(outputs, tuple) else (None, None)
+    pairs = arg if kind == "errors" else None
+    cap = arg if kind == "cap" else None
+    same = (map_shared(arg) if isinstance(arg, tuple) else arg) if kind == "same" else None
     names = ([n for pair in pairs for n in pair] if pairs is not None
-             else None if cap is not None or same is not None else outputs)
+             else outputs if kind is None else None)
     try:
         results: list[Any] | None = []
         for feed in feeds:

@@ -31,9 +31,9 @@ def make_session(model: str | Path | onnx.ModelProto, provider: str, opt_level: 
     except Exception as exc:  # ORT raises its own exception types for invalid or unsupported models
         first = first_line(exc)
         raise InputError(f"onnxruntime cannot load {label}: {first}") from exc
-    if chain[0] not in session.get_providers():
-        raise BnfoldError(f"onnxruntime did not enable {chain[0]} for {label}; "
-                          "check the GPU driver/CUDA install or use --provider cpu")
+    from bnfold.verification.engines import require_provider
+
+    require_provider(chain, session.get_providers(), label)
     return session
 
 
